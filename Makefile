@@ -1,0 +1,51 @@
+# User-facing commands. `make run` and `make test` install whatever they need first.
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+MODEL_DIR := models/m3e-small
+INDEX := data/index/CURRENT
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: install model browser index run test eval bench lint clean
+
+install: $(VENV)/.installed model
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+model: $(VENV)/.installed
+	$(PY) -m embeddings.model $(MODEL_DIR)
+
+# Debian's Chromium and CJK fonts for the browser tests (Playwright's own download is not used).
+browser:
+	@command -v chromium >/dev/null && dpkg -s fonts-noto-cjk >/dev/null 2>&1 || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium fonts-noto-cjk)
+
+$(INDEX): $(VENV)/.installed $(wildcard seeds/*)
+	$(MAKE) model
+	$(BIN)/dangjian-qa index
+
+index: install
+	$(BIN)/dangjian-qa index
+
+run: install $(INDEX)
+	$(BIN)/dangjian-qa serve
+
+test: install browser
+	$(BIN)/pytest
+
+eval: install $(INDEX)
+	$(BIN)/dangjian-qa eval
+
+bench: install $(INDEX)
+	$(PY) -m eval.bench
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf data tests/artifacts

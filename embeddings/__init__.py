@@ -1,0 +1,1 @@
+"""Sentence-embedding model: fetch, verify, load and encode."""

@@ -1,0 +1,100 @@
+"""Texts -> L2-normalised float32 vectors, with a persistent cache keyed by (model, text)."""
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from embeddings.export import export_onnx
+from embeddings.model import weights_sha256
+
+
+class VectorCache:
+    """A sqlite table of vectors by sha256(model hash, text): re-indexing unchanged text is free."""
+
+    def __init__(self, path: Path, model_hash: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.model_hash = model_hash
+        self.connection = sqlite3.connect(path, check_same_thread=False)
+        self.connection.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB)")
+
+    def key(self, text: str) -> bytes:
+        return hashlib.sha256(f"{self.model_hash}\n{text}".encode()).digest()
+
+    def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for text in texts:
+            row = self.connection.execute("SELECT vector FROM vectors WHERE key = ?", (self.key(text),)).fetchone()
+            if row is not None:
+                found[text] = np.frombuffer(row[0], dtype=np.float32)
+        return found
+
+    def put(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        rows = [(self.key(text), vector.astype(np.float32).tobytes()) for text, vector in zip(texts, vectors)]
+        with self.connection:
+            self.connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+
+
+class Encoder:
+    """A sentence-embedding model directory run in onnxruntime (exported once, see export.py)."""
+
+    def __init__(self, model_dir: Path, cache_dir: Path, batch_size: int = 32, threads: int = 0) -> None:
+        self.model_dir = model_dir
+        self.model_name = model_dir.name
+        self.weights_sha256 = weights_sha256(model_dir)
+        self.batch_size = batch_size
+        export_dir = cache_dir / "onnx" / self.weights_sha256[:16]
+        if not (export_dir / "encoder.json").is_file():
+            export_onnx(model_dir, export_dir)
+        config = json.loads((export_dir / "encoder.json").read_text())
+        self.pooling: str = config["pooling"]
+        self.max_length: int = config["max_length"]
+        self.dimension: int = config["dimension"]
+        self.tokenizer = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.enable_padding()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            str(export_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self.cache = VectorCache(cache_dir / "vectors.sqlite", self.weights_sha256)
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
+        hidden = self.session.run(None, feed)[0]
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask[..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector (no cache: queries are short and mostly new)."""
+        return self.embed_batch([text])[0]
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Vectors for texts in order, from the cache where possible, in length-sorted batches."""
+        cached = self.cache.get(texts)
+        missing = sorted({t for t in texts if t not in cached}, key=len)  # similar lengths pad less
+        with tqdm(total=len(missing), desc="编码段落", unit="段", disable=not progress or not missing) as bar:
+            for start in range(0, len(missing), self.batch_size):
+                batch = missing[start : start + self.batch_size]
+                vectors = self.embed_batch(batch)
+                self.cache.put(batch, vectors)
+                cached.update(zip(batch, vectors))
+                bar.update(len(batch))
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.stack([cached[text] for text in texts]).astype(np.float32)

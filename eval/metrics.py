@@ -1,0 +1,42 @@
+"""Ranking metrics over passage ids: pure functions of a ranking and the set of relevant ids."""
+
+import math
+from collections.abc import Sequence
+
+
+def hit_at(ranking: Sequence[str], relevant: set[str], k: int) -> float:
+    return 1.0 if any(pid in relevant for pid in ranking[:k]) else 0.0
+
+
+def reciprocal_rank(ranking: Sequence[str], relevant: set[str], k: int = 10) -> float:
+    for position, pid in enumerate(ranking[:k], start=1):
+        if pid in relevant:
+            return 1.0 / position
+    return 0.0
+
+
+def recall_at(ranking: Sequence[str], relevant: set[str], k: int) -> float:
+    return len(set(ranking[:k]) & relevant) / len(relevant) if relevant else 0.0
+
+
+def ndcg_at(ranking: Sequence[str], relevant: set[str], k: int = 10) -> float:
+    gains = sum(1.0 / math.log2(position + 1) for position, pid in enumerate(ranking[:k], 1) if pid in relevant)
+    ideal = sum(1.0 / math.log2(position + 1) for position in range(1, min(len(relevant), k) + 1))
+    return gains / ideal if ideal else 0.0
+
+
+def ranking_metrics(ranking: Sequence[str], relevant: set[str]) -> dict[str, float]:
+    """hit@1, hit@5, MRR@10, nDCG@10 and recall@10 of one ranking."""
+    return {
+        "hit@1": hit_at(ranking, relevant, 1),
+        "hit@5": hit_at(ranking, relevant, 5),
+        "mrr@10": reciprocal_rank(ranking, relevant, 10),
+        "ndcg@10": ndcg_at(ranking, relevant, 10),
+        "recall@10": recall_at(ranking, relevant, 10),
+    }
+
+
+def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    return {name: sum(row[name] for row in rows) / len(rows) for name in rows[0]}

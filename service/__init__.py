@@ -1,0 +1,1 @@
+"""dangjian-qa: retrieval question answering over Party-building documents of the health system."""

@@ -1,0 +1,41 @@
+"""All configuration in one place: defaults, overridable by DJQA_* environment variables."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as DJQA_<NAME> (e.g. DJQA_PORT=9000)."""
+
+    model_config = SettingsConfigDict(env_prefix="DJQA_", env_file=None, extra="ignore")
+
+    model_dir: Path = PROJECT_ROOT / "models" / "m3e-small"
+    index_dir: Path = PROJECT_ROOT / "data" / "index"
+    seeds_dir: Path = PROJECT_ROOT / "seeds"
+    cache_dir: Path = PROJECT_ROOT / "data" / "cache"
+    user_dict: Path = PROJECT_ROOT / "service" / "resources" / "domain_terms.txt"
+    stopwords: Path = PROJECT_ROOT / "service" / "resources" / "stopwords.txt"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # Fusion: fused = dense_weight * norm(dense) + lexical_weight * norm(bm25); see search.fuse.
+    dense_weight: float = Field(default=0.5, ge=0.0)
+    lexical_weight: float = Field(default=0.5, ge=0.0)
+    # How many candidates each retriever contributes before fusion.
+    candidates: int = Field(default=100, ge=1)
+    # Prefix passages with title and section path before embedding (see embeddings.encoder).
+    embed_context: bool = False
+    batch_size: int = Field(default=32, ge=1)
+
+    max_query_chars: int = Field(default=500, ge=1)
+    max_top_k: int = Field(default=50, ge=1)
+    # Below this fused-evidence confidence, /api/ask says nothing relevant was found.
+    answer_min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    api_key: str | None = None
+    read_requires_key: bool = False
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)

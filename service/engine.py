@@ -1,0 +1,95 @@
+"""Wiring: settings -> encoder, tokenizer, index, searcher; and building an index from files."""
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embeddings.encoder import Encoder
+from service.config import Settings
+from service.index import SearchIndex, assemble_index, load_index, save_index, unit_texts
+from service.ingest import Corpus, ingest_paths
+from service.records import Document, Passage
+from service.search import Searcher
+from service.tokenize import WordTokenizer
+
+SUPPORTED_SUFFIXES = (".txt", ".md")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    corpus: Corpus
+    version_dir: Path
+    seconds: float
+    encode_seconds: float
+
+
+def open_encoder(settings: Settings) -> Encoder:
+    return Encoder(settings.model_dir, settings.cache_dir, batch_size=settings.batch_size)
+
+
+def open_tokenizer(settings: Settings) -> WordTokenizer:
+    return WordTokenizer(settings.user_dict, settings.stopwords)
+
+
+def model_info(encoder: Encoder) -> dict:
+    return {"name": encoder.model_name, "weights_sha256": encoder.weights_sha256, "dimension": encoder.dimension}
+
+
+def settings_note(settings: Settings) -> str:
+    """What else shapes the index besides the documents: a change means the index is stale."""
+    dictionary = settings.user_dict.read_bytes() if settings.user_dict.is_file() else b""
+    stopwords = settings.stopwords.read_bytes() if settings.stopwords.is_file() else b""
+    words = hashlib.sha256(dictionary + b"\0" + stopwords).hexdigest()[:16]
+    return f"embed_context={settings.embed_context};words={words}"
+
+
+def source_files(folder: Path) -> list[Path]:
+    """Supported files below a folder, in name order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
+def index_passages(
+    documents: list[Document],
+    passages: list[Passage],
+    settings: Settings,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    progress: bool = False,
+) -> SearchIndex:
+    """Embed (through the cache) and tokenise passages into an in-memory index."""
+    texts = [unit_texts(p, settings.embed_context) for p in passages]
+    vectors = encoder.encode([text for units in texts for text in units], progress=progress)
+    bounds = np.cumsum([0, *(len(units) for units in texts)])
+    unit_vectors = [vectors[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    tokens = [tokenizer.tokens(f"{p.section}\n{p.text}") for p in passages]
+    return assemble_index(documents, passages, unit_vectors, tokens, model_info(encoder), settings_note(settings))
+
+
+def build_index(
+    paths: list[Path], settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, progress: bool = False
+) -> BuildReport:
+    """Ingest files, embed, tokenise and save a new index version atomically."""
+    started = time.perf_counter()
+    corpus = ingest_paths(paths)
+    encode_started = time.perf_counter()
+    index = index_passages(corpus.documents, corpus.passages, settings, encoder, tokenizer, progress)
+    encode_seconds = time.perf_counter() - encode_started
+    version_dir = save_index(index, settings.index_dir)
+    return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
+
+
+def open_searcher(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> Searcher:
+    """Load the index (IndexUnavailable if missing or mismatched) and wrap it in a Searcher."""
+    encoder = encoder or open_encoder(settings)
+    index = load_index(settings.index_dir, model_info(encoder))
+    return Searcher(
+        index,
+        encoder,
+        tokenizer or open_tokenizer(settings),
+        dense_weight=settings.dense_weight,
+        lexical_weight=settings.lexical_weight,
+        candidates=settings.candidates,
+    )

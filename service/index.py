@@ -1,0 +1,233 @@
+"""Build, save and load the search index: FAISS vectors, BM25 tokens, passage store, manifest.
+
+Layout of the index directory (every version complete before it becomes current):
+
+    CURRENT                 name of the live version, replaced atomically (os.replace)
+    versions/<name>/        manifest.json, vectors.faiss, bm25/, passages.jsonl, documents.jsonl
+
+A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import bm25s
+import faiss
+import numpy as np
+
+from service.ingest.passages import sentence_spans
+from service.records import Document, Passage
+
+FORMAT_VERSION = 1
+MIN_SENTENCE_UNIT = 6  # shorter "sentences" (凡例, 一是…) carry too little meaning to embed alone
+REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
+
+
+class IndexUnavailable(Exception):
+    """The index is missing, corrupt or does not match the configured model; says how to fix it."""
+
+
+@dataclass
+class SearchIndex:
+    """Everything a search needs, in memory (BM25 arrays memory-mapped when loaded)."""
+
+    manifest: dict
+    documents: dict[str, Document]
+    passages: list[Passage]
+    unit_ids: list[list[int]]  # FAISS ids of the embedded units (passage, sentences) of passages[i]
+    tokens: list[list[str]]  # BM25 tokens of passages[i]
+    vectors: faiss.IndexIDMap2
+    bm25: bm25s.BM25
+
+
+def unit_texts(passage: Passage, with_context: bool) -> list[str]:
+    """What the model reads for a passage: the whole passage, then each of its sentences.
+
+    A question usually matches one sentence of an argument; a whole-passage vector blurs it. The
+    passage's dense score is the best of its units (see search.Searcher). Prefixing title and section
+    (with_context) was measured and hurts m3e-small on our dev set, so it is off by default.
+    """
+    whole = f"{passage.title}｜{passage.section}\n{passage.text}" if with_context else passage.text
+    sentences = [passage.text[s:e].strip() for s, e in sentence_spans(passage.text)]
+    sentences = [sentence for sentence in sentences if len(sentence) >= MIN_SENTENCE_UNIT]
+    return [whole, *sentences] if len(sentences) > 1 else [whole]
+
+
+def build_bm25(tokens: list[list[str]]) -> bm25s.BM25:
+    bm25 = bm25s.BM25()
+    # An empty token keeps bm25s happy with passages that have no tokens left after stopwords.
+    bm25.index([passage_tokens or [""] for passage_tokens in tokens], show_progress=False)
+    return bm25
+
+
+def corpus_fingerprint(documents: list[Document], extra: str) -> str:
+    digest = hashlib.sha256(extra.encode())
+    for document in sorted(documents, key=lambda d: d.doc_id):
+        digest.update(f"{document.doc_id}\0{document.content_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def assemble_index(
+    documents: list[Document],
+    passages: list[Passage],
+    unit_vectors: list[np.ndarray],
+    tokens: list[list[str]],
+    model: dict,
+    settings_note: str,
+) -> SearchIndex:
+    """An in-memory index from passages, their unit vectors and tokens; `model` names the encoder."""
+    faiss_index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(model["dimension"])))
+    unit_ids: list[list[int]] = []
+    next_id = 0
+    for vectors in unit_vectors:
+        unit_ids.append(list(range(next_id, next_id + len(vectors))))
+        next_id += len(vectors)
+    if next_id:
+        stacked = np.ascontiguousarray(np.concatenate(unit_vectors), dtype=np.float32)
+        faiss_index.add_with_ids(stacked, np.arange(next_id, dtype=np.int64))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model_name": model["name"],
+        "weights_sha256": model["weights_sha256"],
+        "dimension": int(model["dimension"]),
+        "passage_count": len(passages),
+        "document_count": len(documents),
+        "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
+        "settings": settings_note,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return SearchIndex(
+        manifest=manifest,
+        documents={document.doc_id: document for document in documents},
+        passages=list(passages),
+        unit_ids=unit_ids,
+        tokens=tokens,
+        vectors=faiss_index,
+        bm25=build_bm25(tokens),
+    )
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def fsync_tree(directory: Path) -> None:
+    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    descriptor = os.open(directory, os.O_RDONLY)
+    os.fsync(descriptor)
+    os.close(descriptor)
+
+
+def save_index(index: SearchIndex, index_dir: Path) -> Path:
+    """Write a new complete version, then point CURRENT at it; returns the version directory."""
+    versions = index_dir / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    staging = versions / f".staging-{name}"
+    staging.mkdir()
+    faiss.write_index(index.vectors, str(staging / "vectors.faiss"))
+    index.bm25.save(str(staging / "bm25"), show_progress=False)
+    passage_rows = [
+        {**asdict(p), "unit_ids": u, "tokens": t} for p, u, t in zip(index.passages, index.unit_ids, index.tokens)
+    ]
+    write_jsonl(staging / "passages.jsonl", passage_rows)
+    write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
+    (staging / "manifest.json").write_text(json.dumps(index.manifest, ensure_ascii=False, indent=2))
+    fsync_tree(staging)
+    version_dir = versions / name
+    staging.rename(version_dir)
+    pointer = index_dir / "CURRENT.tmp"
+    pointer.write_text(name + "\n")
+    with pointer.open("rb") as handle:
+        os.fsync(handle.fileno())
+    previous = current_version(index_dir)
+    os.replace(pointer, index_dir / "CURRENT")
+    fsync_tree(index_dir / "CURRENT")
+    prune_versions(index_dir, keep={name, previous or ""})
+    return version_dir
+
+
+def prune_versions(index_dir: Path, keep: set[str]) -> None:
+    """Remove old versions and abandoned staging folders; the previous version stays for readers."""
+    for path in (index_dir / "versions").iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def current_version(index_dir: Path) -> str | None:
+    """Name of the live version, or None when there is no index."""
+    try:
+        return (index_dir / "CURRENT").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def passage_from_row(row: dict) -> Passage:
+    fields = {k: v for k, v in row.items() if k not in ("unit_ids", "tokens")}
+    return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
+
+
+def check_manifest(manifest: dict, model: dict) -> None:
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexUnavailable(
+            f"索引格式版本 {manifest.get('format_version')} 与本程序的版本 {FORMAT_VERSION} 不一致，{REBUILD_HINT}"
+        )
+    if manifest.get("weights_sha256") != model["weights_sha256"]:
+        raise IndexUnavailable(
+            f"索引由模型 {manifest.get('model_name')}（权重 {str(manifest.get('weights_sha256'))[:12]}）构建，"
+            f"当前配置的模型是 {model['name']}（权重 {model['weights_sha256'][:12]}）；"
+            f"{REBUILD_HINT}，或把 DJQA_MODEL_DIR 指回原来的模型"
+        )
+    if manifest.get("dimension") != model["dimension"]:
+        raise IndexUnavailable(
+            f"索引向量维度 {manifest.get('dimension')} 与当前模型的维度 {model['dimension']} 不一致，{REBUILD_HINT}"
+        )
+
+
+def load_index(index_dir: Path, model: dict) -> SearchIndex:
+    """Load the live version; any problem becomes IndexUnavailable naming the fix."""
+    name = current_version(index_dir)
+    if name is None:
+        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
+    version_dir = index_dir / "versions" / name
+    try:
+        manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+        check_manifest(manifest, model)
+        rows = read_jsonl(version_dir / "passages.jsonl")
+        documents = [Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")]
+        vectors = faiss.read_index(str(version_dir / "vectors.faiss"))
+        bm25 = bm25s.BM25.load(str(version_dir / "bm25"), mmap=True, show_progress=False)
+    except IndexUnavailable:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise IndexUnavailable(f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}") from error
+    unit_count = sum(len(row["unit_ids"]) for row in rows)
+    if not (len(rows) == manifest["passage_count"] == bm25.scores["num_docs"] and unit_count == vectors.ntotal):
+        raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")
+    return SearchIndex(
+        manifest=manifest,
+        documents={document.doc_id: document for document in documents},
+        passages=[passage_from_row(row) for row in rows],
+        unit_ids=[row["unit_ids"] for row in rows],
+        tokens=[row["tokens"] for row in rows],
+        vectors=vectors,
+        bm25=bm25,
+    )

@@ -1,0 +1,49 @@
+"""Ingest: file -> blocks (read) -> cleaned blocks (clean) -> sections (structure) -> passages."""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.ingest.clean import clean_blocks
+from service.ingest.passages import build_document
+from service.ingest.read import ReadError, read_blocks
+from service.records import Document, Passage
+
+__all__ = ["Corpus", "ReadError", "doc_id_for", "ingest_file", "ingest_paths"]
+
+
+@dataclass
+class Corpus:
+    """Documents and passages read from files, and the files that could not be read (with why)."""
+
+    documents: list[Document] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def doc_id_for(path: Path) -> str:
+    """A stable id from the file name: the same name always maps to the same document."""
+    return re.sub(r"[^\w\-]+", "_", path.stem).strip("_")[:80] or "document"
+
+
+def ingest_file(path: Path, doc_id: str | None = None) -> tuple[Document, list[Passage]]:
+    """Read, clean and cut one file; raises ReadError when it holds no usable text."""
+    blocks = clean_blocks(read_blocks(path))
+    document, passages = build_document(doc_id or doc_id_for(path), path.name, blocks)
+    if not passages:
+        raise ReadError(f"{path.name}：没有可检索的正文")
+    return document, passages
+
+
+def ingest_paths(paths: list[Path]) -> Corpus:
+    """Ingest files in order; unreadable ones are reported by name and skipped."""
+    corpus = Corpus()
+    for path in paths:
+        try:
+            document, passages = ingest_file(path)
+        except ReadError as error:
+            corpus.problems.append(str(error))
+            continue
+        corpus.documents.append(document)
+        corpus.passages.extend(passages)
+    return corpus

@@ -1,0 +1,64 @@
+"""The small frozen records that flow through the pipeline."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Block:
+    """One line or paragraph of a source file, before sectioning."""
+
+    text: str
+    # Heading level given by the file format (docx style, markdown #); None means detect from text.
+    heading_level: int | None = None
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class Document:
+    """A cleaned source document and what we know about it."""
+
+    doc_id: str
+    title: str
+    source: str
+    text: str
+    doc_type: str | None = None
+    year: int | None = None
+    level: str | None = None
+    content_hash: str = ""
+    added_at: str = ""
+    sections: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrievable unit: one body paragraph, or a sentence-aligned piece of a long one."""
+
+    passage_id: str
+    doc_id: str
+    title: str
+    section_path: tuple[str, ...]
+    paragraph: int
+    start: int
+    end: int
+    text: str
+    doc_type: str | None = None
+    year: int | None = None
+    page: int | None = None
+
+    @property
+    def section(self) -> str:
+        return " › ".join(self.section_path)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A ranked passage with the evidence for its rank."""
+
+    passage: Passage
+    score: float
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    lexical_rank: int | None = None
+    lexical_score: float | None = None
+    matched_terms: tuple[str, ...] = ()
+    highlights: tuple[tuple[int, int], ...] = field(default_factory=tuple)

@@ -1,0 +1,205 @@
+"""Dense (FAISS), lexical (BM25) and hybrid search over a SearchIndex, with highlights."""
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from embeddings.encoder import Encoder
+from service.index import SearchIndex
+from service.records import Hit
+from service.tokenize import WordTokenizer
+
+MODES = ("hybrid", "dense", "lexical")
+UNITS_PER_CANDIDATE = 4  # passages have several embedded units; fetch enough to fill the candidates
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions applied together with the query; None means no restriction."""
+
+    doc_ids: frozenset[str] | None = None
+    doc_type: str | None = None
+    year: int | None = None
+
+
+def min_max(scores: dict[int, float]) -> dict[int, float]:
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    span = high - low
+    return {row: (score - low) / span if span > 0 else 1.0 for row, score in scores.items()}
+
+
+def fuse(
+    dense: dict[int, float], lexical: dict[int, float], dense_weight: float, lexical_weight: float
+) -> dict[int, float]:
+    """Convex combination of per-query min-max normalised scores over the candidate union.
+
+    Both inputs score every candidate (a passage missing from one list gets its exact score in the
+    other, see Searcher.search), so normalising never penalises a passage for where it came from.
+    """
+    total = dense_weight + lexical_weight
+    dense_norm, lexical_norm = min_max(dense), min_max(lexical)
+    rows = dense.keys() | lexical.keys()
+    return {
+        row: (dense_weight * dense_norm.get(row, 0.0) + lexical_weight * lexical_norm.get(row, 0.0)) / total
+        for row in rows
+    }
+
+
+def ranks(scores: dict[int, float]) -> dict[int, int]:
+    """1-based rank of each row by descending score."""
+    ordered = sorted(scores, key=lambda row: -scores[row])
+    return {row: position for position, row in enumerate(ordered, start=1)}
+
+
+def highlight_spans(text: str, terms: list[str]) -> tuple[tuple[int, int], ...]:
+    """Merged (start, end) spans of every occurrence of the terms in text."""
+    lowered = text.lower()
+    spans = []
+    for term in terms:
+        start = lowered.find(term)
+        while start != -1:
+            spans.append((start, start + len(term)))
+            start = lowered.find(term, start + 1)
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+class Searcher:
+    """Ranks passages for a question; holds the loaded index, the encoder and the tokenizer."""
+
+    def __init__(
+        self,
+        index: SearchIndex,
+        encoder: Encoder,
+        tokenizer: WordTokenizer,
+        dense_weight: float = 0.5,
+        lexical_weight: float = 0.5,
+        candidates: int = 100,
+    ) -> None:
+        self.index = index
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.dense_weight = dense_weight
+        self.lexical_weight = lexical_weight
+        self.candidates = candidates
+        self.row_of_unit = {unit: row for row, units in enumerate(index.unit_ids) for unit in units}
+        self.token_sets = [frozenset(tokens) for tokens in index.tokens]
+
+    def allowed_rows(self, filters: Filters) -> np.ndarray | None:
+        """Rows passing the filters, or None when nothing is filtered."""
+        if filters == Filters():
+            return None
+        return np.array(
+            [
+                row
+                for row, passage in enumerate(self.index.passages)
+                if (filters.doc_ids is None or passage.doc_id in filters.doc_ids)
+                and (filters.doc_type is None or passage.doc_type == filters.doc_type)
+                and (filters.year is None or passage.year == filters.year)
+            ],
+            dtype=np.int64,
+        )
+
+    def dense_scores(self, query_vector: np.ndarray, allowed: np.ndarray | None) -> dict[int, float]:
+        """Best unit similarity of the passages owning the top units.
+
+        A passage's score is the max over its units, so if any of its units is among the top ones,
+        its best unit is too: the scores returned are exact, not truncated.
+        """
+        units = [u for row in allowed for u in self.index.unit_ids[row]] if allowed is not None else None
+        count = self.index.vectors.ntotal if units is None else len(units)
+        if count == 0:
+            return {}
+        params = None
+        if units is not None:
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(units, dtype=np.int64)))
+        k = min(self.candidates * UNITS_PER_CANDIDATE, count)
+        scores, ids = self.index.vectors.search(query_vector[None, :], k, params=params)
+        best: dict[int, float] = {}
+        for score, unit in zip(scores[0], ids[0]):
+            if unit != -1:
+                row = self.row_of_unit[int(unit)]
+                best[row] = max(best.get(row, -1.0), float(score))
+        return best
+
+    def lexical_scores(self, query_tokens: list[str], allowed: np.ndarray | None) -> np.ndarray:
+        """BM25 score of every passage (zero outside the filter)."""
+        token_ids = self.index.bm25.get_tokens_ids(query_tokens)
+        if not token_ids or not self.index.passages:
+            return np.zeros(len(self.index.passages), dtype=np.float32)
+        scores = np.asarray(self.index.bm25.get_scores_from_ids(token_ids), dtype=np.float32)
+        if allowed is not None:
+            mask = np.zeros(len(scores), dtype=bool)
+            mask[allowed] = True
+            scores = np.where(mask, scores, 0.0)
+        return scores
+
+    def top_lexical(self, scores: np.ndarray) -> dict[int, float]:
+        positive = np.flatnonzero(scores > 0)
+        if len(positive) > self.candidates:
+            positive = positive[np.argpartition(-scores[positive], self.candidates)[: self.candidates]]
+        return {int(row): float(scores[row]) for row in positive}
+
+    def exact_dense(self, rows: set[int], query_vector: np.ndarray) -> dict[int, float]:
+        """Dense scores of passages that the unit search did not reach (found by BM25 only)."""
+        reconstruct = self.index.vectors.reconstruct
+        return {row: max(float(reconstruct(unit) @ query_vector) for unit in self.index.unit_ids[row]) for row in rows}
+
+    def search(self, query: str, top_k: int = 5, mode: str = "hybrid", filters: Filters = Filters()) -> list[Hit]:
+        """The top_k passages for the query, best first, each with its component ranks and scores."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        query_tokens = list(dict.fromkeys(self.tokenizer.tokens(query)))
+        allowed = self.allowed_rows(filters)
+        dense: dict[int, float] = {}
+        lexical: dict[int, float] = {}
+        if mode in ("hybrid", "dense"):
+            query_vector = self.encoder.encode_query(query)
+            dense = self.dense_scores(query_vector, allowed)
+        if mode in ("hybrid", "lexical"):
+            all_lexical = self.lexical_scores(query_tokens, allowed)
+            lexical = self.top_lexical(all_lexical)
+        if mode == "hybrid":
+            # Score every candidate in both lists so that fusion compares like with like.
+            dense |= self.exact_dense(lexical.keys() - dense.keys(), query_vector)
+            lexical = {row: float(all_lexical[row]) for row in dense.keys() | lexical.keys()}
+            fused = fuse(dense, lexical, self.dense_weight, self.lexical_weight)
+        elif mode == "dense":
+            fused = dense
+        else:
+            top = max(lexical.values(), default=1.0)
+            fused = {row: score / top for row, score in lexical.items()}
+        dense_ranks, lexical_ranks = ranks(dense), ranks({r: s for r, s in lexical.items() if s > 0})
+        ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
+        return [self.hit(row, fused[row], dense, lexical, dense_ranks, lexical_ranks, query_tokens) for row in ordered]
+
+    def hit(
+        self,
+        row: int,
+        score: float,
+        dense: dict[int, float],
+        lexical: dict[int, float],
+        dense_ranks: dict[int, int],
+        lexical_ranks: dict[int, int],
+        query_tokens: list[str],
+    ) -> Hit:
+        passage = self.index.passages[row]
+        matched = [token for token in query_tokens if token in self.token_sets[row]]
+        return Hit(
+            passage=passage,
+            score=max(0.0, min(1.0, score)),
+            dense_rank=dense_ranks.get(row),
+            dense_score=dense.get(row),
+            lexical_rank=lexical_ranks.get(row),
+            lexical_score=lexical.get(row) if row in lexical_ranks else None,
+            matched_terms=tuple(matched),
+            highlights=highlight_spans(passage.text, matched),
+        )

@@ -1,0 +1,540 @@
+// dangjian-qa front end: vanilla ES2020, no dependencies, no remote assets.
+'use strict';
+(() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
+  const MODES = ['hybrid', 'dense', 'lexical'];
+  const KEY_STORE = 'dangjian-qa.apiKey';
+  const LAST_SEARCH = 'dangjian-qa.lastSearch';
+  const state = { seq: 0, renderedKey: null, searchStatus: null };
+
+  // ---------- DOM helpers (text is always inserted as text nodes) ----------
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v == null || v === false) continue;
+      if (k === 'class') node.className = v;
+      else if (k === 'hidden') node.hidden = true;
+      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children.flat(Infinity)) {
+      if (c == null || c === false || c === '') continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  const reduceMotion = () => window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+  const safeId = (s) => String(s).replace(/[^A-Za-z0-9_-]/g, '_');
+  const docUrl = (docId, pid) => '/?' + new URLSearchParams(pid ? { doc: docId, p: pid } : { doc: docId });
+  const searchUrl = (q, mode, k) => '/?' + new URLSearchParams({ q, mode, k: String(k) });
+
+  function fmtDate(iso) {
+    const d = new Date(iso);
+    if (!iso || Number.isNaN(d.getTime())) return iso || '';
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+  }
+
+  // ---------- API ----------
+  class ApiError extends Error {
+    constructor(message, status, code) { super(message); this.status = status; this.code = code; }
+  }
+
+  async function api(path, { method = 'GET', body, headers = {} } = {}) {
+    const opts = { method, headers: { Accept: 'application/json', ...headers } };
+    if (body instanceof FormData) opts.body = body;
+    else if (body !== undefined) {
+      opts.body = JSON.stringify(body);
+      opts.headers['Content-Type'] = 'application/json';
+    }
+    let res;
+    try { res = await fetch(path, opts); } catch (_) {
+      throw new ApiError('无法连接服务，请检查网络或稍后重试', 0, 'network');
+    }
+    let data = null;
+    try { data = await res.json(); } catch (_) { /* non-JSON body */ }
+    if (!res.ok) {
+      const msg = (data && data.error && data.error.message) || `请求失败（HTTP ${res.status}）`;
+      throw new ApiError(msg, res.status, data && data.error && data.error.code);
+    }
+    if (data === null) throw new ApiError('服务返回了无法识别的数据', res.status, 'bad_response');
+    return data;
+  }
+
+  // ---------- status area ----------
+  function setStatus(text, kind = 'info', busy = false) {
+    const s = $('#status');
+    s.className = `status status-${kind}`;
+    s.replaceChildren();
+    if (!text) return;
+    if (busy) s.append(el('span', { class: 'spinner', 'aria-hidden': 'true' }));
+    s.append(el('span', {}, text));
+  }
+
+  function setBusy(busy) {
+    $('#search-btn').disabled = busy;
+    $('#results').setAttribute('aria-busy', String(busy));
+  }
+
+  function setSearchStatus(text, kind) {
+    state.searchStatus = [text, kind];
+    setStatus(text, kind);
+  }
+
+  // ---------- routing ----------
+  function readParams() {
+    const p = new URLSearchParams(location.search);
+    const k = Number.parseInt(p.get('k') || '', 10);
+    return {
+      view: p.get('view'), doc: p.get('doc'), pid: p.get('p'),
+      q: (p.get('q') || '').trim(),
+      mode: MODES.includes(p.get('mode')) ? p.get('mode') : 'hybrid',
+      k: k >= 1 && k <= 50 ? k : 5,
+    };
+  }
+
+  function showView(name) {
+    $('#search-panel').hidden = name !== 'search';
+    $('#search-view').hidden = name !== 'search';
+    $('#doc-view').hidden = name !== 'doc';
+    $('#manage-view').hidden = name !== 'manage';
+    $('#nav-search').toggleAttribute('aria-current', name === 'search');
+    $('#nav-manage').toggleAttribute('aria-current', name === 'manage');
+  }
+
+  function route() {
+    const p = readParams();
+    if (p.view === 'manage') return showManage();
+    if (p.doc) return showDoc(p.doc, p.pid);
+    showView('search');
+    applyControls(p);
+    if (!p.q) {
+      state.seq++; state.renderedKey = null; $('#answer').hidden = true;
+      $('#results').replaceChildren(); setStatus('');
+      document.title = '党建问答 · 卫健系统党建文献检索';
+    } else if (state.renderedKey === location.search && state.searchStatus) {
+      setStatus(...state.searchStatus); // returning from the document view: keep rendered results
+    } else {
+      runSearch(p);
+    }
+  }
+
+  function navigate(url) {
+    history.pushState(null, '', url);
+    route();
+    if (!new URLSearchParams(location.search).get('p')) window.scrollTo(0, 0);
+  }
+
+  function onNavClick(e) {
+    const a = e.target.closest('a[data-nav]');
+    if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    e.preventDefault();
+    navigate(a.getAttribute('href'));
+  }
+
+  // ---------- search ----------
+  function applyControls({ q, mode, k }) {
+    $('#q').value = q;
+    const radio = $(`input[name=mode][value="${mode}"]`);
+    if (radio) radio.checked = true;
+    const sel = $('#top-k');
+    if (![...sel.options].some((o) => o.value === String(k))) sel.append(el('option', { value: k }, k));
+    sel.value = String(k);
+  }
+
+  function currentControls() {
+    return {
+      q: $('#q').value.trim(),
+      mode: ($('input[name=mode]:checked') || {}).value || 'hybrid',
+      k: Number.parseInt($('#top-k').value, 10) || 5,
+    };
+  }
+
+  function submitSearch() {
+    const params = currentControls();
+    if (!params.q) { setStatus('请输入问题', 'warn'); $('#q').focus(); return; }
+    const url = searchUrl(params.q, params.mode, params.k);
+    if (url !== location.pathname + location.search) history.pushState(null, '', url);
+    runSearch(params);
+  }
+
+  function showSkeleton(n) {
+    $('#answer').hidden = true;
+    const cards = Array.from({ length: Math.min(n, 3) }, () =>
+      el('div', { class: 'skeleton-card', 'aria-hidden': 'true' },
+        el('div', { class: 'sk sk-title' }), el('div', { class: 'sk' }), el('div', { class: 'sk sk-short' })));
+    $('#results').replaceChildren(...cards);
+  }
+
+  async function runSearch({ q, mode, k }) {
+    const seq = ++state.seq;
+    const url = searchUrl(q, mode, k);
+    sessionStorage.setItem(LAST_SEARCH, url);
+    $('#nav-search').setAttribute('href', url);
+    document.title = `${q} · 党建问答`;
+    setBusy(true); // disables #search-btn
+    setStatus('正在检索…', 'info', true);
+    showSkeleton(k);
+    const [ask, search] = await Promise.allSettled([
+      api('/api/ask', { method: 'POST', body: { question: q, top_k: k } }),
+      api('/api/search', { method: 'POST', body: { query: q, top_k: k, mode, doc_ids: null, doc_type: null, year: null } }),
+    ]);
+    if (seq !== state.seq) return; // superseded by a newer navigation
+    setBusy(false);
+    state.renderedKey = location.search;
+    const ok = search.status === 'fulfilled';
+    const results = ok ? search.value.results || [] : [];
+    renderResults(results, ok ? search.value.mode || mode : mode);
+    renderAnswer(ask.status === 'fulfilled' ? ask.value : null, results);
+    if (!ok) setSearchStatus(search.reason.message, 'error');
+    else if (!results.length) setSearchStatus('没有找到相关段落，换个说法试试', 'empty');
+    else setSearchStatus(`找到 ${results.length} 条相关段落 · 用时 ${Math.round(search.value.took_ms || 0)} 毫秒`, 'info');
+  }
+
+  function rerunIfShown() {
+    if (state.renderedKey && $('#q').value.trim()) submitSearch();
+  }
+
+  // ---------- answer box ----------
+  function renderAnswer(data, results) {
+    const box = $('#answer');
+    box.replaceChildren();
+    if (!data || !data.answer) { box.hidden = true; return; }
+    box.hidden = false;
+    box.classList.toggle('not-found', !data.found);
+    if (!data.found) { box.append(el('p', { class: 'answer-text' }, data.answer)); return; } // plain message only
+    const head = el('div', { class: 'answer-head' }, el('h2', {}, '参考答案'));
+    box.append(head);
+    if (typeof data.confidence === 'number') {
+      head.append(el('span', { class: 'confidence', title: '根据检索结果估计的可信程度' },
+        `置信度 ${Math.round(data.confidence * 100)}%`));
+    }
+    const cites = data.citations || [];
+    box.append(el('p', { class: 'answer-text' }, answerPieces(data.answer, cites)));
+    const onCards = new Set(results.map((r) => r.passage_id));
+    const extra = cites.map((c, i) => [c, i + 1]).filter(([c]) => !onCards.has(c.passage_id));
+    if (extra.length) {
+      box.append(el('div', { class: 'sources' }, el('h3', {}, '其他引用来源'),
+        el('ol', {}, extra.map(([c, n]) => sourceItem(c, n)))));
+    }
+    box.append(el('p', { class: 'disclaimer' }, '答案根据检索到的段落自动摘编，请以原文为准。'));
+  }
+
+  function answerPieces(text, cites) {
+    const out = [];
+    let last = 0;
+    for (const m of text.matchAll(/【(\d+)】/g)) {
+      const n = Number(m[1]);
+      out.push(text.slice(last, m.index));
+      last = m.index + m[0].length;
+      if (n < 1 || n > cites.length) { out.push(m[0]); continue; }
+      out.push(el('button', {
+        type: 'button', class: 'cite', 'data-n': n, title: cites[n - 1].title || '',
+        'aria-label': `引用 ${n}：${cites[n - 1].title || ''}`, onclick: () => jumpToCitation(n, cites[n - 1]),
+      }, `【${n}】`));
+    }
+    out.push(text.slice(last));
+    return out;
+  }
+
+  function sourceItem(c, n) {
+    return el('li', { class: 'source', id: `src-${n}`, tabindex: '-1' },
+      el('div', { class: 'source-head' }, el('span', { class: 'source-n' }, `【${n}】`),
+        c.title, c.section ? ` › ${c.section}` : ''),
+      el('p', { class: 'source-text' }, highlighted(c.text || '', c.highlights)),
+      el('a', { class: 'source-link', href: docUrl(c.doc_id, c.passage_id), 'data-nav': true }, '查看全文'));
+  }
+
+  function findCard(pid) {
+    return $$('.result-card').find((c) => c.dataset.passageId === pid) || null;
+  }
+
+  function jumpToCitation(n, cite) {
+    const target = findCard(cite.passage_id) || document.getElementById(`src-${n}`);
+    if (!target) return;
+    target.scrollIntoView({ behavior: reduceMotion() ? 'auto' : 'smooth', block: 'center' });
+    target.focus({ preventScroll: true });
+    target.classList.remove('flash');
+    void target.offsetWidth; // restart the animation
+    target.classList.add('flash');
+    target.addEventListener('animationend', () => target.classList.remove('flash'), { once: true });
+  }
+
+  // ---------- result cards ----------
+  function highlighted(text, ranges) {
+    const spans = (ranges || [])
+      .filter((r) => Array.isArray(r) && r.length >= 2)
+      .map(([s, e]) => [Math.max(0, s | 0), Math.min(text.length, e | 0)])
+      .filter(([s, e]) => e > s)
+      .sort((a, b) => a[0] - b[0]);
+    const out = [];
+    let pos = 0;
+    for (const [s, e] of spans) {
+      if (e <= pos) continue;
+      const start = Math.max(s, pos);
+      if (start > pos) out.push(text.slice(pos, start));
+      out.push(el('mark', {}, text.slice(start, e)));
+      pos = e;
+    }
+    if (pos < text.length) out.push(text.slice(pos));
+    return out;
+  }
+
+  function tags(r) {
+    return [
+      r.doc_type ? el('span', { class: 'tag' }, r.doc_type) : null,
+      r.year ? el('span', { class: 'tag' }, `${r.year}年`) : null,
+      r.level ? el('span', { class: 'tag' }, r.level) : null,
+      r.page ? el('span', { class: 'tag tag-plain' }, `第${r.page}页`) : null,
+    ];
+  }
+
+  function scoreBar(score) {
+    const s = Math.max(0, Math.min(1, Number(score) || 0));
+    const fill = el('span', { class: 'score-fill' });
+    fill.style.width = `${(s * 100).toFixed(1)}%`;
+    return el('div', { class: 'score', title: `综合得分 ${s.toFixed(3)}` },
+      el('span', { class: 'score-label' }, '相关度'),
+      el('span', { class: 'score-bar', role: 'img', 'aria-label': `相关度 ${Math.round(s * 100)}%` }, fill),
+      el('span', { class: 'score-num' }, s.toFixed(2)));
+  }
+
+  function whyLine(r, mode) {
+    const parts = [];
+    if (r.dense) parts.push(`语义第${r.dense.rank}名`);
+    else if (mode === 'hybrid') parts.push('语义未召回');
+    if (r.lexical) parts.push(`关键词第${r.lexical.rank}名`);
+    else if (mode === 'hybrid') parts.push('关键词未召回');
+    if (r.matched_terms && r.matched_terms.length) parts.push(`命中词：${r.matched_terms.join('、')}`);
+    if (!parts.length) return null;
+    return el('p', { class: 'why' }, el('span', { class: 'why-label' }, '为什么排在这里：'), parts.join(' · '));
+  }
+
+  function resultCard(r, mode, i) {
+    const ctx = r.context || {};
+    const idBase = `ctx-${i}`;
+    const before = el('div', { class: 'context context-before', id: `${idBase}-b`, hidden: true },
+      ctx.before || '（已是文档开头）');
+    const after = el('div', { class: 'context context-after', id: `${idBase}-a`, hidden: true },
+      ctx.after || '（已是文档结尾）');
+    const toggle = el('button', {
+      type: 'button', class: 'context-toggle', 'aria-expanded': 'false', 'aria-controls': `${idBase}-b ${idBase}-a`,
+    }, '上下文');
+    toggle.addEventListener('click', () => {
+      const open = before.hidden;
+      before.hidden = after.hidden = !open;
+      toggle.setAttribute('aria-expanded', String(open));
+      toggle.textContent = open ? '收起上下文' : '上下文';
+    });
+    return el('article', { class: 'result-card', 'data-passage-id': r.passage_id, tabindex: '-1' },
+      el('header', { class: 'card-head' },
+        el('span', { class: 'rank', title: `第${r.rank}名` }, r.rank),
+        el('h3', { class: 'card-title' }, r.title || r.doc_id)),
+      el('div', { class: 'card-meta' }, r.section ? el('span', { class: 'section' }, r.section) : null, tags(r)),
+      before,
+      el('p', { class: 'passage-text' }, highlighted(r.text || '', r.highlights)),
+      after,
+      el('div', { class: 'card-foot' }, scoreBar(r.score), whyLine(r, mode)),
+      el('div', { class: 'card-actions' }, toggle,
+        el('a', { class: 'doc-link', href: docUrl(r.doc_id, r.passage_id), 'data-nav': true }, '查看全文')));
+  }
+
+  function renderResults(results, mode) {
+    $('#results').replaceChildren(...results.map((r, i) => resultCard(r, mode, i)));
+  }
+
+  // ---------- document view ----------
+  function backLink() {
+    const href = sessionStorage.getItem(LAST_SEARCH) || '/';
+    return el('a', { class: 'back-link', href, 'data-nav': true }, '← 返回检索结果');
+  }
+
+  function docBlocks(doc) {
+    const text = doc.text || '';
+    const ps = [...(doc.passages || [])].sort((a, b) => a.start - b.start);
+    if (!ps.length) return [el('div', { class: 'passage' }, text)];
+    const out = [];
+    let pos = 0;
+    let section = null;
+    for (const p of ps) {
+      const gap = p.start > pos ? text.slice(pos, p.start) : '';
+      if (gap.trim()) out.push(el('div', { class: 'doc-gap' }, gap.trim()));
+      const lastSeg = (p.section || '').split(' › ').pop();
+      if (p.section && p.section !== section && !gap.includes(lastSeg)) {
+        out.push(el('h3', { class: 'doc-section' }, p.section));
+      }
+      section = p.section;
+      out.push(el('div', { class: 'passage', id: `p-${safeId(p.passage_id)}`, 'data-passage-id': p.passage_id, tabindex: '-1' },
+        text.slice(Math.max(p.start, pos), p.end)));
+      pos = Math.max(pos, p.end);
+    }
+    if (text.slice(pos).trim()) out.push(el('div', { class: 'doc-gap' }, text.slice(pos).trim()));
+    return out;
+  }
+
+  async function showDoc(docId, pid) {
+    showView('doc');
+    const seq = ++state.seq;
+    const view = $('#doc-view');
+    view.replaceChildren(backLink());
+    setStatus('正在加载文档…', 'info', true);
+    let doc;
+    try { doc = await api(`/api/documents/${encodeURIComponent(docId)}`); } catch (e) {
+      if (seq === state.seq) setStatus(e.message, 'error');
+      return;
+    }
+    if (seq !== state.seq) return;
+    setStatus('');
+    document.title = `${doc.title} · 党建问答`;
+    view.append(
+      el('header', { class: 'doc-head' }, el('h2', {}, doc.title || doc.doc_id), el('div', { class: 'card-meta' }, tags(doc))),
+      el('article', { class: 'doc-text' }, docBlocks(doc)));
+    const target = pid ? $$('.passage', view).find((n) => n.dataset.passageId === pid) : null;
+    if (target) {
+      target.classList.add('target');
+      target.scrollIntoView({ block: 'center' });
+      target.focus({ preventScroll: true });
+    } else if (pid) {
+      setStatus('未在文档中找到指定段落，已显示全文', 'warn');
+    }
+  }
+
+  // ---------- document management ----------
+  function apiKeyHeaders() {
+    const input = $('#api-key');
+    const key = input.value.trim();
+    if (!key) { setStatus('请先填写 API 密钥', 'warn'); input.focus(); return null; }
+    sessionStorage.setItem(KEY_STORE, key);
+    return { 'X-API-Key': key };
+  }
+
+  function handleWriteError(e) {
+    setStatus(e.message, 'error');
+    if (e.status === 401) { $('#api-key').focus(); $('#api-key').select(); }
+  }
+
+  async function showManage() {
+    showView('manage');
+    document.title = '文档管理 · 党建问答';
+    $('#api-key').value = sessionStorage.getItem(KEY_STORE) || '';
+    setStatus('正在加载文档列表…', 'info', true);
+    if (await loadDocuments()) setStatus('');
+  }
+
+  async function loadDocuments() {
+    const seq = ++state.seq;
+    try {
+      const data = await api('/api/documents');
+      if (seq === state.seq) renderDocTable(data.documents || []);
+      return seq === state.seq;
+    } catch (e) {
+      if (seq === state.seq) setStatus(e.message, 'error');
+      return false;
+    }
+  }
+
+  function renderDocTable(docs) {
+    const rows = docs.map((d) => el('tr', {},
+      el('td', { 'data-label': '标题', class: 'col-title' },
+        el('a', { href: docUrl(d.doc_id), 'data-nav': true }, d.title || d.doc_id)),
+      el('td', { 'data-label': '类型' }, d.doc_type || '—'),
+      el('td', { 'data-label': '年份' }, d.year || '—'),
+      el('td', { 'data-label': '段落数', class: 'num' }, d.passages ?? '—'),
+      el('td', { 'data-label': '添加时间' }, fmtDate(d.added_at) || '—'),
+      el('td', { class: 'col-action' }, el('button', {
+        type: 'button', class: 'delete-btn', 'aria-label': `删除「${d.title || d.doc_id}」`, onclick: () => deleteDoc(d),
+      }, '删除'))));
+    $('#doc-table tbody').replaceChildren(...rows);
+    $('#doc-empty').hidden = docs.length > 0;
+  }
+
+  async function deleteDoc(d) {
+    const name = d.title || d.doc_id;
+    const headers = apiKeyHeaders();
+    if (!headers || !window.confirm(`确定要删除「${name}」吗？此操作不可撤销。`)) return;
+    setStatus(`正在删除「${name}」…`, 'info', true);
+    try {
+      await api(`/api/documents/${encodeURIComponent(d.doc_id)}`, { method: 'DELETE', headers });
+      await loadDocuments();
+      setStatus(`已删除「${name}」`, 'ok');
+      loadHealth();
+    } catch (e) { handleWriteError(e); }
+  }
+
+  async function uploadFiles() {
+    const input = $('#upload-files');
+    const files = [...input.files];
+    if (!files.length) { setStatus('请先选择要上传的文件', 'warn'); input.focus(); return; }
+    const headers = apiKeyHeaders();
+    if (!headers) return;
+    const form = new FormData();
+    files.forEach((f) => form.append('files', f, f.name));
+    const btn = $('#upload-btn');
+    btn.disabled = true;
+    setStatus(`正在上传并建立索引（${files.length} 个文件），请稍候…`, 'info', true);
+    try {
+      const res = await api('/api/documents', { method: 'POST', body: form, headers });
+      input.value = '';
+      const summary = renderUploadResult(res);
+      await loadDocuments();
+      setStatus(summary, (res.failed || []).length ? 'warn' : 'ok');
+      loadHealth();
+    } catch (e) { handleWriteError(e); } finally { btn.disabled = false; }
+  }
+
+  function renderUploadResult(res) {
+    const groups = [['added', '新增'], ['replaced', '替换'], ['skipped', '跳过'], ['failed', '失败']];
+    const box = $('#upload-result');
+    const counts = [];
+    box.replaceChildren(el('h3', {}, '上传结果'));
+    for (const [key, label] of groups) {
+      const items = res[key] || [];
+      counts.push(`${label} ${items.length}`);
+      if (!items.length) continue;
+      box.append(el('div', { class: `result-group group-${key}` }, el('h4', {}, `${label}（${items.length}）`),
+        el('ul', {}, items.map((it) => el('li', {}, it.reason
+          ? `${it.file}：${it.reason}`
+          : `${it.title || it.doc_id}（${it.passages} 个段落）`)))));
+    }
+    box.hidden = false;
+    return `上传完成：${counts.join('，')}`;
+  }
+
+  // ---------- footer ----------
+  async function loadHealth() {
+    const f = $('#health');
+    try {
+      const h = await api('/api/health');
+      const parts = [`文档 ${h.documents} 篇`, `段落 ${h.passages} 个`, `模型 ${h.model}`];
+      if (h.built_at) parts.push(`索引更新于 ${fmtDate(h.built_at)}`);
+      f.textContent = parts.join(' · ');
+      f.classList.remove('offline');
+    } catch (e) {
+      f.textContent = e.status === 0 ? '无法连接服务' : e.message;
+      f.classList.add('offline');
+    }
+  }
+
+  // ---------- init ----------
+  function init() {
+    $('#search-form').addEventListener('submit', (e) => { e.preventDefault(); submitSearch(); });
+    $$('.example').forEach((b) => b.addEventListener('click', () => {
+      $('#q').value = b.textContent.trim();
+      submitSearch();
+    }));
+    $$('input[name=mode]').forEach((r) => r.addEventListener('change', rerunIfShown));
+    $('#top-k').addEventListener('change', rerunIfShown);
+    $('#upload-btn').addEventListener('click', uploadFiles);
+    $('#api-key').addEventListener('change', (e) => sessionStorage.setItem(KEY_STORE, e.target.value.trim()));
+    const last = sessionStorage.getItem(LAST_SEARCH);
+    if (last) $('#nav-search').setAttribute('href', last);
+    document.addEventListener('click', onNavClick);
+    window.addEventListener('popstate', route);
+    loadHealth();
+    route();
+  }
+
+  init();
+})();

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real model, a real index of the seeds in a temporary folder."""
+
+from pathlib import Path
+
+import pytest
+
+from embeddings.encoder import Encoder
+from service.config import PROJECT_ROOT, Settings
+from service.engine import build_index, open_encoder, open_searcher, open_tokenizer, source_files
+from service.search import Searcher
+from service.tokenize import WordTokenizer
+
+
+def make_settings(index_dir: Path, **overrides: object) -> Settings:
+    """Settings for a test: the project's model and vector cache, an index of its own."""
+    return Settings(index_dir=index_dir, cache_dir=PROJECT_ROOT / "data" / "cache", **overrides)
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    return open_encoder(make_settings(PROJECT_ROOT / "data" / "unused"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> WordTokenizer:
+    return open_tokenizer(make_settings(PROJECT_ROOT / "data" / "unused"))
+
+
+@pytest.fixture(scope="session")
+def seed_settings(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, tokenizer: WordTokenizer) -> Settings:
+    """Settings whose index holds the five seed documents."""
+    settings = make_settings(tmp_path_factory.mktemp("seed-index") / "index")
+    build_index(source_files(settings.seeds_dir), settings, encoder, tokenizer)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def searcher(seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> Searcher:
+    return open_searcher(seed_settings, encoder, tokenizer)

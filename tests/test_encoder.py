@@ -1,0 +1,41 @@
+import os
+
+import numpy as np
+
+from embeddings.encoder import Encoder
+from embeddings.model import WEIGHTS_SHA256, is_fetched
+
+TEXTS = ["如何推动党建与医疗业务深度融合", "党员不得信仰宗教", "今天天气怎么样"]
+
+
+def test_default_model_is_the_verified_m3e_small(encoder: Encoder) -> None:
+    assert is_fetched(encoder.model_dir)
+    assert encoder.weights_sha256 == WEIGHTS_SHA256 and encoder.dimension == 512
+
+
+def test_vectors_are_normalised_float32(encoder: Encoder) -> None:
+    vectors = encoder.encode(TEXTS)
+    assert vectors.shape == (3, 512) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_onnx_vectors_match_sentence_transformers(encoder: Encoder) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(encoder.model_dir), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    cosines = (encoder.encode(TEXTS) * reference).sum(axis=1)
+    assert cosines.min() > 0.9999
+
+
+def test_related_texts_are_closer_than_unrelated(encoder: Encoder) -> None:
+    query = encoder.encode_query("党员可以信教吗")
+    related, unrelated = encoder.encode(["党员不得信仰宗教", "红烧肉的做法"])
+    assert query @ related > query @ unrelated
+
+
+def test_cache_avoids_re_encoding(encoder: Encoder, monkeypatch) -> None:  # noqa: ANN001
+    texts = ["缓存测试：加强基层党组织建设"]
+    first = encoder.encode(texts)
+    monkeypatch.setattr(encoder, "embed_batch", lambda batch: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    assert np.array_equal(encoder.encode(texts), first)

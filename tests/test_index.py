@@ -1,0 +1,114 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from embeddings.encoder import Encoder
+from service.config import Settings
+from service.engine import build_index, model_info, open_searcher
+from service.index import IndexUnavailable, current_version, load_index
+from service.tokenize import WordTokenizer
+from tests.conftest import make_settings
+
+DOC_A = "在全县党建工作会议上的讲话\n一、抓好党建\n各级党组织要认真落实“三会一课”制度，严肃党内政治生活。\n"
+DOC_B = "医院工作总结\n一、医德医风\n坚持开展医德医风教育，严禁收受红包回扣，树立行业新风。\n"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "index")
+
+
+def test_index_round_trip_keeps_passages_and_manifest(
+    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    paths = [write(tmp_path / "docs", "a.txt", DOC_A), write(tmp_path / "docs", "b.txt", DOC_B)]
+    report = build_index(paths, small_settings, encoder, tokenizer)
+    index = load_index(small_settings.index_dir, model_info(encoder))
+    assert [p.text for p in index.passages] == [p.text for p in report.corpus.passages]
+    assert index.manifest["passage_count"] == 2 and index.manifest["document_count"] == 2
+    assert index.manifest["weights_sha256"] == encoder.weights_sha256
+    assert index.manifest["dimension"] == 512
+    assert {"format_version", "model_name", "corpus_fingerprint", "built_at"} <= index.manifest.keys()
+    assert index.documents["a"].title == "在全县党建工作会议上的讲话"
+
+
+def test_rebuild_replaces_the_version_atomically(
+    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    docs = tmp_path / "docs"
+    build_index([write(docs, "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    first = current_version(small_settings.index_dir)
+    build_index([write(docs, "a.txt", DOC_A), write(docs, "b.txt", DOC_B)], small_settings, encoder, tokenizer)
+    second = current_version(small_settings.index_dir)
+    assert first != second
+    assert load_index(small_settings.index_dir, model_info(encoder)).manifest["document_count"] == 2
+    leftovers = [p.name for p in (small_settings.index_dir / "versions").iterdir()]
+    assert sorted(leftovers) == sorted([first, second])  # the previous version stays for live readers
+
+
+def test_interrupted_build_leaves_the_old_index_live(
+    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    before = current_version(small_settings.index_dir)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("service.index.write_jsonl", crash)
+    with pytest.raises(OSError):
+        build_index([write(tmp_path / "docs", "b.txt", DOC_B)], small_settings, encoder, tokenizer)
+    assert current_version(small_settings.index_dir) == before
+    assert load_index(small_settings.index_dir, model_info(encoder)).manifest["document_count"] == 1
+
+
+def test_missing_index_names_the_fix(small_settings: Settings, encoder: Encoder) -> None:
+    with pytest.raises(IndexUnavailable, match="make index"):
+        load_index(small_settings.index_dir, model_info(encoder))
+
+
+def test_corrupt_vectors_file_is_reported_not_raised(
+    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    (report.version_dir / "vectors.faiss").write_bytes(b"not a faiss index")
+    with pytest.raises(IndexUnavailable, match="索引已损坏.*make index"):
+        load_index(small_settings.index_dir, model_info(encoder))
+
+
+def test_truncated_passage_store_is_reported(
+    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    (report.version_dir / "passages.jsonl").write_text('{"passage_id": ', encoding="utf-8")
+    with pytest.raises(IndexUnavailable, match="索引已损坏"):
+        load_index(small_settings.index_dir, model_info(encoder))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("weights_sha256", "0" * 64, "当前配置的模型"), ("dimension", 768, "维度"), ("format_version", 99, "格式版本")],
+)
+def test_mismatched_index_is_refused_with_the_fix(
+    small_settings: Settings,
+    tmp_path: Path,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    field: str,
+    value: object,
+    message: str,
+) -> None:
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    manifest_path = report.version_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, field: value}))
+    with pytest.raises(IndexUnavailable, match=f"{message}.*make index"):
+        open_searcher(small_settings, encoder, tokenizer)

@@ -1,0 +1,72 @@
+import pytest
+
+from service.search import Filters, Searcher, fuse
+
+
+def test_fusion_prefers_passages_strong_in_both_lists() -> None:
+    dense = {1: 0.9, 2: 0.5, 3: 0.7}
+    lexical = {1: 2.0, 2: 9.0, 3: 8.0}
+    fused = fuse(dense, lexical, 0.5, 0.5)
+    assert max(fused, key=fused.__getitem__) == 3
+    assert all(0.0 <= score <= 1.0 for score in fused.values())
+
+
+def test_fusion_weights_move_the_ranking() -> None:
+    dense, lexical = {1: 0.9, 2: 0.1}, {1: 0.0, 2: 5.0}
+    assert max(fuse(dense, lexical, 0.9, 0.1).items(), key=lambda i: i[1])[0] == 1
+    assert max(fuse(dense, lexical, 0.1, 0.9).items(), key=lambda i: i[1])[0] == 2
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
+def test_each_mode_returns_ranked_passages(searcher: Searcher, mode: str) -> None:
+    hits = searcher.search("党风廉政建设主体责任怎么落实", top_k=5, mode=mode)
+    assert len(hits) == 5
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert all(h.passage.title and h.passage.passage_id for h in hits)
+
+
+def test_hybrid_hits_explain_their_rank(searcher: Searcher) -> None:
+    hits = searcher.search("如何推动党建与医疗业务深度融合", top_k=5)
+    top = hits[0]
+    assert top.dense_rank is not None and top.lexical_rank is not None
+    assert {"党建", "业务", "融合"} <= set(top.matched_terms)
+    assert "融合" in top.passage.text
+
+
+def test_highlights_cover_matched_terms_in_the_text(searcher: Searcher) -> None:
+    for hit in searcher.search("三会一课制度落实情况", top_k=5):
+        for start, end in hit.highlights:
+            fragment = hit.passage.text[start:end].lower()
+            assert any(term in fragment for term in hit.matched_terms)
+
+
+def test_domain_terms_stay_whole(searcher: Searcher) -> None:
+    assert "三会一课" in searcher.tokenizer.tokens("怎样落实三会一课")
+    assert "一岗双责" in searcher.tokenizer.tokens("一岗双责是什么意思")
+    assert "如何" not in searcher.tokenizer.tokens("如何落实一岗双责")
+
+
+def test_results_never_overlap_within_a_paragraph(searcher: Searcher) -> None:
+    hits = searcher.search("加强党风廉政建设和医德医风建设", top_k=30)
+    spans = sorted((h.passage.doc_id, h.passage.start, h.passage.end) for h in hits)
+    for (doc_a, _, end_a), (doc_b, start_b, _) in zip(spans, spans[1:]):
+        assert doc_a != doc_b or end_a <= start_b
+
+
+def test_filters_restrict_results(searcher: Searcher) -> None:
+    doc_id = searcher.index.passages[0].doc_id
+    hits = searcher.search("党建工作", top_k=10, filters=Filters(doc_ids=frozenset({doc_id})))
+    assert hits and all(h.passage.doc_id == doc_id for h in hits)
+    speeches = searcher.search("党建工作", top_k=10, filters=Filters(doc_type="讲话", year=2020))
+    assert speeches and all(h.passage.doc_type == "讲话" and h.passage.year == 2020 for h in speeches)
+    assert searcher.search("党建工作", filters=Filters(year=1990)) == []
+
+
+def test_query_without_content_words_still_answers_by_meaning(searcher: Searcher) -> None:
+    hits = searcher.search("怎么办？", top_k=3)
+    assert len(hits) == 3 and all(h.lexical_rank is None for h in hits)
+
+
+def test_religion_paraphrase_finds_the_rule(searcher: Searcher) -> None:
+    texts = [h.passage.text for h in searcher.search("党员能不能信仰宗教", top_k=3)]
+    assert any("宗教" in text for text in texts)
