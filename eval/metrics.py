@@ -1,6 +1,7 @@
 """Ranking metrics over passage ids: pure functions of a ranking and the set of relevant ids."""
 
 import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -40,3 +41,15 @@ def mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
     return {name: sum(row[name] for row in rows) / len(rows) for name in rows[0]}
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p95 and p99 of durations, in milliseconds (nearest-rank percentiles)."""
+    milliseconds = sorted(1000 * s for s in seconds)
+    if not milliseconds:
+        return {}
+
+    def nearest_rank(fraction: float) -> float:
+        return milliseconds[max(0, math.ceil(fraction * len(milliseconds)) - 1)]
+
+    return {"median_ms": statistics.median(milliseconds), "p95_ms": nearest_rank(0.95), "p99_ms": nearest_rank(0.99)}

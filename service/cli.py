@@ -1,4 +1,4 @@
-"""Command line: dangjian-qa index | search | serve | eval (and add/remove/docs for users' files)."""
+"""Command line: dangjian-qa index | search | serve | eval | add | remove | docs."""
 
 import argparse
 import json
@@ -93,6 +93,86 @@ def command_serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings.model_copy(update=overrides), build_missing=args.build_missing)
 
 
+def command_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from eval.run import command
+
+    return command(args, settings)
+
+
+def collect_files(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Named files as given, folders searched recursively for supported files; missing paths reported."""
+    from service.ingest.read import SUPPORTED_SUFFIXES
+
+    files: list[Path] = []
+    missing: list[str] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(f"{name}：文件不存在")
+    return files, missing
+
+
+def command_add(args: argparse.Namespace, settings: Settings) -> int:
+    from service.engine import open_encoder, open_tokenizer
+    from service.update import ADDED, DUPLICATE, FAILED, REPLACED, TOO_LARGE, UNSUPPORTED, AddReport, add_files
+
+    files, missing = collect_files(args.paths)
+    if not files and not missing:
+        print("错误：没有找到可添加的文件（支持 .txt .md .docx .pdf）", file=sys.stderr)
+        return EXIT_INPUT
+    report = AddReport()
+    if files:
+        report = add_files(settings, open_encoder(settings), open_tokenizer(settings), files, progress=True)
+    for outcome in report.having(ADDED, REPLACED):
+        verb = "新增" if outcome.status == ADDED else "替换"
+        print(f"{verb}：{outcome.name} → {outcome.doc_id}（{outcome.passages} 个段落）")
+    for outcome in report.having(DUPLICATE):
+        print(f"跳过：{outcome.reason}")
+    failures = [outcome.reason for outcome in report.having(UNSUPPORTED, TOO_LARGE, FAILED)] + missing
+    for reason in failures:
+        print(f"失败：{reason}", file=sys.stderr)
+    counts = [len(report.having(status)) for status in (ADDED, REPLACED, DUPLICATE)]
+    print(
+        f"新增 {counts[0]} 篇、替换 {counts[1]} 篇、跳过重复 {counts[2]} 篇、失败 {len(failures)} 个"
+        f"（其中不支持的类型 {len(report.having(UNSUPPORTED))} 个），用时 {report.seconds:.1f} 秒"
+    )
+    return EXIT_OK if report.changed or not failures else EXIT_INPUT
+
+
+def command_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from service.engine import open_encoder
+    from service.update import UpdateError, delete_documents
+
+    try:
+        index = delete_documents(settings, open_encoder(settings), args.doc_ids)
+    except UpdateError as error:
+        print(f"错误：{error}", file=sys.stderr)
+        return EXIT_INPUT
+    removed = "、".join(dict.fromkeys(args.doc_ids))
+    print(f"已删除：{removed}；索引现有 {len(index.documents)} 篇文档、{len(index.passages)} 个段落")
+    return EXIT_OK
+
+
+def command_docs(args: argparse.Namespace, settings: Settings) -> int:
+    from service.engine import model_info, open_encoder
+    from service.index import load_index
+    from service.update import document_rows
+
+    rows = document_rows(load_index(settings.index_dir, model_info(open_encoder(settings))))
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    for row in rows:
+        about = " · ".join(str(value) for value in (row["doc_type"], row["year"]) if value)
+        print(f"{row['doc_id']}  《{row['title']}》 {about}  {row['passages']} 段  添加于 {row['added_at']}")
+    print(f"共 {len(rows)} 篇文档")
+    return EXIT_OK
+
+
 def top_k(value: str) -> int:
     number = int(value)
     if not 1 <= number <= 50:
@@ -114,19 +194,40 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--build-missing", action="store_true", help="索引不存在时先从文档目录构建")
+    evaluate = commands.add_parser("eval", help="评测检索质量，结果写入 eval/results/")
+    evaluate.add_argument("--url", help="评测运行中的服务，例如 http://127.0.0.1:8765（默认进程内）")
+    evaluate.add_argument("--split", choices=["all", "dev", "test"], default="all")
+    modes = ["hybrid", "dense", "lexical"]
+    evaluate.add_argument("--modes", nargs="+", choices=modes, default=modes)
+    evaluate.add_argument("--out", type=Path, help="结果目录（默认 eval/results/）")
+    add = commands.add_parser("add", help="添加文档（.txt .md .docx .pdf，可给文件夹）到索引")
+    add.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    remove = commands.add_parser("remove", help="从索引删除文档")
+    remove.add_argument("doc_ids", nargs="+", metavar="DOC_ID", help="文档编号（见 dangjian-qa docs）")
+    docs = commands.add_parser("docs", help="列出索引中的文档")
+    docs.add_argument("--json", action="store_true", help="输出 JSON")
     return root
 
 
-COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve}
+COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve, "eval": command_eval}
+COMMANDS |= {"add": command_add, "remove": command_remove, "docs": command_docs}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from embeddings.model import ModelError
     from service.index import IndexUnavailable
 
     args = parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args, Settings())
+        settings = Settings()
+    except ValidationError as error:
+        fields = "、".join(f"DJQA_{'_'.join(map(str, e['loc'])).upper()}" for e in error.errors())
+        print(f"配置错误：环境变量 {fields} 的值无效", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args, settings)
     except (IndexUnavailable, ModelError) as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_UNAVAILABLE

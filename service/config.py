@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     max_query_chars: int = Field(default=500, ge=1)
     max_top_k: int = Field(default=50, ge=1)
-    # Below this fused-evidence confidence, /api/ask says nothing relevant was found.
+    # Below this confidence /api/ask answers 「未找到」; 0.5 is the line calibrated on dev (service/answer.py).
     answer_min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
 
     api_key: str | None = None

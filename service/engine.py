@@ -81,7 +81,9 @@ def build_index(
     return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
 
 
-def open_searcher(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> Searcher:
+def open_searcher(
+    settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None
+) -> Searcher:
     """Load the index (IndexUnavailable if missing or mismatched) and wrap it in a Searcher."""
     encoder = encoder or open_encoder(settings)
     index = load_index(settings.index_dir, model_info(encoder))

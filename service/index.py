@@ -212,13 +212,17 @@ def load_index(index_dir: Path, model: dict) -> SearchIndex:
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         check_manifest(manifest, model)
         rows = read_jsonl(version_dir / "passages.jsonl")
-        documents = [Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")]
+        documents = [
+            Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
+        ]
         vectors = faiss.read_index(str(version_dir / "vectors.faiss"))
         bm25 = bm25s.BM25.load(str(version_dir / "bm25"), mmap=True, show_progress=False)
     except IndexUnavailable:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise IndexUnavailable(f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}") from error
+        raise IndexUnavailable(
+            f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}"
+        ) from error
     unit_count = sum(len(row["unit_ids"]) for row in rows)
     if not (len(rows) == manifest["passage_count"] == bm25.scores["num_docs"] and unit_count == vectors.ntotal):
         raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")

@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass, field
 
+# Block.heading_level of the document title when the file format marks it (docx "Title" style).
+TITLE_LEVEL = 0
+
 
 @dataclass(frozen=True)
 class Block:
@@ -11,6 +14,8 @@ class Block:
     # Heading level given by the file format (docx style, markdown #); None means detect from text.
     heading_level: int | None = None
     page: int | None = None
+    # A row of a table: body text, never a heading (cells are short and unpunctuated).
+    table_row: bool = False
 
 
 @dataclass(frozen=True)

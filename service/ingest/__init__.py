@@ -26,12 +26,19 @@ def doc_id_for(path: Path) -> str:
     return re.sub(r"[^\w\-]+", "_", path.stem).strip("_")[:80] or "document"
 
 
-def ingest_file(path: Path, doc_id: str | None = None) -> tuple[Document, list[Passage]]:
-    """Read, clean and cut one file; raises ReadError when it holds no usable text."""
-    blocks = clean_blocks(read_blocks(path))
-    document, passages = build_document(doc_id or doc_id_for(path), path.name, blocks)
+def ingest_file(
+    path: Path, doc_id: str | None = None, name: str | None = None, max_bytes: int | None = None
+) -> tuple[Document, list[Passage]]:
+    """Read, clean and cut one file; raises ReadError when it holds no usable text.
+
+    `name` is the user's file name when `path` is a temporary copy (an upload): it gives the doc id,
+    the source and the messages; the path itself is never derived from it.
+    """
+    name = name or path.name
+    blocks = clean_blocks(read_blocks(path, name, max_bytes))
+    document, passages = build_document(doc_id or doc_id_for(Path(name)), name, blocks)
     if not passages:
-        raise ReadError(f"{path.name}：没有可检索的正文")
+        raise ReadError(f"{name}：没有可检索的正文")
     return document, passages
 
 

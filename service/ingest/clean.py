@@ -10,7 +10,7 @@ from dataclasses import replace
 from service.records import Block
 
 # Words typical of download-site chrome. Body text uses some of them too ("免费义诊", "微信公众号
-#阵地管理"), so a line is chrome only when they are dense: three in any line, two in a short one.
+# 阵地管理"), so a line is chrome only when they are dense: three in any line, two in a short one.
 SITE_WORDS = (
     "会员", "VIP", "vip", "下载", "付费", "版权", "侵权", "举报", "订阅", "本站", "上传", "退款",
     "客服", "免费", "仅供", "禁止外传", "权益", "扫码", "转载", "免责", "原创", "文档", "积分", "倒卖",

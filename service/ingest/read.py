@@ -1,14 +1,34 @@
-"""Read source files into blocks of text; decoding problems become ReadError, never crashes."""
+"""Read source files into blocks of text; decoding problems become ReadError, never crashes.
 
+Formats: .txt and .md (UTF-8 or GB18030), .docx (python-docx: heading styles, tables in document
+order) and .pdf with a text layer (pypdf: page numbers kept, running headers, footers and page
+numbers dropped, lines broken by the layout joined back into paragraphs).
+"""
+
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from service.records import Block
+from service.ingest.structure import numbered_level
+from service.records import TITLE_LEVEL, Block
 
 TEXT_SUFFIXES = (".txt", ".md")
+SUPPORTED_SUFFIXES = (".txt", ".md", ".docx", ".pdf")
 
 
 class ReadError(Exception):
     """A file that cannot be turned into text; the message names the file and the reason."""
+
+
+class UnsupportedFileType(ReadError):
+    """The file's type is not one we read; the message lists the supported types."""
+
+
+class FileTooLarge(ReadError):
+    """The file is over the configured size limit (settings.max_upload_bytes)."""
 
 
 def decode_text(raw: bytes, name: str) -> str:
@@ -39,14 +59,237 @@ def markdown_blocks(text: str) -> list[Block]:
     return blocks
 
 
-def read_blocks(path: Path) -> list[Block]:
-    """Read a supported file into blocks."""
-    suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES:
-        raise ReadError(f"{path.name}：不支持的文件类型 {suffix or '（无扩展名）'}")
+# --- .docx -----------------------------------------------------------------------------------------
+
+# Word stores built-in style names in English ("heading 1") whatever the UI language; WPS and
+# hand-made templates use the Chinese names ("标题 1").
+HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*(\d)$", re.IGNORECASE)
+TITLE_STYLES = ("title", "标题")
+OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # old binary .doc, and password-protected Office files
+CELL_SEPARATOR = "｜"
+
+
+def style_level(paragraph) -> int | None:  # a docx Paragraph
+    """Heading level from the paragraph's style or its base styles; TITLE_LEVEL for the title."""
+    outline = paragraph._p.xpath("./w:pPr/w:outlineLvl/@w:val")  # direct outline level, rare
+    style = paragraph.style
+    while style is not None:
+        name = (style.name or "").strip()
+        if name.lower() in TITLE_STYLES:
+            return TITLE_LEVEL
+        if match := HEADING_STYLE.match(name):
+            return int(match.group(1))
+        outline = outline or style.element.xpath("./w:pPr/w:outlineLvl/@w:val")
+        style = style.base_style
+    # Outline level 9 is "body text"; 0..8 are heading levels 1..9.
+    return int(outline[0]) + 1 if outline and int(outline[0]) < 9 else None
+
+
+def paragraph_blocks(paragraph) -> list[Block]:  # a docx Paragraph
+    """A paragraph's lines (soft line breaks become separate blocks); empty paragraphs stay blank."""
+    level = style_level(paragraph)
+    lines = [line.strip() for line in paragraph.text.split("\n")]
+    if level is not None:
+        heading = " ".join(line for line in lines if line)
+        return [Block(heading, heading_level=level)] if heading else []
+    return [Block(line) for line in lines]
+
+
+def table_blocks(table) -> list[Block]:  # a docx Table
+    """One block per row, cells joined; a merged cell repeats in python-docx and is kept once."""
+    blocks = [Block("")]
+    for row in table.rows:
+        cells: list[str] = []
+        for cell in row.cells:
+            text = " ".join(cell.text.split())
+            if text and (not cells or cells[-1] != text):
+                cells.append(text)
+        if cells:
+            blocks.append(Block(CELL_SEPARATOR.join(cells), table_row=True))
+    return [*blocks, Block("")]
+
+
+def docx_blocks(path: Path, name: str) -> list[Block]:
+    """Paragraphs and table rows in body order."""
+    import docx
+    from docx.table import Table
+
+    with path.open("rb") as handle:
+        if handle.read(4) == OLE_MAGIC:
+            raise ReadError(f"{name}：文件已加密或是旧版 Word（.doc）格式，请另存为 .docx 后再添加")
+    try:
+        document = docx.Document(str(path))
+        blocks: list[Block] = []
+        for item in document.iter_inner_content():
+            blocks += table_blocks(item) if isinstance(item, Table) else paragraph_blocks(item)
+    # python-docx surfaces a damaged package as zip, XML, key or value errors of several libraries.
+    except Exception as error:
+        raise ReadError(f"{name}：文件已损坏或不是有效的 Word 文档") from error
+    return blocks
+
+
+# --- .pdf ------------------------------------------------------------------------------------------
+
+PAGE_NUMBER = re.compile(
+    r"^(?:[-–—－]\s*\d{1,4}\s*[-–—－]"
+    r"|第\s*\d{1,4}\s*页(?:\s*[,，/／]?\s*共\s*\d{1,4}\s*页)?"
+    r"|\d{1,4}(?:\s*[/／]\s*\d{1,4})?"
+    r"|[Pp]age\s*\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?)$"
+)
+EDGE_LINES = 2  # running headers and footers sit in the first or last lines of a page
+RUNNING_SHARE = 0.6  # a line at the page edge on this share of the pages is a running header/footer
+SENTENCE_CLOSE = re.compile(r"[。！？!?；;：:…][”’」』）)]*$")
+FULL_LINE = 0.85  # a line this close to the text width was broken by the layout, not by the author
+INDENT = 2  # layout columns beyond the left margin that mark a first-line indent (one CJK character)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Layout extraction pads justified lines and font changes with spaces; between CJK characters they are noise.
+CJK_GAP = re.compile(r"(?<=[\u3000-\u9fff\uff00-\uffef])\s+(?=[\u3000-\u9fff\uff00-\uffef])")
+
+
+@dataclass(frozen=True)
+class Line:
+    """A line of a PDF page: its text and how far it starts from the left edge (layout columns)."""
+
+    text: str
+    indent: int
+
+
+def display_width(text: str) -> float:
+    """Width in CJK characters: Latin letters and digits are about half as wide."""
+    return sum(0.5 if ord(char) < 0x2E80 else 1.0 for char in text)
+
+
+def layout_line(raw: str) -> Line:
+    raw = CONTROL.sub("", raw).rstrip()
+    text = CJK_GAP.sub("", " ".join(raw.split()))
+    return Line(text, len(raw) - len(raw.lstrip()))
+
+
+def pdf_pages(path: Path, name: str) -> list[list[Line]]:
+    """Non-empty lines of each page's text layer, with their indentation."""
+    import pypdf
+    from pypdf.errors import DependencyError, FileNotDecryptedError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings on damaged files are ours to report
+    try:
+        reader = pypdf.PdfReader(str(path))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ReadError(f"{name}：PDF 已加密，需要先解除密码保护")
+        # Layout mode keeps horizontal positions, which is how a first-line indent shows.
+        texts = [page.extract_text(extraction_mode="layout") or "" for page in reader.pages]
+    except ReadError:
+        raise
+    except (DependencyError, FileNotDecryptedError) as error:
+        raise ReadError(f"{name}：PDF 已加密，需要先解除密码保护（{error}）") from error
+    # pypdf raises many kinds of errors on malformed files; any of them means the file is unusable.
+    except Exception as error:
+        raise ReadError(f"{name}：PDF 文件已损坏，无法读取（{type(error).__name__}）") from error
+    pages = [[layout_line(raw) for raw in text.split("\n")] for text in texts]
+    return [[line for line in lines if line.text] for lines in pages]
+
+
+def edge_key(text: str) -> str:
+    """Running headers often carry the page number ("第 3 页 共 10 页"): compare without digits."""
+    return re.sub(r"\d+", "#", text)
+
+
+def strip_page_edges(pages: list[list[Line]]) -> list[list[Line]]:
+    """Drop page numbers and lines repeated at the top or bottom of most pages."""
+    edge_counts: Counter[str] = Counter()
+    for lines in pages:
+        edge_counts.update({edge_key(line.text) for line in lines[:EDGE_LINES] + lines[-EDGE_LINES:]})
+    needed = max(2, math.ceil(RUNNING_SHARE * len(pages)))
+    running = {key for key, count in edge_counts.items() if count >= needed}
+
+    def is_edge(line: Line) -> bool:
+        return bool(PAGE_NUMBER.match(line.text)) or edge_key(line.text) in running
+
+    stripped = []
+    for lines in pages:
+        start, end = 0, len(lines)
+        while start < min(end, EDGE_LINES + 1) and is_edge(lines[start]):
+            start += 1
+        while end > max(start, len(lines) - EDGE_LINES - 1) and is_edge(lines[end - 1]):
+            end -= 1
+        stripped.append(lines[start:end])
+    return stripped
+
+
+def join_lines(pages: list[list[Line]]) -> list[Block]:
+    """Paragraphs from layout lines, each with the page it starts on.
+
+    A line that fills the text width continues into the next line unless that one starts a paragraph:
+    it is indented (when the document indents its paragraphs), or it starts a numbered heading. In a
+    document without indents, a full line that closes a sentence is taken as a paragraph's end.
+    Short lines (headings, a paragraph's last line) always end a block.
+    """
+    lines = [(number, line) for number, page_lines in enumerate(pages, start=1) for line in page_lines]
+    widths = sorted(display_width(line.text) for _, line in lines)
+    text_width = widths[int(0.9 * (len(widths) - 1))] if widths else 0.0
+    margin = min((line.indent for _, line in lines), default=0)
+    full = [display_width(line.text) >= FULL_LINE * text_width for _, line in lines]
+    indented = [line.indent >= margin + INDENT for _, line in lines]
+    # Indents are a signal only if full lines (the body of paragraphs) sit at the margin.
+    uses_indents = any(indented) and sum(f and not i for f, i in zip(full, indented, strict=True)) > sum(full) / 2
+    blocks: list[Block] = []
+    current, current_page = "", None
+    for position, (page, line) in enumerate(lines):
+        if not current:
+            current_page = page
+        latin_seam = current[-1:].isascii() and current[-1:].isalnum() and line.text[:1].isascii()
+        current += (" " if latin_seam and line.text[:1].isalnum() else "") + line.text
+        following = lines[position + 1][1] if position + 1 < len(lines) else None
+        continues = (
+            following is not None
+            and full[position]
+            and numbered_level(following.text) is None
+            and (not indented[position + 1] if uses_indents else not SENTENCE_CLOSE.search(line.text))
+        )
+        if not continues:
+            blocks.append(Block(current, page=current_page))
+            current = ""
+    return blocks
+
+
+def pdf_blocks(path: Path, name: str) -> list[Block]:
+    """Paragraph blocks of a PDF's text layer; a PDF without one (a scan) needs OCR first."""
+    pages = pdf_pages(path, name)
+    if not any(re.search(r"\w", line.text) for lines in pages for line in lines):
+        raise ReadError(f"{name}：PDF 中没有可提取的文字（可能是扫描件），需要先做 OCR")
+    return join_lines(strip_page_edges(pages))
+
+
+# --- any file --------------------------------------------------------------------------------------
+
+
+def check_file(path: Path, name: str, max_bytes: int | None = None) -> None:
+    """Type, presence and size checks shared by the CLI and the upload API."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        supported = "、".join(SUPPORTED_SUFFIXES)
+        raise UnsupportedFileType(f"{name}：不支持的文件类型 {suffix or '（无扩展名）'}，支持的类型：{supported}")
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ReadError(f"{name}：无法读取文件（{error.strerror}）") from error
+    if size == 0:
+        raise ReadError(f"{name}：文件是空的")
+    if max_bytes is not None and size > max_bytes:
+        raise FileTooLarge(f"{name}：文件大小 {size / 2**20:.1f} MB 超过上限 {max_bytes / 2**20:.0f} MB")
+
+
+def read_blocks(path: Path, name: str | None = None, max_bytes: int | None = None) -> list[Block]:
+    """Read a supported file into blocks; `name` is the user's file name (the path may be a temp file)."""
+    name = name or path.name
+    check_file(path, name, max_bytes)
+    suffix = Path(name).suffix.lower()
+    if suffix == ".docx":
+        return docx_blocks(path, name)
+    if suffix == ".pdf":
+        return pdf_blocks(path, name)
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise ReadError(f"{path.name}：无法读取文件（{error.strerror}）") from error
-    text = decode_text(raw, path.name)
+        raise ReadError(f"{name}：无法读取文件（{error.strerror}）") from error
+    text = decode_text(raw, name)
     return markdown_blocks(text) if suffix == ".md" else text_blocks(text)

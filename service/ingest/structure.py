@@ -3,7 +3,7 @@
 import re
 from dataclasses import dataclass
 
-from service.records import Block
+from service.records import TITLE_LEVEL, Block
 
 CN_NUM = "[一二三四五六七八九十百零]+"
 # Numbered heading patterns of Chinese official documents, outermost first.
@@ -140,6 +140,8 @@ def outline(blocks: list[Block], fallback_title: str) -> Outline:
         (i for i, text in enumerate(texts[:3]) if is_title_line(text, texts[i + 1] if i + 1 < len(texts) else None)),
         None,
     )
+    # A title the file format marks (docx "Title" style) wins over one recognised from the text.
+    title_index = next((i for i, block in enumerate(blocks) if block.heading_level == TITLE_LEVEL), title_index)
     title = texts[title_index] if title_index is not None else ""
     body_texts = texts[title_index + 1 :] if title_index is not None else texts
     if not title:
@@ -153,11 +155,11 @@ def outline(blocks: list[Block], fallback_title: str) -> Outline:
             paragraphs.append(Paragraph(text, (), False, block.page))
             continue
         next_text = texts[i + 1] if i + 1 < len(texts) else None
-        level = block.heading_level or numbered_level(text)
+        level = None if block.table_row else block.heading_level or numbered_level(text)
         has_body = block.heading_level is None
         heading = text
         numbered = level is not None
-        if level is None and is_headline(text, next_text):
+        if level is None and not block.table_row and is_headline(text, next_text):
             # Unnumbered headlines sit one level below the innermost numbered heading.
             level = max((entry[0] for entry in stack if entry[2]), default=0) + 1
             has_body = False

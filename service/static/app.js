@@ -190,7 +190,9 @@
     renderAnswer(ask.status === 'fulfilled' ? ask.value : null, results);
     if (!ok) setSearchStatus(search.reason.message, 'error');
     else if (!results.length) setSearchStatus('没有找到相关段落，换个说法试试', 'empty');
-    else setSearchStatus(`找到 ${results.length} 条相关段落 · 用时 ${Math.round(search.value.took_ms || 0)} 毫秒`, 'info');
+    else if (ask.status === 'fulfilled' && ask.value.found === false) {
+      setSearchStatus(`没有找到直接相关的内容，以下 ${results.length} 条是最接近的段落，仅供参考`, 'empty');
+    } else setSearchStatus(`找到 ${results.length} 条相关段落 · 用时 ${Math.round(search.value.took_ms || 0)} 毫秒`, 'info');
   }
 
   function rerunIfShown() {
@@ -361,8 +363,10 @@
     for (const p of ps) {
       const gap = p.start > pos ? text.slice(pos, p.start) : '';
       if (gap.trim()) out.push(el('div', { class: 'doc-gap' }, gap.trim()));
-      const lastSeg = (p.section || '').split(' › ').pop();
-      if (p.section && p.section !== section && !gap.includes(lastSeg)) {
+      // Section names may be shortened with 「…」; a run-in heading already opens the passage text.
+      const lastSeg = (p.section || '').split(' › ').pop().replace(/…$/, '');
+      const shown = gap.includes(lastSeg) || text.slice(p.start, p.end).startsWith(lastSeg);
+      if (p.section && p.section !== section && !shown) {
         out.push(el('h3', { class: 'doc-section' }, p.section));
       }
       section = p.section;

@@ -1,0 +1,291 @@
+"""Speed: `make bench` (python -m eval.bench) measures start-up, latency, throughput, memory and indexing.
+
+Everything runs on this machine over loopback against `dangjian-qa serve` on a free port, started
+and stopped here. Benchmarks report; they never assert times. Writes eval/results/bench.json,
+bench.md and bench_latency.png. `--quick` skips the 100k-passage scale run (see eval/scale.py).
+"""
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from eval.metrics import latency_summary
+from eval.questions import load_questions
+from eval.scale import peak_rss_bytes
+from service.config import PROJECT_ROOT, Settings
+
+RESULTS_DIR = PROJECT_ROOT / "eval" / "results"
+CLI = Path(sys.executable).parent / "dangjian-qa"
+CONCURRENCY = (1, 4, 16, 64)
+READY_TIMEOUT = 120.0
+MAX_REQUESTS_PER_LEVEL = 50_000  # bounds a throughput level even if the server answers instantly
+
+
+def machine() -> dict:
+    """Cores, CPU model and RAM of this machine."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.MULTILINE)
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").is_file() else ""
+    total = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.MULTILINE)
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model.group(1).strip() if model else platform.processor() or "unknown",
+        "ram_bytes": int(total.group(1)) * 1024 if total else None,
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`dangjian-qa serve` in a subprocess on a free loopback port; a context manager."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="djqa-bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
+        self.started = time.perf_counter()
+        command = [str(CLI), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=PROJECT_ROOT
+        )
+
+    def wait_until_answering(self, query: str) -> float:
+        """Seconds from launch to the first answered /api/search."""
+        deadline = self.started + READY_TIMEOUT
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while time.perf_counter() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
+                try:
+                    if client.post("/api/search", json={"query": query}).status_code == 200:
+                        return time.perf_counter() - self.started
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not answer within {READY_TIMEOUT:.0f} s: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def cold_start(query: str, runs: int = 3) -> dict:
+    """Launch-to-first-answer seconds of `dangjian-qa serve`, `runs` times."""
+    seconds = []
+    for _ in range(runs):
+        with Server() as server:
+            seconds.append(server.wait_until_answering(query))
+    return {"runs": seconds, "median_seconds": statistics.median(seconds)}
+
+
+def request_body(endpoint: str, question: str) -> dict:
+    return {"query": question} if endpoint == "/api/search" else {"question": question}
+
+
+def single_client(url: str, endpoint: str, questions: Sequence[str], requests: int) -> dict:
+    """One client, one request at a time, questions cycled: latency percentiles and errors."""
+    seconds, errors = [], 0
+    with httpx.Client(base_url=url, timeout=60) as client:
+        client.post(endpoint, json=request_body(endpoint, questions[0]))
+        for question in itertools.islice(itertools.cycle(questions), requests):
+            started = time.perf_counter()
+            try:
+                ok = client.post(endpoint, json=request_body(endpoint, question)).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            seconds.append(time.perf_counter() - started)
+            errors += not ok
+    return {"requests": requests, "errors": errors, **latency_summary(seconds)}
+
+
+async def load_level(url: str, endpoint: str, questions: Sequence[str], clients: int, duration: float) -> dict:
+    """`clients` concurrent loops of requests for `duration` seconds: throughput, latency, errors."""
+    deadline = time.perf_counter() + duration
+    seconds: list[float] = []
+    errors = 0
+    counter = itertools.count()
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline and (number := next(counter)) < MAX_REQUESTS_PER_LEVEL:
+            question = questions[number % len(questions)]
+            started = time.perf_counter()
+            try:
+                response = await client.post(endpoint, json=request_body(endpoint, question))
+                errors += response.status_code != 200
+            except httpx.HTTPError:
+                errors += 1
+            seconds.append(time.perf_counter() - started)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(seconds),
+        "errors": errors,
+        "requests_per_second": (len(seconds) - errors) / elapsed,
+        **latency_summary(seconds),
+    }
+
+
+def query_cache_setting() -> str | None:
+    """The name of a query-cache size setting, if the service has one."""
+    return next((name for name in Settings.model_fields if "query_cache" in name), None)
+
+
+def http_benchmarks(questions: Sequence[str], requests: int, duration: float) -> dict:
+    """Single-client latency, throughput by concurrency and the server's peak RSS, on one server."""
+    results: dict = {}
+    with Server() as server:
+        server.wait_until_answering(questions[0])
+        print(f"  server on {server.url}, pid {server.process.pid}", flush=True)
+        results["search"] = single_client(server.url, "/api/search", questions, requests)
+        print(f"  /api/search single client: {results['search']}", flush=True)
+        results["ask"] = single_client(server.url, "/api/ask", questions, requests)
+        print(f"  /api/ask single client: {results['ask']}", flush=True)
+        results["throughput"] = []
+        for clients in CONCURRENCY:
+            level = asyncio.run(load_level(server.url, "/api/search", questions, clients, duration))
+            results["throughput"].append(level)
+            print(
+                f"  {clients:>2} clients: {level['requests_per_second']:.1f} req/s, {level['errors']} errors",
+                flush=True,
+            )
+        results["server_peak_rss_bytes"] = peak_rss_bytes(str(server.process.pid))
+    cache = query_cache_setting()
+    results["query_cache"] = cache
+    if cache:
+        with Server(env={f"DJQA_{cache.upper()}": "0"}) as server:
+            server.wait_until_answering(questions[0])
+            results["search_without_query_cache"] = single_client(server.url, "/api/search", questions, requests)
+    return results
+
+
+def index_build() -> dict:
+    """`dangjian-qa index` on the seeds with a cold vector cache (ONNX export copied), then warm."""
+    settings = Settings()
+    onnx = settings.cache_dir / "onnx"
+    with tempfile.TemporaryDirectory(prefix="djqa-bench-index-") as scratch:
+        cache_dir, index_dir = Path(scratch) / "cache", Path(scratch) / "index"
+        if onnx.is_dir():
+            shutil.copytree(onnx, cache_dir / "onnx")
+        env = {**os.environ, "DJQA_CACHE_DIR": str(cache_dir), "DJQA_INDEX_DIR": str(index_dir)}
+        runs = {}
+        for label in ("cold", "warm"):
+            started = time.perf_counter()
+            done = subprocess.run(
+                [str(CLI), "index"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+            )
+            runs[label] = {"wall_seconds": time.perf_counter() - started}
+            timing = re.search(r"用时 ([\d.]+) 秒（编码 ([\d.]+) 秒）", done.stdout)
+            if timing:
+                runs[label] |= {"build_seconds": float(timing.group(1)), "encode_seconds": float(timing.group(2))}
+        version = (index_dir / "CURRENT").read_text().strip()
+        rows = [json.loads(line) for line in (index_dir / "versions" / version / "passages.jsonl").open()]
+    passages, units = len(rows), sum(len(row["unit_ids"]) for row in rows)
+    cold = runs["cold"]
+    if cold.get("encode_seconds"):
+        cold["passages_per_second"] = passages / cold["encode_seconds"]
+        cold["units_per_second"] = units / cold["encode_seconds"]
+    return {"passages": passages, "units": units, **runs}
+
+
+def scale_run(count: int, sample: int) -> dict:
+    """Build a synthetic index of `count` passages and query it, each in a child process."""
+    with tempfile.TemporaryDirectory(prefix="djqa-bench-scale-") as scratch:
+        index_dir = Path(scratch) / "index"
+        python = [sys.executable, "-m", "eval.scale"]
+        built = subprocess.run(
+            [*python, "build", str(count), str(index_dir), str(sample)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        build = json.loads(built.stdout.strip().splitlines()[-1])
+        print(f"  built {count} passages in {build['build_seconds']:.1f} s", flush=True)
+        queried = subprocess.run(
+            [*python, "query", str(index_dir)], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        )
+        query = json.loads(queried.stdout.strip().splitlines()[-1])
+    build["build_peak_rss_bytes"] = build.pop("peak_rss_bytes")
+    return {**build, "query": query}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.report import bench_chart, bench_markdown
+
+    parser = argparse.ArgumentParser(prog="python -m eval.bench", description="速度基准测试")
+    parser.add_argument("--quick", action="store_true", help="跳过 10 万段落的规模测试")
+    parser.add_argument("--scale", type=int, default=100_000, help="规模测试的合成段落数（默认 100000）")
+    parser.add_argument("--sample", type=int, default=200, help="测编码速度的合成段落样本数（默认 200）")
+    parser.add_argument("--requests", type=int, default=500, help="单客户端请求数（默认 500）")
+    parser.add_argument("--duration", type=float, default=5.0, help="每个并发级别的秒数（默认 5）")
+    parser.add_argument("--cold-starts", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    questions = [q.question for q in load_questions()]
+    results: dict = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    print("cold start …", flush=True)
+    results["cold_start"] = cold_start(questions[0], args.cold_starts)
+    print("HTTP latency and throughput …", flush=True)
+    results["http"] = http_benchmarks(questions, args.requests, args.duration)
+    print("index build …", flush=True)
+    results["index_build"] = index_build()
+    if not args.quick and args.scale:
+        print(f"scale run with {args.scale} synthetic passages …", flush=True)
+        results["scale"] = scale_run(args.scale, args.sample)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    report = bench_markdown(results)
+    (args.out / "bench.md").write_text(report)
+    bench_chart(results, args.out / "bench_latency.png")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Presenting eval results: markdown tables, the change against the last commit, and charts."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.font_manager as font_manager
+import matplotlib.pyplot as plt
+
+SYSTEM_NAMES = {
+    "hybrid": ("hybrid (ours)", "混合（本项目）"),
+    "dense": ("dense, multi-unit (ours)", "语义（本项目）"),
+    "lexical": ("lexical BM25 (ours)", "关键词（本项目）"),
+    "baseline_dense_passage": ("baseline: whole-passage dense", "基线：整段向量"),
+    "baseline_bm25_jieba": ("baseline: jieba + BM25", "基线：jieba+BM25"),
+    "baseline_rrf": ("baseline: RRF k=60 of the two", "基线：RRF 融合"),
+}
+KIND_NAMES = {
+    "all": ("all", "全部"),
+    "lexical": ("lexical", "字面"),
+    "paraphrase": ("paraphrase", "改写"),
+    "multi": ("multi", "多段"),
+}
+METRICS = ("hit@1", "hit@5", "mrr@10", "ndcg@10", "recall@10")
+HEADLINE = (("hit@5", "hit@5"), ("mrr@10", "MRR@10"))
+
+
+def system_name(system: str) -> str:
+    if system in SYSTEM_NAMES:
+        return SYSTEM_NAMES[system][0]
+    mode, _, value = system.partition("_embed_context_")
+    return f"ablation: {mode}, embed_context={value}" if value else system
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def signed(value: float) -> str:
+    return f"{value:+.3f}".replace("-", "−")
+
+
+def ranking_tables(results: dict) -> list[str]:
+    systems = results["systems"]
+    parts = []
+    for split in ("all", "dev", "test"):
+        named = [(name, system[split]) for name, system in systems.items() if split in system]
+        if not named:
+            continue
+        counts = named[0][1]["all"]["n"]
+        header = ["system", "hit@1", "hit@5", "MRR@10", "nDCG@10", "recall@10"]
+        with_latency = split == results["split"]
+        if with_latency:
+            header += ["median ms", "p95 ms"]
+        rows = []
+        for name, by_kind in named:
+            row = [system_name(name), *(f"{by_kind['all'][m]:.3f}" for m in METRICS)]
+            if with_latency:
+                latency = systems[name]["latency"]
+                row += [f"{latency['median_ms']:.1f}", f"{latency['p95_ms']:.1f}"]
+            rows.append(row)
+        parts.append(f"### Split: {split} ({counts} on-topic questions)\n\n" + table(header, rows))
+        kinds = [kind for kind in ("all", "lexical", "paraphrase", "multi") if kind in named[0][1]]
+        header = ["system (hit@5 / MRR@10)", *(f"{kind} (n={named[0][1][kind]['n']})" for kind in kinds)]
+        rows = [
+            [system_name(name), *(f"{by_kind[k]['hit@5']:.3f} / {by_kind[k]['mrr@10']:.3f}" for k in kinds)]
+            for name, by_kind in named
+        ]
+        parts.append(f"By kind, split {split}:\n\n" + table(header, rows))
+    return parts
+
+
+def lead_table(results: dict, ours: str = "hybrid") -> str | None:
+    """How far our hybrid is ahead of each baseline: absolute differences."""
+    systems = results["systems"]
+    baselines = [name for name in SYSTEM_NAMES if name.startswith("baseline_") and name in systems]
+    if ours not in systems or not baselines:
+        return None
+    splits = [split for split in ("all", "dev", "test") if split in systems[ours]]
+    header = ["hybrid − …", *(f"{label} {split}" for split in splits for _, label in HEADLINE)]
+    rows = [
+        [
+            system_name(baseline),
+            *(
+                signed(systems[ours][split]["all"][metric] - systems[baseline][split]["all"][metric])
+                for split in splits
+                for metric, _ in HEADLINE
+            ),
+        ]
+        for baseline in baselines
+    ]
+    return table(header, rows)
+
+
+def ablation_table(results: dict) -> str | None:
+    """Each mode with and without title/section prefixing of the embedded text."""
+    systems = results["systems"]
+    rows = []
+    for name in systems:
+        mode, _, value = name.partition("_embed_context_")
+        if not value or mode not in systems:
+            continue
+        splits = [split for split in ("all", "dev", "test") if split in systems[name]]
+        for system, context in ((mode, str(results["embed_context"]).lower()), (name, value)):
+            rows.append(
+                [
+                    f"{mode}, embed_context={context}",
+                    *(f"{systems[system][split]['all'][metric]:.3f}" for split in splits for metric, _ in HEADLINE),
+                ]
+            )
+    if not rows:
+        return None
+    return table(["system", *(f"{label} {split}" for split in splits for _, label in HEADLINE)], rows)
+
+
+def ask_table(results: dict) -> str | None:
+    ask = results.get("ask")
+    if not ask:
+        return None
+    rows = [
+        [
+            split,
+            f"{ask[split]['offtopic_not_found']:.3f} (n={ask[split]['n_offtopic']})",
+            f"{ask[split]['ontopic_not_found']:.3f} (n={ask[split]['n_ontopic']})",
+        ]
+        for split in ("all", "dev", "test")
+        if split in ask
+    ]
+    header = ["split", "off-topic: found=false (higher is better)", "on-topic: found=false (lower is better)"]
+    latency = ask["latency"]
+    return (
+        table(header, rows) + f"\n\nask latency: median {latency['median_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms"
+    )
+
+
+def markdown_report(results: dict) -> str:
+    """The whole results as markdown: ranking tables, lead over baselines, ablation, ask."""
+    questions = results["questions"]
+    on_topic = sum(n for kind, n in questions.items() if kind != "offtopic")
+    parts = [
+        "# Retrieval quality",
+        f"Model {results['model']}, {results['passages']} passages, split `{results['split']}`: {on_topic} on-topic "
+        f"questions ({', '.join(f'{n} {kind}' for kind, n in questions.items() if kind != 'offtopic')}) and "
+        f"{questions['offtopic']} off-topic; project modes run {results['where']}, baselines and ablation in-process. "
+        f"Ranking metrics count on-topic questions only; latency is per query over all questions. "
+        f"Generated {results['generated_at']} by `dangjian-qa eval`.",
+        "## Ranking",
+        *ranking_tables(results),
+    ]
+    if lead := lead_table(results):
+        parts += ["## Hybrid against the baselines (absolute difference)", lead]
+    if ablation := ablation_table(results):
+        parts += ["## Ablation: title/section prefix on the embedded text", ablation]
+    parts += [
+        "## /api/ask: saying nothing relevant was found",
+        ask_table(results) or "Not measured: no ask function yet.",
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def changes_text(results: dict, previous: dict | None) -> str:
+    """hit@5 and MRR@10 of each system against the committed results, as plain text."""
+    if previous is None:
+        return "与上次提交的结果比较：no previous results (eval/results/quality.json is not in HEAD)"
+    lines = [f"与上次提交的结果比较（{previous.get('generated_at', '?')}，split {previous.get('split')}）："]
+    for name, system in results["systems"].items():
+        before = previous.get("systems", {}).get(name, {}).get("all", {}).get("all")
+        now = system.get("all", {}).get("all")
+        if not before or not now:
+            lines.append(f"  {system_name(name)}: new")
+            continue
+        deltas = "  ".join(f"{label} {now[m]:.3f} ({signed(now[m] - before[m])})" for m, label in HEADLINE)
+        lines.append(f"  {system_name(name):<40} {deltas}")
+    ask, ask_before = results.get("ask"), previous.get("ask")
+    if ask and ask_before and "all" in ask and "all" in ask_before:
+        for key in ("offtopic_not_found", "ontopic_not_found"):
+            lines.append(f"  ask {key:<36} {ask['all'][key]:.3f} ({signed(ask['all'][key] - ask_before['all'][key])})")
+    return "\n".join(lines)
+
+
+def cjk_font() -> str | None:
+    """A installed font family that has Chinese glyphs (Noto Sans CJK SC preferred), or None."""
+    names = sorted({font.name for font in font_manager.fontManager.ttflist})
+    for wanted in ("Noto Sans CJK SC", "Noto Sans CJK", "Source Han Sans", "WenQuanYi", "SimHei", "CJK"):
+        for name in names:
+            if wanted in name:
+                return name
+    return None
+
+
+def use_cjk_font() -> bool:
+    """Make matplotlib draw Chinese; False means the caller should label in English."""
+    font = cjk_font()
+    if font:
+        plt.rcParams["font.family"] = [font, "sans-serif"]
+        plt.rcParams["axes.unicode_minus"] = False
+    return font is not None
+
+
+def quality_chart(results: dict, path: Path) -> Path:
+    """Grouped bars of hit@5 and MRR@10: one group per question kind, one bar per mode or baseline."""
+    chinese = use_cjk_font()
+    label = 1 if chinese else 0
+    split = "all" if "all" in next(iter(results["systems"].values())) else results["split"]
+    systems = [name for name in SYSTEM_NAMES if name in results["systems"]]
+    kinds = [kind for kind in KIND_NAMES if kind in results["systems"][systems[0]][split]]
+    figure, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    width = 0.8 / len(systems)
+    colours = plt.get_cmap("tab10").colors
+    for axis, (metric, title) in zip(axes, HEADLINE, strict=True):
+        for position, system in enumerate(systems):
+            values = [results["systems"][system][split][kind][metric] for kind in kinds]
+            offsets = [k + (position - (len(systems) - 1) / 2) * width for k in range(len(kinds))]
+            hatch = "//" if system.startswith("baseline_") else None
+            axis.bar(offsets, values, width, label=SYSTEM_NAMES[system][label], color=colours[position], hatch=hatch)
+        axis.set_xticks(range(len(kinds)), [KIND_NAMES[kind][label] for kind in kinds])
+        axis.set_title(title)
+        axis.set_ylim(0, 1)
+        axis.grid(axis="y", alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=len(systems), fontsize=9, frameon=False)
+    heading = "检索质量（按问题类型，{}）" if chinese else "Retrieval quality by question kind ({})"
+    figure.suptitle(heading.format(f"split {split}"))
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def size(bytes_count: float | None) -> str:
+    if bytes_count is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB"):
+        if bytes_count < 1024 or unit == "GB":
+            return f"{bytes_count:.0f} {unit}" if unit in ("B", "KB") else f"{bytes_count:.2f} {unit}"
+        bytes_count /= 1024
+    return f"{bytes_count:.2f} GB"
+
+
+def latency_row(name: str, measured: dict) -> list[str]:
+    return [
+        name,
+        str(measured["requests"]),
+        *(f"{measured[k]:.1f}" for k in ("median_ms", "p95_ms", "p99_ms")),
+        str(measured["errors"]),
+    ]
+
+
+def bench_markdown(results: dict) -> str:
+    """The bench results as markdown tables."""
+    box, http = results["machine"], results["http"]
+    parts = [
+        "# Speed",
+        f"{box['cores']} cores, {box['cpu_model']}, {size(box['ram_bytes'])} RAM, Python {box['python']}. "
+        f"Server `dangjian-qa serve` on loopback, client on the same machine (it shares the cores). "
+        f"Generated {results['generated_at']} by `make bench`; numbers are measured, never asserted.",
+        "## Start-up and single-client latency",
+        f"Cold start (launch → first answered /api/search), median of {len(results['cold_start']['runs'])}: "
+        f"**{results['cold_start']['median_seconds']:.1f} s** "
+        f"({', '.join(f'{s:.1f}' for s in results['cold_start']['runs'])}).",
+        table(
+            ["endpoint (eval questions cycled)", "requests", "median ms", "p95 ms", "p99 ms", "errors"],
+            [latency_row("POST /api/search (hybrid, top 5)", http["search"]), latency_row("POST /api/ask", http["ask"])]
+            + (
+                [latency_row("POST /api/search, query cache off", http["search_without_query_cache"])]
+                if "search_without_query_cache" in http
+                else []
+            ),
+        ),
+        "The service has no query cache, so every request above is computed."
+        if not http.get("query_cache")
+        else f"Query cache setting `{http['query_cache']}`; the last row has it set to 0.",
+        "## Throughput (POST /api/search)",
+        table(
+            ["concurrent clients", "seconds", "requests", "errors", "requests/s", "median ms", "p95 ms"],
+            [
+                [
+                    str(level["clients"]),
+                    f"{level['seconds']:.1f}",
+                    str(level["requests"]),
+                    str(level["errors"]),
+                    f"{level['requests_per_second']:.1f}",
+                    f"{level['median_ms']:.1f}",
+                    f"{level['p95_ms']:.1f}",
+                ]
+                for level in http["throughput"]
+            ],
+        ),
+        f"Server peak RSS (VmHWM) after the load: **{size(http['server_peak_rss_bytes'])}**.",
+    ]
+    build = results["index_build"]
+    cold, warm = build["cold"], build["warm"]
+    rate = (
+        f"embedding {cold['passages_per_second']:.1f} passages/s ({cold['units_per_second']:.1f} units/s: each passage "
+        f"is embedded whole and sentence by sentence, {build['units']} units), "
+        if "passages_per_second" in cold
+        else ""
+    )
+    parts += [
+        "## Index build (seeds)",
+        f"{build['passages']} passages. Empty vector cache: {rate}`dangjian-qa index` {cold['wall_seconds']:.1f} s "
+        f"in all (process start, model load, ingest, embed, FAISS + BM25, save). With the vector cache warm: "
+        f"{warm['wall_seconds']:.1f} s.",
+    ]
+    if scale := results.get("scale"):
+        parts += scale_markdown(scale)
+    return "\n\n".join(parts) + "\n"
+
+
+def scale_markdown(scale: dict) -> list[str]:
+    embedding, query = scale["embedding"], scale["query"]
+    return [
+        f"## Scale: {scale['passages']:,} synthetic passages",
+        f"{scale['passages']:,} passages in {scale['documents']:,} documents, each 2–5 sentences drawn at random "
+        f"from the seeds' {scale['seed_sentences']} sentences; {scale['units']:,} embedded units. "
+        "**The vectors are composed, not embedded**: each sentence unit has the real model's vector of that "
+        "sentence, each whole passage the normalised mean of its sentences' vectors "
+        f"({scale['units_without_exact_vector']:,} units that the splitter cut differently reuse the whole-passage "
+        "vector). BM25 tokens are the sentences' jieba tokens joined. Embedding for real was measured on "
+        f"{embedding['sample_passages']} synthetic passages with no cache: "
+        f"{embedding['passages_per_second']:.2f} passages/s ({embedding['units_per_second']:.1f} units/s), so "
+        f"embedding all {scale['passages']:,} would take about **{scale['embedding_extrapolated_hours']:.1f} h** on "
+        f"this machine; jieba tokenising them about {scale['jieba_extrapolated_seconds']:.0f} s.",
+        table(
+            ["measure", "value"],
+            [
+                ["build: FAISS + BM25 + passage store (assemble)", f"{scale['assemble_seconds']:.1f} s"],
+                ["build: save (write + fsync)", f"{scale['save_seconds']:.1f} s"],
+                ["build process peak RSS", size(scale["build_peak_rss_bytes"])],
+                ["index size on disk", size(scale["index_bytes"])],
+                ["load (model + index) in a fresh process", f"{query['load_seconds']:.1f} s"],
+                ["peak RSS of a process that loads it and serves queries", size(query["peak_rss_bytes"])],
+                *(
+                    [
+                        f"query latency, {mode} (in-process, top 10, {measured['queries']} queries)",
+                        f"median {measured['median_ms']:.1f} ms, p95 {measured['p95_ms']:.1f} ms",
+                    ]
+                    for mode, measured in query["latency"].items()
+                ),
+            ],
+        ),
+    ]
+
+
+def bench_chart(results: dict, path: Path) -> Path:
+    """Single-client latency percentiles per endpoint, and throughput and latency against concurrency."""
+    chinese = use_cjk_font()
+    http = results["http"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    endpoints = [("search", "/api/search"), ("ask", "/api/ask")]
+    marks = (("median_ms", "中位数" if chinese else "median"), ("p95_ms", "p95"), ("p99_ms", "p99"))
+    for position, (key, label) in enumerate(marks):
+        values = [http[name][key] for name, _ in endpoints]
+        left.bar([e + (position - 1) * 0.25 for e in range(len(endpoints))], values, 0.25, label=label)
+    left.set_xticks(range(len(endpoints)), [endpoint for _, endpoint in endpoints])
+    left.set_ylabel("毫秒" if chinese else "ms")
+    left.set_title("单客户端延迟" if chinese else "Single-client latency")
+    left.legend()
+    left.grid(axis="y", alpha=0.3)
+    levels = http["throughput"]
+    clients = [level["clients"] for level in levels]
+    right.plot(clients, [level["requests_per_second"] for level in levels], "o-", color="tab:blue")
+    right.set_xscale("log", base=2)
+    right.set_xticks(clients, [str(c) for c in clients])
+    right.set_xlabel("并发客户端数" if chinese else "concurrent clients")
+    right.set_ylabel("请求/秒" if chinese else "requests/s", color="tab:blue")
+    right.set_ylim(bottom=0)
+    twin = right.twinx()
+    twin.plot(clients, [level["median_ms"] for level in levels], "s--", color="tab:red", label=marks[0][1])
+    twin.plot(clients, [level["p95_ms"] for level in levels], "^:", color="tab:red", label="p95")
+    twin.legend(loc="upper left")
+    twin.set_ylabel("延迟 中位数 / p95（毫秒）" if chinese else "latency median / p95 (ms)", color="tab:red")
+    twin.set_ylim(bottom=0)
+    right.set_title("/api/search 吞吐量与延迟" if chinese else "/api/search throughput and latency")
+    right.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,401 @@
+"""HTTP API and the page: routes validate, call the core and shape JSON; every error has one shape.
+
+Errors are `{"error": {"code": ..., "message": <Chinese>}}`. A question over settings.max_query_chars
+is 400 `query_too_long` (not 413: the request itself is small, the question is what is refused, and a
+GET query has no body); 413 `body_too_large` is kept for JSON bodies over MAX_JSON_BYTES.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from embeddings.encoder import Encoder
+from service.answer import context_around
+from service.config import Settings
+from service.engine import open_encoder, open_tokenizer
+from service.records import Document, Hit
+from service.schemas import (
+    AskRequest,
+    AskResponse,
+    DocumentDetail,
+    DocumentList,
+    DocumentSummary,
+    ErrorResponse,
+    Health,
+    Mode,
+    PassageContext,
+    PassageSpan,
+    RankEvidence,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+)
+from service.search import Filters
+from service.serve import LiveIndex, Snapshot
+from service.tokenize import WordTokenizer
+
+logger = logging.getLogger("dangjian_qa")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_JSON_BYTES = 1024 * 1024
+FIELD_NAMES = {
+    "query": "问题（query）",
+    "q": "问题（q）",
+    "question": "问题（question）",
+    "top_k": "返回条数（top_k）",
+    "mode": "检索方式（mode）",
+    "doc_ids": "文档范围（doc_ids）",
+    "doc_type": "文档类型（doc_type）",
+    "year": "年份（year）",
+    "doc_id": "文档 ID（doc_id）",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "问题为空或过长、JSON 格式或编码错误"),
+        (413, "请求体超过 1 MB"),
+        (415, "请求体不是 JSON"),
+        (422, "参数类型或取值错误"),
+    )
+}
+
+
+class ApiError(Exception):
+    """An error the client can fix; becomes {"error": {"code", "message"}} with its status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+# ---------- request bodies: checked before FastAPI parses them ----------
+
+
+async def read_json_body(request: Request) -> bytes:
+    """The body if it is UTF-8 JSON within MAX_JSON_BYTES (counted while reading, not only declared)."""
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "请求体必须是 JSON（Content-Type: application/json）")
+    charset = next((p.split("=", 1)[1].strip(' "').lower() for p in parameters.split(";") if "charset=" in p), "")
+    if charset not in ("", "utf-8", "utf8"):
+        raise ApiError(415, "unsupported_media_type", f"只接受 UTF-8 编码的 JSON，收到的是 {charset}")
+    too_large = ApiError(413, "body_too_large", "请求体不能超过 1 MB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(
+            400, "invalid_encoding", f"请求体不是合法的 UTF-8 文本（第 {error.start + 1} 个字节）"
+        ) from error
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"第 {error.lineno} 行第 {error.colno} 列" if text.strip() else "请求体为空"
+        raise ApiError(400, "invalid_json", f"请求体不是合法的 JSON（{where}）") from error
+    return body
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose JSON body passes read_json_body before FastAPI validates it against the model."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked_handler(request: Request) -> Response:
+            body = await read_json_body(request)
+            replayed = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal replayed
+                if replayed:
+                    return await request.receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return await handler(Request(request.scope, replay))
+
+        return checked_handler
+
+
+# ---------- error handlers: FastAPI's own errors in our shape ----------
+
+
+def parameter_message(error: dict[str, Any]) -> str:
+    """A Chinese sentence for one pydantic validation error, naming the field."""
+    field = next((str(part) for part in reversed(error.get("loc", ())) if isinstance(part, str)), "")
+    if field == "body":
+        return "缺少请求体" if error["type"] == "missing" else "请求体必须是 JSON 对象"
+    name = f"「{FIELD_NAMES.get(field, field)}」"
+    kind, context = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return f"缺少参数{name}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"参数{name}必须是整数"
+    if kind in ("string_type", "str_type"):
+        return f"参数{name}必须是字符串"
+    if kind == "list_type":
+        return f"参数{name}必须是列表"
+    if kind == "greater_than_equal":
+        return f"参数{name}不能小于 {context['ge']}"
+    if kind == "less_than_equal":
+        return f"参数{name}不能大于 {context['le']}"
+    if kind == "literal_error":
+        choices = context.get("expected", "").replace(" or ", ", ").replace("'", "").replace(", ", "、")
+        return f"参数{name}必须是以下之一：{choices}"
+    return f"参数{name}无效（{error.get('msg', '')}）"
+
+
+async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    errors = list(error.errors())
+    if errors and errors[0]["type"] == "json_invalid":
+        return error_response(400, "invalid_json", "请求体不是合法的 JSON")
+    return error_response(422, "invalid_parameter", "；".join(dict.fromkeys(map(parameter_message, errors))))
+
+
+async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 404:
+        return error_response(404, "not_found", f"接口或文件不存在：{request.url.path}")
+    if error.status_code == 405:
+        message = f"{request.url.path} 不支持 {request.method} 请求"
+        return error_response(405, "method_not_allowed", message, headers=error.headers)
+    return error_response(error.status_code, f"http_{error.status_code}", str(error.detail), headers=error.headers)
+
+
+async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.code, error.message)
+
+
+async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("未处理的错误：%s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "服务内部错误，请稍后重试")
+
+
+# ---------- shared resources and shaping ----------
+
+
+def live_snapshot(request: Request) -> Snapshot:
+    return request.app.state.live.current()
+
+
+def app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SnapshotDep = Annotated[Snapshot, Depends(live_snapshot)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+
+
+def clean_query(text: str, settings: Settings) -> str:
+    query = text.strip()
+    if not query:
+        raise ApiError(400, "empty_query", "问题不能为空")
+    if len(query) > settings.max_query_chars:
+        raise ApiError(400, "query_too_long", f"问题长度不能超过 {settings.max_query_chars} 字")
+    return query
+
+
+def result_of(rank: int, hit: Hit, document: Document | None) -> SearchResult:
+    passage = hit.passage
+    before, after = context_around(document.text, passage.start, passage.end) if document else ("", "")
+    return SearchResult(
+        rank=rank,
+        score=round(hit.score, 4),
+        text=passage.text,
+        passage_id=passage.passage_id,
+        doc_id=passage.doc_id,
+        title=passage.title,
+        section=passage.section,
+        section_path=list(passage.section_path),
+        doc_type=passage.doc_type,
+        year=passage.year,
+        page=passage.page,
+        paragraph=passage.paragraph,
+        start=passage.start,
+        end=passage.end,
+        highlights=list(hit.highlights),
+        matched_terms=list(hit.matched_terms),
+        dense=None if hit.dense_rank is None else RankEvidence(rank=hit.dense_rank, score=round(hit.dense_score, 4)),
+        lexical=None
+        if hit.lexical_rank is None
+        else RankEvidence(rank=hit.lexical_rank, score=round(hit.lexical_score, 4)),
+        context=PassageContext(before=before, after=after),
+    )
+
+
+def run_search(snapshot: Snapshot, query: str, top_k: int, mode: str, filters: Filters) -> SearchResponse:
+    started = time.perf_counter()
+    hits = snapshot.searcher.search(query, top_k=top_k, mode=mode, filters=filters)
+    took_ms = round((time.perf_counter() - started) * 1000, 1)
+    documents = snapshot.searcher.index.documents
+    results = [result_of(rank, hit, documents.get(hit.passage.doc_id)) for rank, hit in enumerate(hits, start=1)]
+    return SearchResponse(query=query, mode=mode, took_ms=took_ms, results=results)
+
+
+# ---------- routes ----------
+
+json_routes = APIRouter(route_class=JsonBodyRoute, prefix="/api", responses=ERROR_RESPONSES)
+routes = APIRouter(prefix="/api")
+
+
+@json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
+def search_post(body: SearchRequest, snapshot: SnapshotDep, settings: SettingsDep) -> SearchResponse:
+    """按问题检索最相关的段落，可按文档、类型、年份过滤。"""
+    filters = Filters(
+        doc_ids=None if body.doc_ids is None else frozenset(body.doc_ids), doc_type=body.doc_type, year=body.year
+    )
+    return run_search(snapshot, clean_query(body.query, settings), body.top_k, body.mode, filters)
+
+
+@routes.get("/search", summary="检索段落（GET）", response_model=SearchResponse, responses=ERROR_RESPONSES)
+def search_get(
+    snapshot: SnapshotDep,
+    settings: SettingsDep,
+    q: Annotated[str, Query(description="问题或关键词，不超过 500 字", examples=["党风廉政建设"])] = "",
+    top_k: Annotated[int, Query(ge=1, le=50, description="返回条数，1 到 50")] = 5,
+    mode: Annotated[Mode, Query(description="检索方式：hybrid、dense、lexical")] = "hybrid",
+    doc_type: Annotated[str | None, Query(description="只检索此类型的文档")] = None,
+    year: Annotated[int | None, Query(description="只检索此年份的文档")] = None,
+) -> SearchResponse:
+    """与 POST /api/search 相同，参数放在查询串中，便于分享链接。"""
+    return run_search(snapshot, clean_query(q, settings), top_k, mode, Filters(doc_type=doc_type, year=year))
+
+
+@json_routes.post("/ask", summary="问答：摘编答案并标注出处", response_model=AskResponse)
+def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep) -> AskResponse:
+    """从最相关段落中摘取最能回答问题的句子，每句后以 【n】 标注出处；无相关内容时 found 为 false。"""
+    question = clean_query(body.question, settings)
+    answer = snapshot.answerer.answer(question, top_k=body.top_k)
+    documents = snapshot.searcher.index.documents
+    return AskResponse(
+        question=question,
+        found=answer.found,
+        answer=answer.text,
+        confidence=round(answer.confidence, 4),
+        citations=[result_of(n, hit, documents.get(hit.passage.doc_id)) for n, hit in enumerate(answer.citations, 1)],
+    )
+
+
+@routes.get("/documents", summary="文档列表", response_model=DocumentList)
+def list_documents(snapshot: SnapshotDep) -> DocumentList:
+    """已收录的全部文档及其段落数、字数。"""
+    index = snapshot.searcher.index
+    counts: dict[str, int] = {}
+    for passage in index.passages:
+        counts[passage.doc_id] = counts.get(passage.doc_id, 0) + 1
+    return DocumentList(
+        documents=[
+            DocumentSummary(
+                doc_id=document.doc_id,
+                title=document.title,
+                doc_type=document.doc_type,
+                year=document.year,
+                level=document.level,
+                source=document.source,
+                passages=counts.get(document.doc_id, 0),
+                characters=len(document.text),
+                added_at=document.added_at,
+            )
+            for document in index.documents.values()
+        ]
+    )
+
+
+@routes.get(
+    "/documents/{doc_id}",
+    summary="文档全文",
+    response_model=DocumentDetail,
+    responses={404: {"model": ErrorResponse, "description": "文档不存在"}},
+)
+def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
+    """文档全文及每个段落在全文中的位置（text[start:end] 即段落原文）。"""
+    index = snapshot.searcher.index
+    document = index.documents.get(doc_id)
+    if document is None:
+        raise ApiError(404, "document_not_found", f"未找到文档：{doc_id}")
+    return DocumentDetail(
+        doc_id=document.doc_id,
+        title=document.title,
+        doc_type=document.doc_type,
+        year=document.year,
+        level=document.level,
+        source=document.source,
+        sections=list(document.sections),
+        text=document.text,
+        passages=[
+            PassageSpan(
+                passage_id=p.passage_id,
+                start=p.start,
+                end=p.end,
+                section=p.section,
+                paragraph=p.paragraph,
+                page=p.page,
+            )
+            for p in index.passages
+            if p.doc_id == doc_id
+        ],
+    )
+
+
+@routes.get("/health", summary="服务状态", response_model=Health)
+def health(snapshot: SnapshotDep) -> Health:
+    """索引和模型的概况；服务正常时 status 为 ok。"""
+    manifest = snapshot.searcher.index.manifest
+    return Health(
+        documents=manifest["document_count"],
+        passages=manifest["passage_count"],
+        model=manifest["model_name"],
+        weights_sha256=manifest["weights_sha256"],
+        built_at=manifest.get("built_at"),
+        index_version=snapshot.version,
+    )
+
+
+def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
+    """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used)."""
+    live = LiveIndex(settings, encoder or open_encoder(settings), tokenizer or open_tokenizer(settings))
+    # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
+    live.current().answerer.answer("党建工作如何开展")
+    app = FastAPI(
+        title="党建问答 API",
+        description='卫健系统党建文献检索与问答。所有错误均返回 `{"error": {"code": …, "message": …}}`。',
+        version="1.0",
+    )
+    app.state.live = live
+    app.state.settings = settings
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)
+    app.include_router(json_routes)
+    app.include_router(routes)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return app

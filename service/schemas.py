@@ -1,0 +1,131 @@
+"""Pydantic models of every HTTP request and response, with Chinese descriptions for /docs."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StrictInt, StrictStr
+
+Mode = Literal["hybrid", "dense", "lexical"]
+MODE_HELP = "检索方式：hybrid 混合（默认）、dense 语义、lexical 关键词"
+EXAMPLE_QUERY = "如何推动党建与医疗业务深度融合"
+
+# JSON bodies are strict (「5」 is not a number); the GET form parses its strings in api.py.
+TopK = Annotated[StrictInt, Field(ge=1, le=50, description="返回条数，1 到 50", examples=[5])]
+
+
+class SearchRequest(BaseModel):
+    query: StrictStr = Field(description="问题或关键词，不超过 500 字", examples=[EXAMPLE_QUERY])
+    top_k: TopK = 5
+    mode: Mode = Field(default="hybrid", description=MODE_HELP)
+    doc_ids: list[StrictStr] | None = Field(default=None, description="只在这些文档中检索（文档 ID 列表）")
+    doc_type: StrictStr | None = Field(default=None, description="只检索此类型的文档，如 讲话、经验交流、工作总结")
+    year: StrictInt | None = Field(default=None, description="只检索此年份的文档", examples=[2023])
+
+
+class AskRequest(BaseModel):
+    question: StrictStr = Field(description="问题，不超过 500 字", examples=["党风廉政建设主体责任怎么落实"])
+    top_k: TopK = 5
+
+
+class RankEvidence(BaseModel):
+    rank: int = Field(description="在该检索器结果中的名次（从 1 开始）")
+    score: float = Field(description="该检索器的原始得分（语义为余弦相似度，关键词为 BM25）")
+
+
+class PassageContext(BaseModel):
+    before: str = Field(description="同一文档中段落前的文字（约 150 字以内，在句子边界截断）")
+    after: str = Field(description="同一文档中段落后的文字（约 150 字以内，在句子边界截断）")
+
+
+class SearchResult(BaseModel):
+    rank: int = Field(description="名次，从 1 开始")
+    score: float = Field(ge=0.0, le=1.0, description="综合得分，0 到 1")
+    text: str = Field(description="段落原文")
+    passage_id: str = Field(description="段落 ID")
+    doc_id: str = Field(description="文档 ID")
+    title: str = Field(description="文档标题")
+    section: str = Field(description="章节路径，以 「 › 」 连接")
+    section_path: list[str] = Field(description="章节路径")
+    doc_type: str | None = Field(description="文档类型，如 讲话")
+    year: int | None = Field(description="年份")
+    page: int | None = Field(description="页码（PDF 文档）")
+    paragraph: int = Field(description="段落在文档中的序号")
+    start: int = Field(description="段落在文档全文中的起始字符位置")
+    end: int = Field(description="段落在文档全文中的结束字符位置（不含）")
+    highlights: list[tuple[int, int]] = Field(description="命中词在 text 中的位置 [起, 止)")
+    matched_terms: list[str] = Field(description="段落中出现的问题词语")
+    dense: RankEvidence | None = Field(description="语义检索的名次和得分；未召回为 null")
+    lexical: RankEvidence | None = Field(description="关键词检索的名次和得分；未召回为 null")
+    context: PassageContext = Field(description="段落前后的上下文")
+
+
+class SearchResponse(BaseModel):
+    query: str = Field(description="检索的问题（已去除首尾空白）")
+    mode: Mode = Field(description=MODE_HELP)
+    took_ms: float = Field(description="检索用时（毫秒）")
+    results: list[SearchResult]
+
+
+class AskResponse(BaseModel):
+    question: str = Field(description="问题（已去除首尾空白）")
+    found: bool = Field(description="是否找到可以回答问题的内容")
+    answer: str = Field(
+        description="摘编自原文的答案，每句后以 【n】 标注出处（citations 中的第 n 条）；未找到时为提示语"
+    )
+    confidence: float = Field(ge=0.0, le=1.0, description="答案的置信度，0 到 1")
+    citations: list[SearchResult] = Field(description="答案引用的段落，按标注顺序")
+
+
+class DocumentSummary(BaseModel):
+    doc_id: str
+    title: str
+    doc_type: str | None = Field(description="文档类型")
+    year: int | None = Field(description="年份")
+    level: str | None = Field(description="层级：县、区、市、省")
+    source: str = Field(description="来源文件名")
+    passages: int = Field(description="段落数")
+    characters: int = Field(description="全文字数")
+    added_at: str = Field(description="收录时间（ISO 8601）")
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentSummary]
+
+
+class PassageSpan(BaseModel):
+    passage_id: str
+    start: int = Field(description="在 text 中的起始字符位置")
+    end: int = Field(description="在 text 中的结束字符位置（不含）")
+    section: str = Field(description="章节路径，以 「 › 」 连接")
+    paragraph: int
+    page: int | None
+
+
+class DocumentDetail(BaseModel):
+    doc_id: str
+    title: str
+    doc_type: str | None
+    year: int | None
+    level: str | None
+    source: str
+    sections: list[str] = Field(description="文档的章节标题")
+    text: str = Field(description="清洗后的全文")
+    passages: list[PassageSpan] = Field(description="段落在全文中的位置")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    documents: int = Field(description="文档数")
+    passages: int = Field(description="段落数")
+    model: str = Field(description="向量模型名")
+    weights_sha256: str = Field(description="模型权重的 sha256")
+    built_at: str | None = Field(description="索引构建时间（ISO 8601）")
+    index_version: str = Field(description="当前索引版本（data/index/CURRENT）")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="错误代码，如 empty_query、invalid_parameter", examples=["empty_query"])
+    message: str = Field(description="中文错误说明", examples=["问题不能为空"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,144 @@
+"""Make .docx and .pdf fixtures in tests: python-docx for Word, fpdf2 with a CJK font for PDF.
+
+The only CJK fonts on Debian are OpenType collections (.ttc, CFF outlines). fpdf2 embeds CFF fonts
+with an encoding CMap that pypdf decodes one byte at a time, so text of more than 255 distinct
+characters comes out garbled; Word and WPS embed TrueType outlines with Identity-H instead. We
+therefore subset the collection to the characters a test needs and convert it to TrueType, which
+fpdf2 embeds the way office suites do.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+CJK_COLLECTIONS = (
+    Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"),
+    Path("/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc"),
+)
+SIMPLIFIED_CHINESE_FACE = 2  # face order in Noto CJK collections: JP, KR, SC, TC, HK
+ASCII = "".join(chr(code) for code in range(32, 127))
+
+
+def cjk_collection() -> Path | None:
+    return next((path for path in CJK_COLLECTIONS if path.is_file()), None)
+
+
+def truetype_subset(text: str, target: Path) -> Path:
+    """A TrueType font holding the glyphs of `text` (and ASCII), converted from the CJK collection."""
+    from fontTools import subset
+    from fontTools.pens.cu2quPen import Cu2QuPen
+    from fontTools.pens.ttGlyphPen import TTGlyphPen
+    from fontTools.ttLib import TTFont, newTable
+
+    source = cjk_collection()
+    if source is None:
+        raise FileNotFoundError("no CJK font collection found (apt-get install fonts-noto-cjk)")
+    font = TTFont(source, fontNumber=SIMPLIFIED_CHINESE_FACE)
+    options = subset.Options()
+    options.layout_features = []
+    options.name_IDs = ["*"]
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text=text + ASCII + "　“”")
+    subsetter.subset(font)
+
+    glyph_order = font.getGlyphOrder()
+    glyph_set = font.getGlyphSet()
+    glyf = newTable("glyf")
+    glyf.glyphOrder, glyf.glyphs = glyph_order, {}
+    for glyph_name in glyph_order:
+        pen = TTGlyphPen(glyph_set)
+        glyph_set[glyph_name].draw(Cu2QuPen(pen, max_err=1.0, reverse_direction=True))
+        glyf.glyphs[glyph_name] = pen.glyph()
+    del font["CFF "]
+    for table in ("VORG",):
+        if table in font:
+            del font[table]
+    font["loca"], font["glyf"] = newTable("loca"), glyf
+    maxp = font["maxp"]
+    maxp.tableVersion, maxp.numGlyphs = 0x00010000, len(glyph_order)
+    for field in ("maxZones", "maxTwilightPoints", "maxStorage", "maxFunctionDefs", "maxInstructionDefs"):
+        setattr(maxp, field, 0)
+    for field in ("maxStackElements", "maxSizeOfInstructions", "maxComponentElements"):
+        setattr(maxp, field, 0)
+    maxp.maxZones = 1
+    post = font["post"]
+    post.formatType, post.extraNames, post.mapping = 2.0, [], {}
+    font["head"].indexToLocFormat, font["head"].glyphDataFormat = 0, 0
+    font.sfntVersion = "\x00\x01\x00\x00"
+    font.save(target)
+    return target
+
+
+def make_pdf(
+    path: Path,
+    paragraphs: Sequence[str],
+    font: Path,
+    header: str | None = None,
+    footer: str | None = None,
+    page_number: str | None = "- {page} -",
+    new_page_before: Sequence[int] = (),
+) -> Path:
+    """A text PDF: paragraphs wrapped by the layout, optional running header, footer and page numbers.
+
+    `page_number` is a format with {page} and {pages}; paragraphs whose index is in new_page_before
+    start a new page; leading full-width spaces of a paragraph indent its first line.
+    """
+    from fpdf import FPDF
+
+    class Pages(FPDF):
+        def header(self) -> None:
+            if header:
+                self.set_font("cjk", size=9)
+                self.cell(0, 6, header, align="C", new_x="LMARGIN", new_y="NEXT")
+                self.ln(4)
+
+        def footer(self) -> None:
+            self.set_y(-18)
+            self.set_font("cjk", size=9)
+            if footer:
+                self.cell(0, 5, footer, align="C", new_x="LMARGIN", new_y="NEXT")
+            if page_number:
+                self.cell(0, 5, page_number.format(page=self.page_no(), pages="{nb}"), align="C")
+
+    pdf = Pages(format=(148, 210))  # A5: short pages, so paragraphs cross pages
+    pdf.add_font("cjk", "", str(font))
+    pdf.set_auto_page_break(True, margin=25)
+    pdf.add_page()
+    for number, paragraph in enumerate(paragraphs):
+        if number in new_page_before:
+            pdf.add_page()
+        pdf.set_font("cjk", size=11)
+        # Leading full-width spaces become a real first-line indent, as office suites lay it out.
+        text = paragraph.lstrip("　")
+        pdf.set_x(pdf.l_margin + (len(paragraph) - len(text)) * 11 * 0.3528)
+        pdf.write(7, text)
+        pdf.ln(7)
+    pdf.output(str(path))
+    return path
+
+
+def make_docx(
+    path: Path,
+    title: str | None,
+    items: Sequence[tuple[str, str] | list[list[str]]],
+) -> Path:
+    """A Word file: items are (style name, text) or a table (rows of cells); missing styles are added."""
+    import docx
+    from docx.enum.style import WD_STYLE_TYPE
+
+    document = docx.Document()
+    for style in {item[0] for item in items if isinstance(item, tuple)}:
+        if style not in [existing.name for existing in document.styles]:
+            document.styles.add_style(style, WD_STYLE_TYPE.PARAGRAPH)  # e.g. WPS's "标题 1"
+    if title:
+        document.add_paragraph(title, style="Title")
+    for item in items:
+        if isinstance(item, list):
+            table = document.add_table(rows=len(item), cols=len(item[0]))
+            for row, cells in zip(table.rows, item, strict=True):
+                for cell, text in zip(row.cells, cells, strict=True):
+                    cell.text = text
+        else:
+            style, text = item
+            document.add_paragraph(text, style=style)
+    document.save(str(path))
+    return path

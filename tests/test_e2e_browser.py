@@ -1,0 +1,207 @@
+"""The page in a real headless Chromium against a real server on the seed index (plus one hostile file)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from embeddings.encoder import Encoder
+from service.config import PROJECT_ROOT, Settings
+from service.engine import build_index, source_files
+from service.tokenize import WordTokenizer
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
+
+ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+QUESTION = "如何推动党建与医疗业务深度融合"
+HOSTILE_WORD = "防火墙演练"
+HOSTILE_DOCUMENT = f"""关于{HOSTILE_WORD}的工作总结
+一、基本情况
+今年组织开展{HOSTILE_WORD}，<script>window.__injected = 1</script>参加人员覆盖全部党支部。
+二、存在问题
+{HOSTILE_WORD}记录中出现<img src=x onerror="window.__injected = 2">这样的文字，页面应原样显示。
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(base_url: str, server: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"服务启动失败（退出码 {server.returncode}）：\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(f"{base_url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"服务 {timeout} 秒内未就绪：\n{log.read_text(errors='replace')}")
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
+) -> Iterator[str]:
+    """A real `dangjian-qa serve` on a free port, indexing the seeds and a document full of markup."""
+    folder = tmp_path_factory.mktemp("browser")
+    hostile = folder / "hostile.txt"
+    hostile.write_text(HOSTILE_DOCUMENT, encoding="utf-8")
+    index_dir = folder / "index"
+    build_index(
+        [*source_files(seed_settings.seeds_dir), hostile],
+        seed_settings.model_copy(update={"index_dir": index_dir}),
+        encoder,
+        tokenizer,
+    )
+    port = free_port()
+    env = {**os.environ, "DJQA_INDEX_DIR": str(index_dir), "DJQA_CACHE_DIR": str(seed_settings.cache_dir)}
+    log = folder / "server.log"
+    with log.open("wb") as output:
+        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+        server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(base_url)
+    yield page
+    context.close()
+    assert not errors, f"页面脚本出错：{errors}"
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def ask(page: Page, question: str) -> None:
+    page.fill("#q", question)
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status:not(:has(.spinner))", timeout=20_000)
+
+
+def test_question_shows_cited_answer_and_highlighted_results(page: Page) -> None:
+    ask(page, QUESTION)
+    cards = page.locator(".result-card")
+    assert cards.count() == 5
+    assert cards.first.locator(".passage-text mark").count() > 0
+    answer = page.locator("#answer")
+    assert answer.is_visible() and "参考答案" in answer.inner_text()
+    assert answer.locator("button.cite").count() >= 1 and "【1】" in answer.inner_text()
+    assert parse_qs(urlparse(page.url).query)["q"] == [QUESTION]
+    assert "找到 5 条相关段落" in page.inner_text("#status")
+    shot(page, "search-desktop")
+
+
+def test_context_opens_and_full_text_marks_the_passage(page: Page) -> None:
+    ask(page, QUESTION)
+    card = page.locator(".result-card").nth(1)
+    passage_id = card.get_attribute("data-passage-id")
+    toggle = card.locator(".context-toggle")
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "true"
+    assert card.locator(".context-before").is_visible() and card.locator(".context-after").is_visible()
+    shot(page, "context-open")
+    card.locator("a.doc-link").click()
+    target = page.locator("#doc-view .passage.target")
+    target.wait_for(timeout=10_000)
+    assert target.get_attribute("data-passage-id") == passage_id
+    assert parse_qs(urlparse(page.url).query)["p"] == [passage_id]
+    box = target.bounding_box()
+    viewport = page.viewport_size
+    assert box and box["y"] >= 0 and box["y"] + min(box["height"], 100) <= viewport["height"], "scrolled into view"
+    shot(page, "document-view")
+    page.click(".back-link")
+    page.locator(".result-card").first.wait_for()
+    assert parse_qs(urlparse(page.url).query)["q"] == [QUESTION]
+
+
+def test_off_topic_question_says_not_found(page: Page) -> None:
+    ask(page, "红烧肉怎么做好吃")
+    answer = page.locator("#answer.not-found")
+    assert answer.is_visible() and "未找到与该问题相关的内容" in answer.inner_text()
+    assert answer.locator("button.cite").count() == 0
+    assert "仅供参考" in page.inner_text("#status")
+    shot(page, "not-found")
+
+
+def test_empty_question_asks_for_one(page: Page) -> None:
+    page.fill("#q", "   ")
+    page.press("#q", "Enter")
+    assert "请输入问题" in page.inner_text("#status")
+    assert page.locator(".result-card").count() == 0
+
+
+def test_phone_width_has_no_horizontal_scroll(browser: Browser, base_url: str) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{base_url}/?q={QUESTION}")
+        page.locator(".result-card").first.wait_for(timeout=20_000)
+        page.locator(".context-toggle").first.click()
+        overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        assert page.evaluate(overflow) <= 0
+        shot(page, "search-phone")
+        page.locator("a.doc-link").first.click()
+        page.locator("#doc-view .passage.target").wait_for(timeout=10_000)
+        assert page.evaluate(overflow) <= 0
+        shot(page, "document-phone")
+    finally:
+        context.close()
+
+
+def test_markup_in_documents_is_shown_as_text(page: Page) -> None:
+    ask(page, HOSTILE_WORD)
+    card = page.locator(".result-card", has_text=HOSTILE_WORD).first
+    assert "<script>" in card.inner_text() or "<img" in card.inner_text()
+    card.locator("a.doc-link").click()
+    page.locator("#doc-view .passage.target").wait_for(timeout=10_000)
+    text = page.inner_text("#doc-view")
+    assert "<script>window.__injected = 1</script>" in text and "<img src=x" in text
+    assert page.locator("#main script, #main img").count() == 0
+    assert page.evaluate("window.__injected") is None
+    shot(page, "escaped-markup")

@@ -1,0 +1,263 @@
+"""Adding and removing users' documents: searchable at once, gone at once, nothing encoded twice."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from embeddings.encoder import Encoder, VectorCache
+from service.config import PROJECT_ROOT, Settings
+from service.engine import model_info, open_searcher
+from service.index import IndexUnavailable, current_version, load_index, unit_texts
+from service.tokenize import WordTokenizer
+from service.update import (
+    ADDED,
+    DUPLICATE,
+    FAILED,
+    REPLACED,
+    TOO_LARGE,
+    UNSUPPORTED,
+    UnknownDocuments,
+    WouldEmptyIndex,
+    add_files,
+    delete_documents,
+)
+from tests.make_documents import make_docx
+
+FEVER_CLINIC = (
+    "发热门诊党员突击队实行二十四小时轮值，队员佩戴党员徽章上岗，在疫情防控一线亮身份、作表率。\n"
+    "突击队每周召开一次复盘会，把群众反映的排队时间长、检查结果慢等问题逐条列出整改清单。\n"
+)
+NIGHT_SHIFT = "夜班护士党小组建立“暖心驿站”，为夜间就诊的老年患者提供代挂号、代取药和陪同检查服务。\n"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder / name
+
+
+@pytest.fixture
+def settings(tmp_path: Path, seed_settings: Settings) -> Settings:
+    """A private copy of the seed index, free to change."""
+    shutil.copytree(seed_settings.index_dir, tmp_path / "index")
+    return seed_settings.model_copy(update={"index_dir": tmp_path / "index"})
+
+
+def doc_ids_of_hits(settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, query: str, mode: str) -> list[str]:
+    searcher = open_searcher(settings, encoder, tokenizer)
+    return [hit.passage.doc_id for hit in searcher.search(query, top_k=3, mode=mode)]
+
+
+def test_added_documents_are_found_by_search(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    fever = write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)
+    plan = make_docx(
+        tmp_path / "docs" / "支部工作计划.docx",
+        "党支部年度工作计划",
+        [("Heading 1", "重点任务"), [["任务", "责任人"], ["组建发热门诊党员突击队", "门诊党支部书记"]]],
+    )
+    report = add_files(settings, encoder, tokenizer, [fever, plan])
+    assert [(o.doc_id, o.status) for o in report.outcomes] == [("fever", ADDED), ("支部工作计划", ADDED)]
+    for mode in ("dense", "lexical", "hybrid"):
+        assert doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队轮值", mode)[0] == "fever"
+    assert doc_ids_of_hits(settings, encoder, tokenizer, "突击队 责任人", "lexical")[0] == "支部工作计划"
+    manifest = load_index(settings.index_dir, model_info(encoder)).manifest
+    assert manifest["document_count"] == 7 and "updated_at" in manifest
+
+
+def test_removed_document_leaves_no_vectors_tokens_or_passages(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    before = load_index(settings.index_dir, model_info(encoder))
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    delete_documents(settings, encoder, ["fever"])
+    after = load_index(settings.index_dir, model_info(encoder))
+    assert "fever" not in after.documents and all(p.doc_id != "fever" for p in after.passages)
+    assert after.vectors.ntotal == before.vectors.ntotal == sum(len(units) for units in after.unit_ids)
+    assert after.bm25.scores["num_docs"] == len(after.passages) == len(before.passages)
+    assert after.manifest["corpus_fingerprint"] == before.manifest["corpus_fingerprint"]
+    for mode in ("dense", "lexical"):
+        assert "fever" not in doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队轮值", mode)
+
+
+def test_same_content_is_skipped_as_duplicate_under_any_name(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "a", "fever.txt", FEVER_CLINIC)])
+    version = current_version(settings.index_dir)
+    again = [write(tmp_path / "b", "fever.txt", FEVER_CLINIC), write(tmp_path / "b", "copy.txt", FEVER_CLINIC)]
+    report = add_files(settings, encoder, tokenizer, again)
+    assert [(o.status, o.doc_id) for o in report.outcomes] == [(DUPLICATE, "fever"), (DUPLICATE, "fever")]
+    assert not report.changed and report.index is None
+    assert current_version(settings.index_dir) == version  # nothing written
+
+
+def test_changed_file_with_the_same_name_replaces_the_old_version(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "v1", "notes.txt", FEVER_CLINIC)])
+    report = add_files(settings, encoder, tokenizer, [write(tmp_path / "v2", "notes.txt", NIGHT_SHIFT)])
+    assert [(o.status, o.doc_id) for o in report.outcomes] == [(REPLACED, "notes")]
+    index = load_index(settings.index_dir, model_info(encoder))
+    assert [p.text for p in index.passages if p.doc_id == "notes"] == [NIGHT_SHIFT.strip()]
+    assert len(index.documents) == 6
+    assert doc_ids_of_hits(settings, encoder, tokenizer, "暖心驿站 代挂号", "lexical")[0] == "notes"
+    assert "notes" not in doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队", "lexical")
+
+
+def test_only_new_passages_are_encoded(
+    settings: Settings,
+    tmp_path: Path,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An empty vector cache: re-encoding any seed passage would reach the model and be counted.
+    monkeypatch.setattr(encoder, "cache", VectorCache(tmp_path / "vectors.sqlite", encoder.weights_sha256))
+    embedded: list[str] = []
+    real_embed_batch = encoder.embed_batch
+
+    def counting_embed_batch(texts: list[str]):  # returns what embed_batch returns
+        embedded.extend(texts)
+        return real_embed_batch(texts)
+
+    monkeypatch.setattr(encoder, "embed_batch", counting_embed_batch)
+    report = add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    new_passages = [p for p in report.index.passages if p.doc_id == "fever"]
+    expected = {text for p in new_passages for text in unit_texts(p, settings.embed_context)}
+    assert sorted(embedded) == sorted(expected) and len(new_passages) == 2
+
+
+def test_vector_ids_are_never_reused(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    first = add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)]).index
+    fever_ids = {
+        unit for p, units in zip(first.passages, first.unit_ids, strict=True) if p.doc_id == "fever" for unit in units
+    }
+    delete_documents(settings, encoder, ["fever"])
+    second = add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "night.txt", NIGHT_SHIFT)]).index
+    night_ids = {
+        unit for p, units in zip(second.passages, second.unit_ids, strict=True) if p.doc_id == "night" for unit in units
+    }
+    assert min(night_ids) > max(fever_ids)
+    assert second.manifest["next_unit_id"] == max(night_ids) + 1
+
+
+def test_unknown_doc_id_is_an_error_and_changes_nothing(settings: Settings, encoder: Encoder) -> None:
+    version = current_version(settings.index_dir)
+    some_seed = next(iter(load_index(settings.index_dir, model_info(encoder)).documents))
+    with pytest.raises(UnknownDocuments, match="no-such-doc"):
+        delete_documents(settings, encoder, [some_seed, "no-such-doc"])
+    with pytest.raises(WouldEmptyIndex):
+        delete_documents(settings, encoder, list(load_index(settings.index_dir, model_info(encoder)).documents))
+    assert current_version(settings.index_dir) == version
+
+
+def test_uploaded_name_gives_the_doc_id_and_is_never_a_path(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    upload = write(tmp_path, "upload-3f9a2c", FEVER_CLINIC)  # the API's temp file
+    report = add_files(settings, encoder, tokenizer, [("..\\材料/../2024年 支部总结.txt", upload)])
+    assert [(o.name, o.doc_id) for o in report.outcomes] == [("2024年 支部总结.txt", "2024年_支部总结")]
+    assert report.index.documents["2024年_支部总结"].source == "2024年 支部总结.txt"
+
+
+def test_file_limits_are_reported_per_file_with_their_kind(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    small = settings.model_copy(update={"max_upload_bytes": 200})
+    files = [
+        write(tmp_path, "slides.pptx", "幻灯片"),
+        write(tmp_path, "long.txt", FEVER_CLINIC * 3),
+        write(tmp_path, "empty.txt", ""),
+        write(tmp_path, "blank.md", "\n \n"),
+    ]
+    report = add_files(small, encoder, tokenizer, files)
+    assert [(o.name, o.status) for o in report.outcomes] == [
+        ("slides.pptx", UNSUPPORTED),
+        ("long.txt", TOO_LARGE),
+        ("empty.txt", FAILED),
+        ("blank.md", FAILED),
+    ]
+    assert ".docx" in report.outcomes[0].reason and "MB" in report.outcomes[1].reason
+    assert "空" in report.outcomes[2].reason and "正文" in report.outcomes[3].reason
+
+
+def test_missing_index_is_unavailable_not_created(
+    tmp_path: Path, settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    nowhere = settings.model_copy(update={"index_dir": tmp_path / "nowhere"})
+    with pytest.raises(IndexUnavailable, match="make index"):
+        add_files(nowhere, encoder, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_concurrent_writers_do_not_lose_each_others_changes(settings: Settings, encoder: Encoder) -> None:
+    seeds = sorted(load_index(settings.index_dir, model_info(encoder)).documents)[:2]
+    writers = [threading.Thread(target=delete_documents, args=(settings, encoder, [doc_id])) for doc_id in seeds]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert not set(seeds) & load_index(settings.index_dir, model_info(encoder)).documents.keys()
+
+
+def test_stale_staging_folder_is_removed_by_the_next_writer(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    stale = settings.index_dir / "versions" / ".staging-20240101T000000-deadbeef"
+    stale.mkdir()
+    (stale / "manifest.json").write_text("{", encoding="utf-8")
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    assert not stale.exists()
+    assert "fever" in load_index(settings.index_dir, model_info(encoder)).documents
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DJQA_INDEX_DIR": str(settings.index_dir), "DJQA_CACHE_DIR": str(settings.cache_dir)}
+    command = [sys.executable, "-m", "service.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120)
+
+
+def test_cli_add_reports_each_file_and_docs_lists_them(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    write(folder, "fever.txt", FEVER_CLINIC)
+    write(folder / "sub", "night.md", "# 暖心服务\n" + NIGHT_SHIFT)
+    (folder / "sub" / "broken.docx").write_bytes(b"PK\x03\x04 broken")
+    write(folder, "ignored.xlsx", "not picked up from folders")
+    result = run_cli(settings, "add", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "新增：fever.txt → fever" in result.stdout and "新增：night.md → night" in result.stdout
+    assert "broken.docx：文件已损坏" in result.stderr and "ignored" not in result.stderr + result.stdout
+    assert "新增 2 篇" in result.stdout and "失败 1 个" in result.stdout
+
+    again = run_cli(settings, "add", str(folder / "fever.txt"))
+    assert again.returncode == 0 and "跳过重复 1 篇" in again.stdout
+
+    listed = run_cli(settings, "docs", "--json")
+    rows = {row["doc_id"]: row for row in json.loads(listed.stdout)}
+    assert rows["night"]["passages"] == 1 and rows["night"]["title"] and rows["fever"]["added_at"]
+    assert len(rows) == 7
+
+
+def test_cli_add_of_only_bad_files_exits_4_and_remove_of_unknown_id_exits_4(settings: Settings, tmp_path: Path) -> None:
+    version = current_version(settings.index_dir)
+    failed = run_cli(settings, "add", str(write(tmp_path, "slides.pptx", "x")), str(tmp_path / "missing.txt"))
+    assert failed.returncode == 4 and "不支持的文件类型 .pptx" in failed.stderr and "文件不存在" in failed.stderr
+    unknown = run_cli(settings, "remove", "no-such-doc")
+    assert unknown.returncode == 4 and "no-such-doc" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert current_version(settings.index_dir) == version
+
+
+def test_cli_add_without_an_index_names_the_fix(tmp_path: Path, settings: Settings) -> None:
+    nowhere = settings.model_copy(update={"index_dir": tmp_path / "nowhere"})
+    result = run_cli(nowhere, "add", str(write(tmp_path, "fever.txt", FEVER_CLINIC)))
+    assert result.returncode == 3 and "make index" in result.stderr
