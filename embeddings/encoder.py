@@ -3,7 +3,9 @@
 import hashlib
 import json
 import sqlite3
+import threading
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,28 +25,34 @@ class VectorCache:
         self.model_hash = model_hash
         self.connection = sqlite3.connect(path, check_same_thread=False)
         self.connection.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB)")
+        self.lock = threading.Lock()  # one connection shared by the server's threads
 
     def key(self, text: str) -> bytes:
         return hashlib.sha256(f"{self.model_hash}\n{text}".encode()).digest()
 
     def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
-        for text in texts:
-            row = self.connection.execute("SELECT vector FROM vectors WHERE key = ?", (self.key(text),)).fetchone()
-            if row is not None:
-                found[text] = np.frombuffer(row[0], dtype=np.float32)
+        with self.lock:
+            for text in texts:
+                query = "SELECT vector FROM vectors WHERE key = ?"
+                row = self.connection.execute(query, (self.key(text),)).fetchone()
+                if row is not None:
+                    found[text] = np.frombuffer(row[0], dtype=np.float32)
         return found
 
     def put(self, texts: Sequence[str], vectors: np.ndarray) -> None:
-        rows = [(self.key(text), vector.astype(np.float32).tobytes()) for text, vector in zip(texts, vectors)]
-        with self.connection:
+        pairs = zip(texts, vectors, strict=True)
+        rows = [(self.key(text), vector.astype(np.float32).tobytes()) for text, vector in pairs]
+        with self.lock, self.connection:
             self.connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
 
 
 class Encoder:
     """A sentence-embedding model directory run in onnxruntime (exported once, see export.py)."""
 
-    def __init__(self, model_dir: Path, cache_dir: Path, batch_size: int = 32, threads: int = 0) -> None:
+    def __init__(
+        self, model_dir: Path, cache_dir: Path, batch_size: int = 32, threads: int = 0, query_cache: int = 1024
+    ) -> None:
         self.model_dir = model_dir
         self.model_name = model_dir.name
         self.weights_sha256 = weights_sha256(model_dir)
@@ -65,13 +73,18 @@ class Encoder:
             str(export_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
         self.cache = VectorCache(cache_dir / "vectors.sqlite", self.weights_sha256)
+        # One run already uses every core; concurrent runs only thrash, so requests queue here instead.
+        self.run_lock = threading.Lock()
+        # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
+        self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self.tokenizer.encode_batch(list(texts))
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
         attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": np.zeros_like(input_ids)}
-        hidden = self.session.run(None, feed)[0]
+        with self.run_lock:
+            hidden = self.session.run(None, feed)[0]
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -81,8 +94,10 @@ class Encoder:
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One query vector (no cache: queries are short and mostly new)."""
-        return self.embed_batch([text])[0]
+        """One query vector (read-only: it may be shared through the query cache)."""
+        vector = self.embed_batch([text])[0]
+        vector.setflags(write=False)
+        return vector
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Vectors for texts in order, from the cache where possible, in length-sorted batches."""
@@ -93,7 +108,7 @@ class Encoder:
                 batch = missing[start : start + self.batch_size]
                 vectors = self.embed_batch(batch)
                 self.cache.put(batch, vectors)
-                cached.update(zip(batch, vectors))
+                cached.update(zip(batch, vectors, strict=True))
                 bar.update(len(batch))
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

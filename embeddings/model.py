@@ -6,6 +6,7 @@ never installed: it imports an unrelated library at import time.
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import shutil
@@ -64,10 +65,8 @@ def weights_sha256(model_dir: Path) -> str:
         if recorded_key == key and len(recorded_hash) == 64:
             return recorded_hash
     digest = sha256_file(weights)
-    try:
+    with contextlib.suppress(OSError):  # a read-only model directory is fine; we just hash again next time
         sidecar.write_text(f"{key} {digest}\n")
-    except OSError:
-        pass  # a read-only model directory is fine; we just hash again next time
     return digest
 
 

@@ -48,10 +48,16 @@ def run_ranker(ranker: Ranker, questions: Sequence) -> tuple[dict[str, list[str]
     return rankings, seconds
 
 
+def splits_of(questions: Sequence) -> list[str]:
+    """The splits to report: all, dev and test; or the one split when only one is evaluated."""
+    present = [split for split in SPLITS[1:] if any(q.split == split for q in questions)]
+    return ["all", *present] if len(present) > 1 else present
+
+
 def summarise(rankings: dict[str, list[str]], questions: Sequence, labels: dict[str, set[str]]) -> dict:
     """Mean metrics per split (all/dev/test) and kind (all on-topic kinds, then each), with counts."""
     summary: dict[str, dict] = {}
-    for split in SPLITS:
+    for split in splits_of(questions):
         summary[split] = {}
         for kind in ("all", *ON_TOPIC_KINDS):
             chosen = [
@@ -82,7 +88,7 @@ def evaluate_ask(asker: Asker, questions: Sequence) -> dict:
         found[question.id] = asker(question.question)
         seconds.append(time.perf_counter() - started)
     summary: dict[str, dict] = {}
-    for split in SPLITS:
+    for split in splits_of(questions):
         chosen = [q for q in questions if split in ("all", q.split)]
         offtopic = [q for q in chosen if q.kind == "offtopic"]
         on_topic = [q for q in chosen if q.kind != "offtopic"]

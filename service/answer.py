@@ -27,7 +27,6 @@ paraphrases (「别人送的定制白酒和好茶能收吗」 0.74).
 
 import math
 import re
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -252,7 +251,6 @@ class Answerer:
         self.min_confidence = min_confidence
         self.idf = inverse_document_frequencies(searcher.index.tokens)
         self.unseen = unseen_idf(self.idf, len(searcher.index.tokens))
-        self.cache_lock = threading.Lock()  # the vector cache's sqlite connection is shared by threads
 
     def evidence(self, question: str) -> tuple[list[Hit], Evidence]:
         """Hits for the question (EVIDENCE_HITS of them, whatever top_k) and their evidence."""
@@ -271,8 +269,7 @@ class Answerer:
         if not sentences:
             return not_found(score)
         encoder, tokenizer = self.searcher.encoder, self.searcher.tokenizer
-        with self.cache_lock:
-            vectors = encoder.encode([sentence.text for sentence in sentences])
+        vectors = encoder.encode([sentence.text for sentence in sentences])
         question_tokens = list(dict.fromkeys(tokenizer.tokens(question)))
         scores = sentence_scores(
             encoder.encode_query(question),

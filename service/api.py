@@ -3,8 +3,15 @@
 Errors are `{"error": {"code": ..., "message": <Chinese>}}`. A question over settings.max_query_chars
 is 400 `query_too_long` (not 413: the request itself is small, the question is what is refused, and a
 GET query has no body); 413 `body_too_large` is kept for JSON bodies over MAX_JSON_BYTES.
+
+Adding and removing documents needs settings.api_key, sent as `Authorization: Bearer KEY` or
+`X-API-Key: KEY`: no key configured is 403 `writes_disabled`, a missing or wrong key 401
+`unauthorized`. With settings.read_requires_key the search and document routes need it too.
+The upload and delete routes are in service/api_documents.py; uploads are multipart, outside the
+JSON body limit. /api/health and the page stay open in every case.
 """
 
+import hmac
 import json
 import logging
 import time
@@ -73,9 +80,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 class ApiError(Exception):
     """An error the client can fix; becomes {"error": {"code", "message"}} with its status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -186,7 +193,7 @@ async def on_http_error(request: Request, error: StarletteHTTPException) -> JSON
 
 
 async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
-    return error_response(error.status, error.code, error.message)
+    return error_response(error.status, error.code, error.message, headers=error.headers)
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
@@ -207,6 +214,53 @@ def app_settings(request: Request) -> Settings:
 
 SnapshotDep = Annotated[Snapshot, Depends(live_snapshot)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
+
+
+# ---------- the API key ----------
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from `Authorization: Bearer KEY`, else from `X-API-Key`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key")
+
+
+def check_key(request: Request, settings: Settings) -> None:
+    """401 unless the request carries settings.api_key (compared in constant time)."""
+    key = presented_key(request)
+    if key is None or not hmac.compare_digest(key.encode(), str(settings.api_key).encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "缺少 API 密钥或密钥错误：请在请求头 Authorization: Bearer <密钥> 或 X-API-Key: <密钥> 中提供",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_write_key(request: Request, settings: SettingsDep) -> None:
+    """Adding and removing documents: only with the configured key; disabled when none is configured."""
+    if not settings.api_key:
+        raise ApiError(
+            403,
+            "writes_disabled",
+            "本服务未开启文档上传和删除：请设置环境变量 DJQA_API_KEY 后重启服务，并在请求中提供该密钥",
+        )
+    check_key(request, settings)
+
+
+def require_read_key(request: Request, settings: SettingsDep) -> None:
+    """Searches and document reads: open unless settings.read_requires_key."""
+    if not settings.read_requires_key:
+        return
+    if not settings.api_key:
+        raise ApiError(
+            403,
+            "key_not_configured",
+            "本服务要求提供密钥才能查询（DJQA_READ_REQUIRES_KEY），但未设置 DJQA_API_KEY；请设置后重启服务",
+        )
+    check_key(request, settings)
 
 
 def clean_query(text: str, settings: Settings) -> str:
@@ -257,8 +311,10 @@ def run_search(snapshot: Snapshot, query: str, top_k: int, mode: str, filters: F
 
 # ---------- routes ----------
 
-json_routes = APIRouter(route_class=JsonBodyRoute, prefix="/api", responses=ERROR_RESPONSES)
-routes = APIRouter(prefix="/api")
+READ_KEY = [Depends(require_read_key)]
+json_routes = APIRouter(route_class=JsonBodyRoute, prefix="/api", responses=ERROR_RESPONSES, dependencies=READ_KEY)
+routes = APIRouter(prefix="/api", dependencies=READ_KEY)
+open_routes = APIRouter(prefix="/api")  # health: for monitors and the page footer, never behind the key
 
 
 @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
@@ -360,7 +416,7 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     )
 
 
-@routes.get("/health", summary="服务状态", response_model=Health)
+@open_routes.get("/health", summary="服务状态", response_model=Health)
 def health(snapshot: SnapshotDep) -> Health:
     """索引和模型的概况；服务正常时 status 为 ok。"""
     manifest = snapshot.searcher.index.manifest
@@ -376,6 +432,8 @@ def health(snapshot: SnapshotDep) -> Health:
 
 def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
     """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used)."""
+    from service.api_documents import document_routes  # it builds on this module's errors and key checks
+
     live = LiveIndex(settings, encoder or open_encoder(settings), tokenizer or open_tokenizer(settings))
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer("党建工作如何开展")
@@ -392,6 +450,8 @@ def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: Wo
     app.add_exception_handler(Exception, on_unexpected_error)
     app.include_router(json_routes)
     app.include_router(routes)
+    app.include_router(open_routes)
+    app.include_router(document_routes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -10,7 +10,7 @@ from service.config import Settings
 EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INPUT = 0, 2, 3, 4
 
 
-def hit_row(rank: int, hit) -> dict:  # noqa: ANN001 - a records.Hit
+def hit_row(rank: int, hit) -> dict:  # hit: a records.Hit
     passage = hit.passage
     return {
         "rank": rank,
@@ -47,16 +47,19 @@ def print_hits(rows: list[dict]) -> None:
 
 def command_index(args: argparse.Namespace, settings: Settings) -> int:
     from service.engine import build_index, open_encoder, open_tokenizer, source_files
+    from service.originals import original_files
 
     seeds = Path(args.seeds) if args.seeds else settings.seeds_dir
     if not seeds.is_dir():
         print(f"错误：文档目录不存在：{seeds}", file=sys.stderr)
         return EXIT_INPUT
     paths = source_files(seeds)
-    if not paths:
-        print(f"错误：{seeds} 中没有可索引的文件（.txt/.md）", file=sys.stderr)
+    if not paths and not original_files(settings.uploads_dir):
+        print(f"错误：{seeds} 中没有可索引的文件（.txt .md .docx .pdf）", file=sys.stderr)
         return EXIT_INPUT
-    report = build_index(paths, settings, open_encoder(settings), open_tokenizer(settings), progress=True)
+    # Users' documents (kept originals in uploads_dir) are indexed too: a rebuild must not drop them.
+    encoder, tokenizer = open_encoder(settings), open_tokenizer(settings)
+    report = build_index(paths, settings, encoder, tokenizer, progress=True, with_uploads=True)
     for problem in report.corpus.problems:
         print(f"跳过：{problem}", file=sys.stderr)
     print(

@@ -1,6 +1,7 @@
 """Wiring: settings -> encoder, tokenizer, index, searcher; and building an index from files."""
 
 import hashlib
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,13 +10,13 @@ import numpy as np
 
 from embeddings.encoder import Encoder
 from service.config import Settings
-from service.index import SearchIndex, assemble_index, load_index, save_index, unit_texts
-from service.ingest import Corpus, ingest_paths
+from service.index import SearchIndex, assemble_index, load_index, save_index, unit_texts, writer_lock
+from service.ingest import Corpus, doc_id_for, ingest_paths
+from service.ingest.read import SUPPORTED_SUFFIXES
+from service.originals import original_files
 from service.records import Document, Passage
 from service.search import Searcher
-from service.tokenize import WordTokenizer
-
-SUPPORTED_SUFFIXES = (".txt", ".md")
+from service.tokenize import WordTokenizer, trimmed_dictionary
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,14 @@ class BuildReport:
 
 
 def open_encoder(settings: Settings) -> Encoder:
-    return Encoder(settings.model_dir, settings.cache_dir, batch_size=settings.batch_size)
+    return Encoder(
+        settings.model_dir, settings.cache_dir, batch_size=settings.batch_size, query_cache=settings.query_cache_size
+    )
 
 
 def open_tokenizer(settings: Settings) -> WordTokenizer:
-    return WordTokenizer(settings.user_dict, settings.stopwords)
+    dictionary = trimmed_dictionary(settings.cache_dir, settings.jieba_min_freq)
+    return WordTokenizer(settings.user_dict, settings.stopwords, dictionary)
 
 
 def model_info(encoder: Encoder) -> dict:
@@ -43,12 +47,22 @@ def settings_note(settings: Settings) -> str:
     dictionary = settings.user_dict.read_bytes() if settings.user_dict.is_file() else b""
     stopwords = settings.stopwords.read_bytes() if settings.stopwords.is_file() else b""
     words = hashlib.sha256(dictionary + b"\0" + stopwords).hexdigest()[:16]
-    return f"embed_context={settings.embed_context};words={words}"
+    return f"embed_context={settings.embed_context};words={words};jieba_min_freq={settings.jieba_min_freq}"
 
 
 def source_files(folder: Path) -> list[Path]:
-    """Supported files below a folder, in name order."""
+    """Supported files (.txt .md .docx .pdf) below a folder, in name order."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
+
+
+def with_originals(paths: list[Path], uploads_dir: Path) -> list[Path]:
+    """`paths` and then the kept originals of users' documents; an original wins over a file with its doc id.
+
+    A user who replaced a seed document through `add` keeps their version after a rebuild.
+    """
+    originals = original_files(uploads_dir)
+    kept_ids = {original.stem for original in originals}
+    return [path for path in paths if doc_id_for(path) not in kept_ids] + originals
 
 
 def index_passages(
@@ -63,21 +77,33 @@ def index_passages(
     texts = [unit_texts(p, settings.embed_context) for p in passages]
     vectors = encoder.encode([text for units in texts for text in units], progress=progress)
     bounds = np.cumsum([0, *(len(units) for units in texts)])
-    unit_vectors = [vectors[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    unit_vectors = [vectors[start:end] for start, end in itertools.pairwise(bounds)]
     tokens = [tokenizer.tokens(f"{p.section}\n{p.text}") for p in passages]
     return assemble_index(documents, passages, unit_vectors, tokens, model_info(encoder), settings_note(settings))
 
 
 def build_index(
-    paths: list[Path], settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, progress: bool = False
+    paths: list[Path],
+    settings: Settings,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    progress: bool = False,
+    with_uploads: bool = False,
 ) -> BuildReport:
-    """Ingest files, embed, tokenise and save a new index version atomically."""
+    """Ingest files, embed, tokenise and save a new index version atomically.
+
+    Holds the writer lock throughout, so a build and an `add` or `remove` never interleave.
+    `with_uploads` adds the kept originals of settings.uploads_dir, listed under the lock.
+    """
     started = time.perf_counter()
-    corpus = ingest_paths(paths)
-    encode_started = time.perf_counter()
-    index = index_passages(corpus.documents, corpus.passages, settings, encoder, tokenizer, progress)
-    encode_seconds = time.perf_counter() - encode_started
-    version_dir = save_index(index, settings.index_dir)
+    with writer_lock(settings.index_dir, create=True):
+        if with_uploads:
+            paths = with_originals(paths, settings.uploads_dir)
+        corpus = ingest_paths(paths)
+        encode_started = time.perf_counter()
+        index = index_passages(corpus.documents, corpus.passages, settings, encoder, tokenizer, progress)
+        encode_seconds = time.perf_counter() - encode_started
+        version_dir = save_index(index, settings.index_dir)
     return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
 
 

@@ -3,16 +3,20 @@
 Layout of the index directory (every version complete before it becomes current):
 
     CURRENT                 name of the live version, replaced atomically (os.replace)
+    .lock                   flock held by writers (build, add, remove) so they never interleave
     versions/<name>/        manifest.json, vectors.faiss, bm25/, passages.jsonl, documents.jsonl
 
 A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
 """
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,7 +145,8 @@ def save_index(index: SearchIndex, index_dir: Path) -> Path:
     faiss.write_index(index.vectors, str(staging / "vectors.faiss"))
     index.bm25.save(str(staging / "bm25"), show_progress=False)
     passage_rows = [
-        {**asdict(p), "unit_ids": u, "tokens": t} for p, u, t in zip(index.passages, index.unit_ids, index.tokens)
+        {**asdict(p), "unit_ids": u, "tokens": t}
+        for p, u, t in zip(index.passages, index.unit_ids, index.tokens, strict=True)
     ]
     write_jsonl(staging / "passages.jsonl", passage_rows)
     write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
@@ -165,6 +170,33 @@ def prune_versions(index_dir: Path, keep: set[str]) -> None:
     for path in (index_dir / "versions").iterdir():
         if path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def writer_lock(index_dir: Path, create: bool = False) -> Iterator[None]:
+    """Exclusive lock for writers of index_dir (a killed holder releases it with its process).
+
+    Readers never take it. Without `create` a missing index_dir is IndexUnavailable, so adding
+    to or removing from an index that does not exist never creates one.
+    """
+    if create:
+        index_dir.mkdir(parents=True, exist_ok=True)
+    elif not index_dir.is_dir():
+        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
+    with (index_dir / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            remove_stale_staging(index_dir)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_stale_staging(index_dir: Path) -> None:
+    """Staging folders seen under the lock belong to a writer that died; CURRENT never names them."""
+    versions = index_dir / "versions"
+    for staging in versions.glob(".staging-*") if versions.is_dir() else ():
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def current_version(index_dir: Path) -> str | None:

@@ -91,6 +91,30 @@ class DocumentList(BaseModel):
     documents: list[DocumentSummary]
 
 
+class UploadedDocument(BaseModel):
+    file: str = Field(description="上传的文件名")
+    doc_id: str = Field(description="文档 ID（由文件名得出）")
+    title: str = Field(description="文档标题")
+    passages: int = Field(description="段落数")
+
+
+class FileProblem(BaseModel):
+    file: str = Field(description="上传的文件名")
+    reason: str = Field(description="跳过或失败的原因")
+    doc_id: str | None = Field(default=None, description="内容相同的已有文档 ID（仅跳过的重复文件）")
+
+
+class UploadReport(BaseModel):
+    added: list[UploadedDocument] = Field(description="新增的文档")
+    replaced: list[UploadedDocument] = Field(description="同名文档内容有变化，已替换")
+    skipped: list[FileProblem] = Field(description="内容与已有文档相同，已跳过")
+    failed: list[FileProblem] = Field(description="无法添加的文件及原因")
+
+
+class RemovedDocument(BaseModel):
+    removed: str = Field(description="已删除的文档 ID")
+
+
 class PassageSpan(BaseModel):
     passage_id: str
     start: int = Field(description="在 text 中的起始字符位置")

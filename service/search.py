@@ -124,7 +124,7 @@ class Searcher:
         k = min(self.candidates * UNITS_PER_CANDIDATE, count)
         scores, ids = self.index.vectors.search(query_vector[None, :], k, params=params)
         best: dict[int, float] = {}
-        for score, unit in zip(scores[0], ids[0]):
+        for score, unit in zip(scores[0], ids[0], strict=True):
             if unit != -1:
                 row = self.row_of_unit[int(unit)]
                 best[row] = max(best.get(row, -1.0), float(score))

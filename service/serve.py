@@ -4,7 +4,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from embeddings.encoder import Encoder
 from service.answer import Answerer
@@ -12,8 +14,10 @@ from service.cli import EXIT_INPUT, EXIT_OK, EXIT_UNAVAILABLE
 from service.config import Settings
 from service.engine import build_index, open_encoder, open_searcher, open_tokenizer, source_files
 from service.index import IndexUnavailable, current_version
+from service.originals import original_files
 from service.search import Searcher
 from service.tokenize import WordTokenizer
+from service.update import AddReport, add_files, delete_documents
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -47,6 +51,29 @@ class LiveIndex:
         searcher = open_searcher(self.settings, self.encoder, self.tokenizer)
         return Snapshot(version, searcher, Answerer(searcher, self.settings.answer_min_confidence))
 
+    def reload(self) -> Snapshot:
+        """Load the version CURRENT names now, without waiting for the next check (after a change
+        this process made); waits for a load already under way instead of loading twice."""
+        with self.reload_lock:
+            version = current_version(self.settings.index_dir)
+            if version and version != self.snapshot.version:
+                self.snapshot = self.load()
+                logger.info("已切换到新索引版本 %s", self.snapshot.version)
+            self.checked_at = time.monotonic()
+        return self.snapshot
+
+    def add_files(self, files: Sequence[tuple[str, Path]]) -> AddReport:
+        """update.add_files on the served index; the new version is served before this returns."""
+        report = add_files(self.settings, self.encoder, self.tokenizer, files)
+        if report.changed:
+            self.reload()
+        return report
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        """update.delete_documents on the served index; served without them before this returns."""
+        delete_documents(self.settings, self.encoder, doc_ids)
+        self.reload()
+
     def current(self) -> Snapshot:
         """The live snapshot, reloaded first if CURRENT changed (checked at most once a second)."""
         now = time.monotonic()
@@ -76,11 +103,11 @@ def missing_index_message(settings: Settings) -> str:
 def build_from_seeds(settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> int:
     """Index settings.seeds_dir before serving (--build-missing); an exit code."""
     paths = source_files(settings.seeds_dir) if settings.seeds_dir.is_dir() else []
-    if not paths:
-        print(f"错误：文档目录 {settings.seeds_dir} 中没有可索引的文件（.txt/.md）", file=sys.stderr)
+    if not paths and not original_files(settings.uploads_dir):
+        print(f"错误：文档目录 {settings.seeds_dir} 中没有可索引的文件（.txt .md .docx .pdf）", file=sys.stderr)
         return EXIT_INPUT
     print(f"索引不存在，正在从 {settings.seeds_dir} 构建…", flush=True)
-    report = build_index(paths, settings, encoder, tokenizer, progress=True)
+    report = build_index(paths, settings, encoder, tokenizer, progress=True, with_uploads=True)
     print(f"已索引 {len(report.corpus.documents)} 篇文档、{len(report.corpus.passages)} 个段落", flush=True)
     return EXIT_OK if report.corpus.documents else EXIT_INPUT
 

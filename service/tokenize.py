@@ -1,7 +1,9 @@
 """Chinese word tokens for BM25: jieba with the domain dictionary, minus stopwords and punctuation."""
 
 import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import jieba
@@ -17,12 +19,35 @@ def read_word_list(path: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def trimmed_dictionary(cache_dir: Path, min_freq: int) -> Path | None:
+    """jieba's dictionary without words rarer than min_freq, written once into the cache.
+
+    Loading jieba's full 349k-word dictionary is the largest part of start-up (~1.3 s here); the
+    137k words with frequency >= 5 load in ~0.4 s and rank our eval questions the same (MRR@10
+    0.823 vs 0.828 hybrid, hit@5 equal). None (full dictionary) when min_freq <= 1.
+    """
+    if min_freq <= 1:
+        return None
+    target = cache_dir / "jieba" / f"dict-min{min_freq}.txt"
+    if not target.is_file():
+        source = Path(jieba.__file__).parent / "dict.txt"
+        kept = [line for line in source.read_text(encoding="utf-8").splitlines() if int(line.split()[1]) >= min_freq]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, staging = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(kept) + "\n")
+        os.replace(staging, target)
+    return target
+
+
 class WordTokenizer:
     """jieba's search-mode cut (whole words plus their sub-words), domain terms kept whole."""
 
-    def __init__(self, user_dict: Path, stopwords: Path) -> None:
+    def __init__(self, user_dict: Path, stopwords: Path, dictionary: Path | None = None) -> None:
         jieba.setLogLevel(logging.WARNING)
-        self.jieba = jieba.Tokenizer()
+        self.jieba = jieba.Tokenizer(str(dictionary)) if dictionary else jieba.Tokenizer()
+        if dictionary:
+            self.jieba.tmp_dir = str(dictionary.parent)  # jieba's own load cache sits beside the file
         self.domain_terms = read_word_list(user_dict)
         for term in self.domain_terms:
             # A high frequency makes jieba prefer the whole term over its parts.

@@ -8,16 +8,17 @@ API and is rebuilt from the stored token lists (about 0.1 s for the seeds, 1 s p
 A writer holds an exclusive flock on index_dir/.lock from loading the index to pointing CURRENT at
 the new version, so two writers never interleave; readers never take it. Any `.staging-*` folder
 found under the lock was left by a killed writer and is removed; CURRENT never names one.
+
+The bytes of each added file are kept as settings.uploads_dir/<doc_id><suffix> (service/originals.py)
+once the new version is saved, so `dangjian-qa index` rebuilds users' documents with the seeds.
 """
 
-import fcntl
+import filecmp
 import itertools
 import re
-import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,9 +39,11 @@ from service.index import (
     load_index,
     save_index,
     unit_texts,
+    writer_lock,
 )
-from service.ingest import ingest_file
+from service.ingest import doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, ReadError, UnsupportedFileType
+from service.originals import keep_original, kept_original, remove_incoming, remove_originals
 from service.records import Document, Passage
 from service.tokenize import WordTokenizer
 
@@ -78,6 +81,7 @@ class FileOutcome:
     doc_id: str | None = None
     passages: int = 0
     reason: str = ""
+    path: Path | None = field(default=None, compare=False)  # the file read (for uploads: the temp copy)
 
 
 @dataclass
@@ -109,9 +113,9 @@ def as_named(files: Sequence[Path | tuple[str, Path]]) -> list[tuple[str, Path]]
 
 def read_files(
     files: Sequence[tuple[str, Path]], max_bytes: int, progress: bool = False
-) -> tuple[list[tuple[str, Document, list[Passage]]], list[FileOutcome]]:
+) -> tuple[list[tuple[str, Path, Document, list[Passage]]], list[FileOutcome]]:
     """Ingest each file; failures become outcomes with the reason (type, size, unreadable)."""
-    read: list[tuple[str, Document, list[Passage]]] = []
+    read: list[tuple[str, Path, Document, list[Passage]]] = []
     failed: list[FileOutcome] = []
     for name, path in tqdm(files, desc="读取文件", unit="个", disable=not progress or len(files) < 2):
         try:
@@ -123,7 +127,7 @@ def read_files(
         except ReadError as error:
             failed.append(FileOutcome(name, FAILED, reason=str(error)))
         else:
-            read.append((name, document, passages))
+            read.append((name, path, document, passages))
     return read, failed
 
 
@@ -197,22 +201,22 @@ def add_documents(
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
     accepted: dict[str, tuple[Document, list[Passage]]] = {}
-    for name, document, passages in read:
+    for name, path, document, passages in read:
         owner = owner_of_hash.get(document.content_hash)
         if owner is not None:
             reason = f"{name}：内容与已有文档 {owner} 相同，已跳过"
-            report.outcomes.append(FileOutcome(name, DUPLICATE, owner, reason=reason))
+            report.outcomes.append(FileOutcome(name, DUPLICATE, owner, reason=reason, path=path))
             continue
         if document.doc_id in accepted:
             # a.docx and a.pdf in one batch: which one the user meant is a guess, so neither wins silently.
             first = accepted[document.doc_id][0].source
             reason = f"{name}：与同批的 {first} 对应同一文档编号 {document.doc_id}，已跳过"
-            report.outcomes.append(FileOutcome(name, FAILED, document.doc_id, reason=reason))
+            report.outcomes.append(FileOutcome(name, FAILED, document.doc_id, reason=reason, path=path))
             continue
         accepted[document.doc_id] = (document, passages)
         owner_of_hash[document.content_hash] = document.doc_id
         status = REPLACED if document.doc_id in index.documents else ADDED
-        report.outcomes.append(FileOutcome(name, status, document.doc_id, len(passages)))
+        report.outcomes.append(FileOutcome(name, status, document.doc_id, len(passages), path=path))
     report.outcomes += failed
     if not accepted:
         report.seconds = time.perf_counter() - started
@@ -246,27 +250,6 @@ def remove_documents(index: SearchIndex, doc_ids: Sequence[str]) -> SearchIndex:
 # --- persisted changes: lock, load the current version, change, save ------------------------------
 
 
-@contextmanager
-def writer_lock(index_dir: Path) -> Iterator[None]:
-    """Exclusive lock for writers of index_dir; a killed holder releases it with its process."""
-    if not index_dir.is_dir():
-        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
-    with (index_dir / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            remove_stale_staging(index_dir)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def remove_stale_staging(index_dir: Path) -> None:
-    """Staging folders seen under the lock belong to a writer that died; CURRENT never names them."""
-    versions = index_dir / "versions"
-    for staging in versions.glob(".staging-*") if versions.is_dir() else ():
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def add_files(
     settings: Settings,
     encoder: Encoder,
@@ -277,14 +260,31 @@ def add_files(
     """Add files to the index on disk and save the new version before returning.
 
     For uploads pass (original name, temp path): the name gives the doc id and the messages only.
+    The files' bytes are kept as originals after the version is saved (see service/originals.py).
     Raises IndexUnavailable when there is no usable index; per-file problems are in the report.
     """
     with writer_lock(settings.index_dir):
+        remove_incoming(settings.uploads_dir)
         index = load_index(settings.index_dir, model_info(encoder))
         new_index, report = add_documents(index, files, settings, encoder, tokenizer, progress)
         if report.changed:
             report.version_dir = save_index(new_index, settings.index_dir)
+        for outcome in report.outcomes:
+            if outcome.status in (ADDED, REPLACED) or missing_original(settings, outcome):
+                keep_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
     return report
+
+
+def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
+    """A duplicate of its own document whose kept original is missing or other bytes.
+
+    That happens when a writer is killed between saving the index and keeping the file; adding the
+    same file again is how the user repairs it.
+    """
+    if outcome.status != DUPLICATE or outcome.path is None or outcome.doc_id != doc_id_for(Path(outcome.name)):
+        return False
+    kept = kept_original(settings.uploads_dir, outcome.doc_id)
+    return kept is None or not filecmp.cmp(kept, outcome.path, shallow=False)
 
 
 def delete_documents(settings: Settings, encoder: Encoder, doc_ids: Sequence[str]) -> SearchIndex:
@@ -292,6 +292,8 @@ def delete_documents(settings: Settings, encoder: Encoder, doc_ids: Sequence[str
     with writer_lock(settings.index_dir):
         new_index = remove_documents(load_index(settings.index_dir, model_info(encoder)), doc_ids)
         save_index(new_index, settings.index_dir)
+        for doc_id in doc_ids:
+            remove_originals(settings.uploads_dir, doc_id)
     return new_index
 
 

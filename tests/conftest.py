@@ -1,5 +1,6 @@
 """Shared fixtures: the real model, a real index of the seeds in a temporary folder."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,17 @@ from service.tokenize import WordTokenizer
 
 
 def make_settings(index_dir: Path, **overrides: object) -> Settings:
-    """Settings for a test: the project's model and vector cache, an index of its own."""
+    """Settings for a test: the project's model and vector cache, an index and an uploads folder of its own."""
+    overrides = {"uploads_dir": index_dir.parent / f"{index_dir.name}-uploads", **overrides}
     return Settings(index_dir=index_dir, cache_dir=PROJECT_ROOT / "data" / "cache", **overrides)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_uploads_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Commands run by tests never read or write the real data/uploads (tests give their own dirs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJQA_UPLOADS_DIR", str(tmp_path_factory.mktemp("uploads-unused")))
+        yield
 
 
 @pytest.fixture(scope="session")

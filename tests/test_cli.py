@@ -8,7 +8,12 @@ from service.config import PROJECT_ROOT, Settings
 
 
 def run_cli(*args: str, settings: Settings) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DJQA_INDEX_DIR": str(settings.index_dir), "DJQA_CACHE_DIR": str(settings.cache_dir)}
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(settings.index_dir),
+        "DJQA_CACHE_DIR": str(settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+    }
     command = [sys.executable, "-m", "service.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120)
 

@@ -32,6 +32,7 @@ CHROMIUM_ARGS = [
 ]
 QUESTION = "如何推动党建与医疗业务深度融合"
 HOSTILE_WORD = "防火墙演练"
+API_KEY = "browser-test-key"
 HOSTILE_DOCUMENT = f"""关于{HOSTILE_WORD}的工作总结
 一、基本情况
 今年组织开展{HOSTILE_WORD}，<script>window.__injected = 1</script>参加人员覆盖全部党支部。
@@ -64,7 +65,10 @@ def wait_for_health(base_url: str, server: subprocess.Popen, log: Path, timeout:
 def base_url(
     tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
 ) -> Iterator[str]:
-    """A real `dangjian-qa serve` on a free port, indexing the seeds and a document full of markup."""
+    """A real `dangjian-qa serve` on a free port, indexing the seeds and a document full of markup.
+
+    Uploads are on (DJQA_API_KEY) and kept in the test's own folder.
+    """
     folder = tmp_path_factory.mktemp("browser")
     hostile = folder / "hostile.txt"
     hostile.write_text(HOSTILE_DOCUMENT, encoding="utf-8")
@@ -76,7 +80,13 @@ def base_url(
         tokenizer,
     )
     port = free_port()
-    env = {**os.environ, "DJQA_INDEX_DIR": str(index_dir), "DJQA_CACHE_DIR": str(seed_settings.cache_dir)}
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(index_dir),
+        "DJQA_CACHE_DIR": str(seed_settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(folder / "uploads"),
+        "DJQA_API_KEY": API_KEY,
+    }
     log = folder / "server.log"
     with log.open("wb") as output:
         command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
@@ -205,3 +215,23 @@ def test_markup_in_documents_is_shown_as_text(page: Page) -> None:
     assert page.locator("#main script, #main img").count() == 0
     assert page.evaluate("window.__injected") is None
     shot(page, "escaped-markup")
+
+
+def test_manage_view_uploads_lists_and_deletes_a_document(page: Page, base_url: str, tmp_path: Path) -> None:
+    document = tmp_path / "病理科主题党日.txt"
+    document.write_text(
+        "病理科党支部开展“显微镜下的初心”主题党日活动，党员轮流讲述疑难病例诊断故事。\n", encoding="utf-8"
+    )
+    page.goto(f"{base_url}/?view=manage")
+    page.locator("#doc-table tbody tr").first.wait_for(timeout=10_000)
+    page.fill("#api-key", API_KEY)
+    page.set_input_files("#upload-files", str(document))
+    page.click("#upload-btn")
+    row = page.locator("#doc-table tbody tr", has_text="病理科主题党日.txt")
+    row.wait_for(timeout=60_000)
+    assert "新增 1" in page.inner_text("#status") and "病理科" in page.inner_text("#upload-result")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.locator(".delete-btn").click()
+    row.wait_for(state="detached", timeout=30_000)
+    assert "已删除" in page.inner_text("#status")
+    assert page.locator("#doc-table tbody tr", has_text="病理科主题党日.txt").count() == 0

@@ -34,7 +34,7 @@ def test_related_texts_are_closer_than_unrelated(encoder: Encoder) -> None:
     assert query @ related > query @ unrelated
 
 
-def test_cache_avoids_re_encoding(encoder: Encoder, monkeypatch) -> None:  # noqa: ANN001
+def test_cache_avoids_re_encoding(encoder: Encoder, monkeypatch) -> None:
     texts = ["缓存测试：加强基层党组织建设"]
     first = encoder.encode(texts)
     monkeypatch.setattr(encoder, "embed_batch", lambda batch: (_ for _ in ()).throw(AssertionError("re-encoded")))

@@ -55,7 +55,11 @@ def test_rebuild_replaces_the_version_atomically(
 
 
 def test_interrupted_build_leaves_the_old_index_live(
-    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+    small_settings: Settings,
+    tmp_path: Path,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
     before = current_version(small_settings.index_dir)
@@ -80,7 +84,7 @@ def test_corrupt_vectors_file_is_reported_not_raised(
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
     (report.version_dir / "vectors.faiss").write_bytes(b"not a faiss index")
-    with pytest.raises(IndexUnavailable, match="索引已损坏.*make index"):
+    with pytest.raises(IndexUnavailable, match=r"索引已损坏.*make index"):
         load_index(small_settings.index_dir, model_info(encoder))
 
 

@@ -39,7 +39,7 @@ def test_file_without_text_is_a_read_error(tmp_path: Path) -> None:
 def test_unsupported_type_is_a_read_error(tmp_path: Path) -> None:
     path = tmp_path / "slides.pptx"
     path.write_bytes(b"PK")
-    with pytest.raises(ReadError, match="slides.pptx"):
+    with pytest.raises(ReadError, match=r"slides\.pptx"):
         read_blocks(path)
 
 

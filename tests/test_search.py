@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from service.search import Filters, Searcher, fuse
@@ -49,7 +51,7 @@ def test_domain_terms_stay_whole(searcher: Searcher) -> None:
 def test_results_never_overlap_within_a_paragraph(searcher: Searcher) -> None:
     hits = searcher.search("加强党风廉政建设和医德医风建设", top_k=30)
     spans = sorted((h.passage.doc_id, h.passage.start, h.passage.end) for h in hits)
-    for (doc_a, _, end_a), (doc_b, start_b, _) in zip(spans, spans[1:]):
+    for (doc_a, _, end_a), (doc_b, start_b, _) in itertools.pairwise(spans):
         assert doc_a != doc_b or end_a <= start_b
 
 

@@ -44,9 +44,9 @@ def write(folder: Path, name: str, text: str) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path, seed_settings: Settings) -> Settings:
-    """A private copy of the seed index, free to change."""
+    """A private copy of the seed index, free to change, and an empty uploads folder."""
     shutil.copytree(seed_settings.index_dir, tmp_path / "index")
-    return seed_settings.model_copy(update={"index_dir": tmp_path / "index"})
+    return seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
 
 
 def doc_ids_of_hits(settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, query: str, mode: str) -> list[str]:
@@ -222,7 +222,12 @@ def test_stale_staging_folder_is_removed_by_the_next_writer(
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DJQA_INDEX_DIR": str(settings.index_dir), "DJQA_CACHE_DIR": str(settings.cache_dir)}
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(settings.index_dir),
+        "DJQA_CACHE_DIR": str(settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+    }
     command = [sys.executable, "-m", "service.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120)
 

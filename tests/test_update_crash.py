@@ -31,7 +31,7 @@ NEW_DOCS = {
 @pytest.fixture
 def settings(tmp_path: Path, seed_settings: Settings) -> Settings:
     shutil.copytree(seed_settings.index_dir, tmp_path / "index")
-    return seed_settings.model_copy(update={"index_dir": tmp_path / "index"})
+    return seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
 
 
 @pytest.fixture
@@ -45,7 +45,12 @@ def new_files(tmp_path: Path) -> list[Path]:
 
 def start(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
     """`python -m ARGS` against the settings' index; its stderr goes to a file beside the index."""
-    env = {**os.environ, "DJQA_INDEX_DIR": str(settings.index_dir), "DJQA_CACHE_DIR": str(settings.cache_dir)}
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(settings.index_dir),
+        "DJQA_CACHE_DIR": str(settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+    }
     with (settings.index_dir.parent / "writer.log").open("ab") as log:
         command = [sys.executable, "-m", *args]
         return subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=log)

@@ -22,8 +22,11 @@ class Corpus:
 
 
 def doc_id_for(path: Path) -> str:
-    """A stable id from the file name: the same name always maps to the same document."""
-    return re.sub(r"[^\w\-]+", "_", path.stem).strip("_")[:80] or "document"
+    """A stable id from the file name: the same name always maps to the same document.
+
+    Applied to `<doc_id>.txt` it gives back doc_id, so kept originals (service/originals.py) keep their id.
+    """
+    return re.sub(r"[^\w\-]+", "_", path.stem)[:80].strip("_") or "document"
 
 
 def ingest_file(

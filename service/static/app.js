@@ -44,6 +44,9 @@
 
   async function api(path, { method = 'GET', body, headers = {} } = {}) {
     const opts = { method, headers: { Accept: 'application/json', ...headers } };
+    // A server started with DJQA_READ_REQUIRES_KEY wants the key on reads too.
+    const storedKey = sessionStorage.getItem(KEY_STORE);
+    if (storedKey && !opts.headers['X-API-Key']) opts.headers['X-API-Key'] = storedKey;
     if (body instanceof FormData) opts.body = body;
     else if (body !== undefined) {
       opts.body = JSON.stringify(body);
@@ -442,7 +445,8 @@
   function renderDocTable(docs) {
     const rows = docs.map((d) => el('tr', {},
       el('td', { 'data-label': '标题', class: 'col-title' },
-        el('a', { href: docUrl(d.doc_id), 'data-nav': true }, d.title || d.doc_id)),
+        el('a', { href: docUrl(d.doc_id), 'data-nav': true }, d.title || d.doc_id),
+        d.source ? el('div', { class: 'doc-source' }, d.source) : null),
       el('td', { 'data-label': '类型' }, d.doc_type || '—'),
       el('td', { 'data-label': '年份' }, d.year || '—'),
       el('td', { 'data-label': '段落数', class: 'num' }, d.passages ?? '—'),

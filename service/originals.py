@@ -1,0 +1,89 @@
+"""The kept originals of users' documents, so that `dangjian-qa index` rebuilds them with the seeds.
+
+An original lives at uploads_dir/<doc_id><suffix>: the doc id is already reduced to letters, digits,
+`_` and `-`, so the user's file name never becomes a path. Writers call these under the index's
+writer lock, after the index version holding the change is saved. Each original is written to a
+hidden `.incoming-*` file and moved into place with os.replace, so a crash leaves the old file or
+the new one; a leftover `.incoming-*` belongs to a killed writer and the next writer removes it.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from service.ingest.read import SUPPORTED_SUFFIXES
+
+INCOMING_PREFIX = ".incoming-"
+SAFE_DOC_ID = re.compile(r"[\w\-]+")
+
+
+def original_path(uploads_dir: Path, doc_id: str, suffix: str) -> Path:
+    """Where the original of a document with this id and suffix is kept."""
+    if not SAFE_DOC_ID.fullmatch(doc_id) or suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"not a kept-original name: {doc_id!r}{suffix!r}")
+    return uploads_dir / f"{doc_id}{suffix.lower()}"
+
+
+def kept_original(uploads_dir: Path, doc_id: str) -> Path | None:
+    """The original kept for a document, if any."""
+    return next((path for path in originals_of(uploads_dir, doc_id) if path.is_file()), None)
+
+
+def originals_of(uploads_dir: Path, doc_id: str) -> list[Path]:
+    return [original_path(uploads_dir, doc_id, suffix) for suffix in SUPPORTED_SUFFIXES]
+
+
+def keep_original(uploads_dir: Path, doc_id: str, source: Path, name: str) -> Path:
+    """Copy `source` (the user's file `name`) to the document's original, replacing any older one."""
+    target = original_path(uploads_dir, doc_id, Path(name).suffix)
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    descriptor, incoming = tempfile.mkstemp(prefix=INCOMING_PREFIX, dir=uploads_dir)
+    try:
+        with os.fdopen(descriptor, "wb") as output, source.open("rb") as data:
+            shutil.copyfileobj(data, output)
+            output.flush()
+            os.fsync(output.fileno())
+        os.replace(incoming, target)
+    except BaseException:
+        Path(incoming).unlink(missing_ok=True)
+        raise
+    for older in originals_of(uploads_dir, doc_id):  # a.txt replaced by a.docx
+        if older != target:
+            older.unlink(missing_ok=True)
+    fsync_directory(uploads_dir)
+    return target
+
+
+def remove_originals(uploads_dir: Path, doc_id: str) -> None:
+    """Delete the document's kept original (any suffix); nothing happens when there is none."""
+    for path in originals_of(uploads_dir, doc_id):
+        path.unlink(missing_ok=True)
+    if uploads_dir.is_dir():
+        fsync_directory(uploads_dir)
+
+
+def original_files(uploads_dir: Path) -> list[Path]:
+    """The kept originals, in name order (leftover `.incoming-*` files are not originals)."""
+    if not uploads_dir.is_dir():
+        return []
+    return sorted(
+        path
+        for path in uploads_dir.iterdir()
+        if path.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES and SAFE_DOC_ID.fullmatch(path.stem)
+    )
+
+
+def remove_incoming(uploads_dir: Path) -> None:
+    """Half-written originals of a writer that died; only call under the writer lock."""
+    for path in uploads_dir.glob(f"{INCOMING_PREFIX}*") if uploads_dir.is_dir() else ():
+        path.unlink(missing_ok=True)
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,146 @@
+"""Users' originals are kept beside the index, so a rebuild (`dangjian-qa index`) keeps their documents."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from embeddings.encoder import Encoder
+from service.config import PROJECT_ROOT, Settings
+from service.engine import build_index, model_info, source_files
+from service.index import current_version, load_index, writer_lock
+from service.originals import INCOMING_PREFIX, original_files, original_path
+from service.tokenize import WordTokenizer
+from service.update import ADDED, DUPLICATE, REPLACED, add_files, delete_documents
+from tests.make_documents import make_docx
+
+FEVER_CLINIC = "发热门诊党员突击队实行二十四小时轮值，队员佩戴党员徽章上岗，在疫情防控一线亮身份、作表率。\n"
+NIGHT_SHIFT = "夜班护士党小组建立“暖心驿站”，为夜间就诊的老年患者提供代挂号、代取药和陪同检查服务。\n"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder / name
+
+
+@pytest.fixture
+def settings(tmp_path: Path, seed_settings: Settings) -> Settings:
+    shutil.copytree(seed_settings.index_dir, tmp_path / "index")
+    return seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(settings.index_dir),
+        "DJQA_CACHE_DIR": str(settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+    }
+    command = [sys.executable, "-m", "service.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=180)
+
+
+def test_added_file_is_kept_under_its_doc_id_after_the_index_is_saved(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    upload = write(tmp_path, "upload-3f9a2c", FEVER_CLINIC)  # an upload's temp file, under the user's name
+    report = add_files(settings, encoder, tokenizer, [("../../材料/2024年 支部总结.TXT", upload)])
+    assert [o.status for o in report.outcomes] == [ADDED]
+    kept = settings.uploads_dir / "2024年_支部总结.txt"
+    assert original_files(settings.uploads_dir) == [kept]
+    assert kept.read_bytes() == upload.read_bytes()
+    assert not list(settings.uploads_dir.glob(f"{INCOMING_PREFIX}*"))
+
+
+def test_replacing_with_another_format_leaves_one_original(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "v1", "plan.txt", FEVER_CLINIC)])
+    (tmp_path / "v2").mkdir()
+    plan = make_docx(tmp_path / "v2" / "plan.docx", "支部工作计划", [("Normal", NIGHT_SHIFT.strip())])
+    report = add_files(settings, encoder, tokenizer, [plan])
+    assert [o.status for o in report.outcomes] == [REPLACED]
+    assert original_files(settings.uploads_dir) == [settings.uploads_dir / "plan.docx"]
+
+
+def test_removed_document_loses_its_original(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    add_files(settings, encoder, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
+    delete_documents(settings, encoder, ["fever"])
+    assert original_files(settings.uploads_dir) == []
+
+
+def test_adding_the_same_file_again_restores_a_missing_original(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    fever = write(tmp_path, "fever.txt", FEVER_CLINIC)
+    add_files(settings, encoder, tokenizer, [fever])
+    (settings.uploads_dir / "fever.txt").unlink()  # as if killed between saving the index and keeping the file
+    (settings.uploads_dir / f"{INCOMING_PREFIX}abc").write_bytes(b"half")
+    version = current_version(settings.index_dir)
+    report = add_files(settings, encoder, tokenizer, [fever])
+    assert [o.status for o in report.outcomes] == [DUPLICATE] and current_version(settings.index_dir) == version
+    assert original_files(settings.uploads_dir) == [settings.uploads_dir / "fever.txt"]
+    assert not (settings.uploads_dir / f"{INCOMING_PREFIX}abc").exists()
+
+
+def test_an_original_name_is_never_a_path() -> None:
+    for doc_id in ("../evil", "a/b", "", "..", "a.b"):
+        with pytest.raises(ValueError):
+            original_path(Path("/uploads"), doc_id, ".txt")
+    with pytest.raises(ValueError):
+        original_path(Path("/uploads"), "fine", ".exe")
+
+
+def test_index_command_rebuilds_seeds_and_users_documents(settings: Settings, tmp_path: Path) -> None:
+    added = run_cli(settings, "add", str(write(tmp_path / "mine", "fever.txt", FEVER_CLINIC)))
+    assert added.returncode == 0 and (settings.uploads_dir / "fever.txt").is_file(), added.stderr
+    rebuilt = run_cli(settings, "index")
+    assert rebuilt.returncode == 0 and "已索引 6 篇文档" in rebuilt.stdout, rebuilt.stderr
+    removed = run_cli(settings, "remove", "fever")
+    assert removed.returncode == 0 and not (settings.uploads_dir / "fever.txt").exists()
+    assert "已索引 5 篇文档" in run_cli(settings, "index").stdout
+
+
+def test_rebuild_keeps_users_documents_and_their_replacements(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    seed = sorted(source_files(settings.seeds_dir))[0]
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "mine", "fever.txt", FEVER_CLINIC)])
+    add_files(settings, encoder, tokenizer, [write(tmp_path / "mine", seed.name, NIGHT_SHIFT)])
+    build_index(source_files(settings.seeds_dir), settings, encoder, tokenizer, with_uploads=True)
+    index = load_index(settings.index_dir, model_info(encoder))
+    assert len(index.documents) == 6 and "fever" in index.documents
+    assert [p.text for p in index.passages if p.doc_id == seed.stem] == [NIGHT_SHIFT.strip()]
+
+
+def test_source_files_take_every_supported_format(tmp_path: Path) -> None:
+    for name in ("a.txt", "b.md", "c.DOCX", "sub/d.pdf", "e.pptx", "f.doc"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in source_files(tmp_path)] == ["a.txt", "b.md", "c.DOCX", "d.pdf"]
+
+
+def test_a_build_waits_for_a_writer_holding_the_lock(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    finished: list[float] = []
+    paths = [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)]
+    build = threading.Thread(
+        target=lambda: finished.append(time.monotonic()) if build_index(paths, settings, encoder, tokenizer) else None
+    )
+    with writer_lock(settings.index_dir):
+        build.start()
+        time.sleep(1.0)
+        released = time.monotonic()
+        assert not finished, "the build ran while another writer held the lock"
+    build.join(timeout=60)
+    assert finished and finished[0] >= released
+    assert list(load_index(settings.index_dir, model_info(encoder)).documents) == ["fever"]
