@@ -165,6 +165,8 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
     from service.engine import open_searcher
 
     questions = load_questions(split=split)
+    # Each mode asks the same questions: without this, later modes would time cached query vectors.
+    settings = settings.model_copy(update={"query_cache_size": 0})
     searcher = open_searcher(settings)
     labels = checked_labels(questions, searcher.index.passages)
     rankers = all_rankers(searcher, settings, modes)

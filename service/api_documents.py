@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api import ApiError, SettingsDep, require_write_key
+from service.api import SettingsDep, require_write_key
+from service.http_errors import ApiError
 from service.index import IndexUnavailable
 from service.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles, receive_files
 from service.schemas import ErrorResponse, FileProblem, RemovedDocument, UploadedDocument, UploadReport

@@ -1,0 +1,166 @@
+"""HTTP errors in the project's one shape, and JSON request bodies checked before FastAPI parses them.
+
+Every error is `{"error": {"code": ..., "message": <Chinese>}}`: our own ApiError, FastAPI's
+validation and HTTP errors, and anything unexpected (500, logged).
+"""
+
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.schemas import ErrorResponse
+
+logger = logging.getLogger("dangjian_qa")
+
+MAX_JSON_BYTES = 1024 * 1024
+FIELD_NAMES = {
+    "query": "问题（query）",
+    "q": "问题（q）",
+    "question": "问题（question）",
+    "top_k": "返回条数（top_k）",
+    "mode": "检索方式（mode）",
+    "doc_ids": "文档范围（doc_ids）",
+    "doc_type": "文档类型（doc_type）",
+    "year": "年份（year）",
+    "doc_id": "文档 ID（doc_id）",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "问题为空或过长、JSON 格式或编码错误"),
+        (413, "请求体超过 1 MB"),
+        (415, "请求体不是 JSON"),
+        (422, "参数类型或取值错误"),
+    )
+}
+
+
+class ApiError(Exception):
+    """An error the client can fix; becomes {"error": {"code", "message"}} with its status."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+# ---------- request bodies: checked before FastAPI parses them ----------
+
+
+async def read_json_body(request: Request) -> bytes:
+    """The body if it is UTF-8 JSON within MAX_JSON_BYTES (counted while reading, not only declared)."""
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", "请求体必须是 JSON（Content-Type: application/json）")
+    charset = next((p.split("=", 1)[1].strip(' "').lower() for p in parameters.split(";") if "charset=" in p), "")
+    if charset not in ("", "utf-8", "utf8"):
+        raise ApiError(415, "unsupported_media_type", f"只接受 UTF-8 编码的 JSON，收到的是 {charset}")
+    too_large = ApiError(413, "body_too_large", "请求体不能超过 1 MB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(
+            400, "invalid_encoding", f"请求体不是合法的 UTF-8 文本（第 {error.start + 1} 个字节）"
+        ) from error
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"第 {error.lineno} 行第 {error.colno} 列" if text.strip() else "请求体为空"
+        raise ApiError(400, "invalid_json", f"请求体不是合法的 JSON（{where}）") from error
+    return body
+
+
+class JsonBodyRoute(APIRoute):
+    """A route whose JSON body passes read_json_body before FastAPI validates it against the model."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def checked_handler(request: Request) -> Response:
+            body = await read_json_body(request)
+            replayed = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal replayed
+                if replayed:
+                    return await request.receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return await handler(Request(request.scope, replay))
+
+        return checked_handler
+
+
+# ---------- error handlers: FastAPI's own errors in our shape ----------
+
+
+def parameter_message(error: dict[str, Any]) -> str:
+    """A Chinese sentence for one pydantic validation error, naming the field."""
+    field = next((str(part) for part in reversed(error.get("loc", ())) if isinstance(part, str)), "")
+    if field == "body":
+        return "缺少请求体" if error["type"] == "missing" else "请求体必须是 JSON 对象"
+    name = f"「{FIELD_NAMES.get(field, field)}」"
+    kind, context = error["type"], error.get("ctx") or {}
+    if kind == "missing":
+        return f"缺少参数{name}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"参数{name}必须是整数"
+    if kind in ("string_type", "str_type"):
+        return f"参数{name}必须是字符串"
+    if kind == "list_type":
+        return f"参数{name}必须是列表"
+    if kind == "greater_than_equal":
+        return f"参数{name}不能小于 {context['ge']}"
+    if kind == "less_than_equal":
+        return f"参数{name}不能大于 {context['le']}"
+    if kind == "literal_error":
+        choices = context.get("expected", "").replace(" or ", ", ").replace("'", "").replace(", ", "、")
+        return f"参数{name}必须是以下之一：{choices}"
+    return f"参数{name}无效（{error.get('msg', '')}）"
+
+
+async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    errors = list(error.errors())
+    if errors and errors[0]["type"] == "json_invalid":
+        return error_response(400, "invalid_json", "请求体不是合法的 JSON")
+    return error_response(422, "invalid_parameter", "；".join(dict.fromkeys(map(parameter_message, errors))))
+
+
+async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    if error.status_code == 404:
+        return error_response(404, "not_found", f"接口或文件不存在：{request.url.path}")
+    if error.status_code == 405:
+        message = f"{request.url.path} 不支持 {request.method} 请求"
+        return error_response(405, "method_not_allowed", message, headers=error.headers)
+    return error_response(error.status_code, f"http_{error.status_code}", str(error.detail), headers=error.headers)
+
+
+async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.code, error.message, headers=error.headers)
+
+
+async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("未处理的错误：%s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "服务内部错误，请稍后重试")
