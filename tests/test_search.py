@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from service.search import Filters, Searcher, fuse
+from service.search import Filters, Searcher, fuse, vocabulary_coverage
 
 
 def test_fusion_prefers_passages_strong_in_both_lists() -> None:
@@ -72,3 +72,24 @@ def test_query_without_content_words_still_answers_by_meaning(searcher: Searcher
 def test_religion_paraphrase_finds_the_rule(searcher: Searcher) -> None:
     texts = [h.passage.text for h in searcher.search("党员能不能信仰宗教", top_k=3)]
     assert any("宗教" in text for text in texts)
+
+
+def test_coverage_is_full_when_every_word_is_in_the_index() -> None:
+    frequency = {"党员": 40, "宗教": 1}
+    assert vocabulary_coverage(["党员", "宗教"], frequency, 100) == 1.0
+    assert vocabulary_coverage([], frequency, 100) == 0.0
+
+
+def test_coverage_shrinks_when_the_rare_words_are_unknown() -> None:
+    frequency = {"党员": 40}
+    coverage = vocabulary_coverage(["党员", "信教"], frequency, 100)
+    assert 0.0 < coverage < 0.3  # the unseen word weighs most: it is what the question is about
+
+
+def test_fusion_with_zero_weights_does_not_divide_by_zero() -> None:
+    assert set(fuse({1: 0.5}, {1: 2.0}, 0.0, 0.0).values()) == {0.0}
+
+
+def test_paraphrase_with_unknown_words_follows_the_dense_ranking(searcher: Searcher) -> None:
+    hybrid = searcher.search("党员可以信教吗", top_k=1)[0]
+    assert hybrid.dense_rank == 1 and "宗教" in hybrid.passage.text
