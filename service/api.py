@@ -55,6 +55,7 @@ from service.schemas import (
 from service.search import Filters
 from service.serve import LiveIndex, Snapshot
 from service.tokenize import WordTokenizer
+from service.update import document_rows
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # ---------- shared resources and shaping ----------
@@ -210,26 +211,7 @@ def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep) -> AskRe
 @routes.get("/documents", summary="文档列表", response_model=DocumentList)
 def list_documents(snapshot: SnapshotDep) -> DocumentList:
     """已收录的全部文档及其段落数、字数。"""
-    index = snapshot.searcher.index
-    counts: dict[str, int] = {}
-    for passage in index.passages:
-        counts[passage.doc_id] = counts.get(passage.doc_id, 0) + 1
-    return DocumentList(
-        documents=[
-            DocumentSummary(
-                doc_id=document.doc_id,
-                title=document.title,
-                doc_type=document.doc_type,
-                year=document.year,
-                level=document.level,
-                source=document.source,
-                passages=counts.get(document.doc_id, 0),
-                characters=len(document.text),
-                added_at=document.added_at,
-            )
-            for document in index.documents.values()
-        ]
-    )
+    return DocumentList(documents=[DocumentSummary(**row) for row in document_rows(snapshot.searcher.index)])
 
 
 @routes.get(

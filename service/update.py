@@ -307,7 +307,9 @@ def document_rows(index: SearchIndex) -> list[dict]:
             "source": document.source,
             "doc_type": document.doc_type,
             "year": document.year,
+            "level": document.level,
             "passages": passage_counts[document.doc_id],
+            "characters": len(document.text),
             "added_at": document.added_at,
         }
         for document in index.documents.values()

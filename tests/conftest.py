@@ -1,5 +1,6 @@
 """Shared fixtures: the real model, a real index of the seeds in a temporary folder."""
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,20 @@ def private_uploads_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DJQA_UPLOADS_DIR", str(tmp_path_factory.mktemp("uploads-unused")))
         yield
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    """A UTF-8 text file made for a test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text, encoding="utf-8")
+    return folder / name
+
+
+@pytest.fixture
+def private_settings(tmp_path: Path, seed_settings: Settings) -> Settings:
+    """A private copy of the seed index, free to change, and an empty uploads folder."""
+    shutil.copytree(seed_settings.index_dir, tmp_path / "index")
+    return seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
 
 
 @pytest.fixture(scope="session")

@@ -8,17 +8,10 @@ from service.config import Settings
 from service.engine import build_index, model_info, open_searcher
 from service.index import IndexUnavailable, current_version, load_index
 from service.tokenize import WordTokenizer
-from tests.conftest import make_settings
+from tests.conftest import make_settings, write
 
 DOC_A = "在全县党建工作会议上的讲话\n一、抓好党建\n各级党组织要认真落实“三会一课”制度，严肃党内政治生活。\n"
 DOC_B = "医院工作总结\n一、医德医风\n坚持开展医德医风教育，严禁收受红包回扣，树立行业新风。\n"
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

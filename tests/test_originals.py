@@ -1,7 +1,6 @@
 """Users' originals are kept beside the index, so a rebuild (`dangjian-qa index`) keeps their documents."""
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,22 +16,16 @@ from service.index import current_version, load_index, writer_lock
 from service.originals import INCOMING_PREFIX, original_files, original_path
 from service.tokenize import WordTokenizer
 from service.update import ADDED, DUPLICATE, REPLACED, add_files, delete_documents
+from tests.conftest import write
 from tests.make_documents import make_docx
 
 FEVER_CLINIC = "发热门诊党员突击队实行二十四小时轮值，队员佩戴党员徽章上岗，在疫情防控一线亮身份、作表率。\n"
 NIGHT_SHIFT = "夜班护士党小组建立“暖心驿站”，为夜间就诊的老年患者提供代挂号、代取药和陪同检查服务。\n"
 
 
-def write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text, encoding="utf-8")
-    return folder / name
-
-
 @pytest.fixture
-def settings(tmp_path: Path, seed_settings: Settings) -> Settings:
-    shutil.copytree(seed_settings.index_dir, tmp_path / "index")
-    return seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
+def settings(private_settings: Settings) -> Settings:
+    return private_settings
 
 
 def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

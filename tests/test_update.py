@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from service.update import (
     add_files,
     delete_documents,
 )
+from tests.conftest import write
 from tests.make_documents import make_docx
 
 FEVER_CLINIC = (
@@ -36,17 +36,9 @@ FEVER_CLINIC = (
 NIGHT_SHIFT = "夜班护士党小组建立“暖心驿站”，为夜间就诊的老年患者提供代挂号、代取药和陪同检查服务。\n"
 
 
-def write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text, encoding="utf-8")
-    return folder / name
-
-
 @pytest.fixture
-def settings(tmp_path: Path, seed_settings: Settings) -> Settings:
-    """A private copy of the seed index, free to change, and an empty uploads folder."""
-    shutil.copytree(seed_settings.index_dir, tmp_path / "index")
-    return seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
+def settings(private_settings: Settings) -> Settings:
+    return private_settings
 
 
 def doc_ids_of_hits(settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, query: str, mode: str) -> list[str]:
