@@ -58,3 +58,13 @@ def test_speech_without_title_line_gets_title_from_its_meeting() -> None:
 def test_report_without_title_gets_title_from_first_sentence() -> None:
     text = "局党组坚持党建引领业务发展。一、基本情况\n全局共有党支部五个。"
     assert outline([b for b in text_blocks(text) if b.text], "file").title == "局党组坚持党建引领业务发展"
+
+
+def test_report_title_is_the_closing_clause_of_a_long_lead_sentence() -> None:
+    text = (
+        "按照创建“六好党支部”的工作要求，*县卫健局结合实际，发挥行业特点，采取有力举措，"
+        "实行“四个统一”融合业务工作，成效明显。\n一、基本情况\n全局共有党支部五个。"
+    )
+    result = outline([b for b in text_blocks(text) if b.text], "file")
+    assert result.title == "实行“四个统一”融合业务工作"
+    assert result.level == "县"

@@ -19,9 +19,13 @@ TERMINAL_PUNCT = re.compile(r"[。！？；;!?，,：:、]$")
 TITLE_WORDS = re.compile(r"(讲话|发言|致辞|报告|总结|汇报|材料|做法|意见|方案|通知|要点)$")
 MEETING = re.compile(r"召开(?:了)?(?:\d{4}年)?([^，。,；]{4,40}?(?:会议|大会|座谈会|推进会|部署会|会))")
 YEAR = re.compile(r"((?:19|20)\d{2})年")
-LEVEL_MARKERS = {"省": ("全省", "省委"), "市": ("全市", "市委"), "区": ("全区", "区委"), "县": ("全县", "县委")}
+LEVEL_MARKERS = {  # 全县, 县委, 县卫健局 / 县卫生健康局 …
+    level: (f"全{level}", f"{level}委", f"{level}卫") for level in ("省", "市", "区", "县")
+}
 HEADLINE_MAX = 25  # an unnumbered line this short, without closing punctuation, is a heading
 HEADING_MAX = 40  # longer inline headings are shortened for the section path
+TITLE_CLAUSE_MIN = 8  # shorter closing clauses are verdicts (「成效明显」), not the subject
+LEAD_SENTENCE_MIN = 50  # a shorter opening sentence names its subject first
 SALUTATION_MAX = 8  # "同志们：" and the like are kept in the text but are not passages
 
 
@@ -86,10 +90,18 @@ def is_title_line(text: str, next_text: str | None) -> bool:
 
 
 def first_sentence_title(text: str) -> str:
-    """A title from the opening sentence, cut at a clause boundary."""
+    """A title from the opening sentence: shortened, or the last substantial clause of a long one.
+
+    Reports open with a long lead sentence that gives context first and ends on what they are about:
+    「按照…要求，*卫健局结合实际，…，实行“四个统一”融合业务工作，成效明显。」 -> 「实行“四个统一”融合业务工作」.
+    """
     sentence = CLAUSE_END.split(text, maxsplit=1)[0]
     if len(sentence) <= 36:
         return sentence
+    clauses = [clause.strip() for clause in re.split(r"[，,]", sentence)]
+    substantial = [clause for clause in clauses if TITLE_CLAUSE_MIN <= len(clause) <= 36]
+    if len(sentence) > LEAD_SENTENCE_MIN and substantial:
+        return substantial[-1]
     cut = max(sentence.rfind(mark, 0, 36) for mark in "，,、")
     return (sentence[:cut] if cut > 8 else sentence[:35]) + "…"
 
