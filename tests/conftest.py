@@ -1,6 +1,9 @@
 """Shared fixtures: the real model, a real index of the seeds in a temporary folder."""
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +35,18 @@ def write(folder: Path, name: str, text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(text, encoding="utf-8")
     return folder / name
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service.cli ARGS` in a subprocess, on the settings' index, cache and uploads."""
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(settings.index_dir),
+        "DJQA_CACHE_DIR": str(settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+    }
+    command = [sys.executable, "-m", "service.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=180)
 
 
 @pytest.fixture

@@ -1,8 +1,5 @@
 """Users' originals are kept beside the index, so a rebuild (`dangjian-qa index`) keeps their documents."""
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -10,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from embeddings.encoder import Encoder
-from service.config import PROJECT_ROOT, Settings
+from service.config import Settings
 from service.engine import build_index, model_info, source_files
 from service.index import current_version, load_index, writer_lock
 from service.originals import INCOMING_PREFIX, original_files, original_path
 from service.tokenize import WordTokenizer
 from service.update import ADDED, DUPLICATE, REPLACED, add_files, delete_documents
-from tests.conftest import write
+from tests.conftest import run_cli, write
 from tests.make_documents import make_docx
 
 FEVER_CLINIC = "发热门诊党员突击队实行二十四小时轮值，队员佩戴党员徽章上岗，在疫情防控一线亮身份、作表率。\n"
@@ -26,17 +23,6 @@ NIGHT_SHIFT = "夜班护士党小组建立“暖心驿站”，为夜间就诊�
 @pytest.fixture
 def settings(private_settings: Settings) -> Settings:
     return private_settings
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DJQA_INDEX_DIR": str(settings.index_dir),
-        "DJQA_CACHE_DIR": str(settings.cache_dir),
-        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
-    }
-    command = [sys.executable, "-m", "service.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=180)
 
 
 def test_added_file_is_kept_under_its_doc_id_after_the_index_is_saved(

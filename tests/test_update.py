@@ -1,16 +1,13 @@
 """Adding and removing users' documents: searchable at once, gone at once, nothing encoded twice."""
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from embeddings.encoder import Encoder, VectorCache
-from service.config import PROJECT_ROOT, Settings
+from service.config import Settings
 from service.engine import model_info, open_searcher
 from service.index import IndexUnavailable, current_version, load_index, unit_texts
 from service.tokenize import WordTokenizer
@@ -26,7 +23,7 @@ from service.update import (
     add_files,
     delete_documents,
 )
-from tests.conftest import write
+from tests.conftest import run_cli, write
 from tests.make_documents import make_docx
 
 FEVER_CLINIC = (
@@ -211,17 +208,6 @@ def test_stale_staging_folder_is_removed_by_the_next_writer(
     add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     assert not stale.exists()
     assert "fever" in load_index(settings.index_dir, model_info(encoder)).documents
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DJQA_INDEX_DIR": str(settings.index_dir),
-        "DJQA_CACHE_DIR": str(settings.cache_dir),
-        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
-    }
-    command = [sys.executable, "-m", "service.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120)
 
 
 def test_cli_add_reports_each_file_and_docs_lists_them(settings: Settings, tmp_path: Path) -> None:
