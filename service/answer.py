@@ -27,7 +27,6 @@ paraphrases (「别人送的定制白酒和好茶能收吗」 0.74).
 
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from service.ingest.passages import sentence_spans
 from service.records import Hit
-from service.search import Searcher
+from service.search import Searcher, term_coverage
 
 NOT_FOUND = "未找到与该问题相关的内容。可以换个说法，或使用更具体的党建术语。"
 
@@ -85,25 +84,6 @@ class Answer:
     text: str
     confidence: float
     citations: tuple[Hit, ...]
-
-
-def inverse_document_frequencies(token_lists: Sequence[Sequence[str]]) -> dict[str, float]:
-    """BM25-style IDF of every word of the passages."""
-    count = len(token_lists)
-    frequencies = Counter(token for tokens in token_lists for token in set(tokens))
-    return {token: math.log(1 + (count - df + 0.5) / (df + 0.5)) for token, df in frequencies.items()}
-
-
-def unseen_idf(idf: dict[str, float], passage_count: int) -> float:
-    """IDF of a word no passage contains."""
-    return math.log(1 + (passage_count + 0.5) / 0.5) if passage_count else 1.0
-
-
-def term_coverage(query_tokens: Sequence[str], found: set[str], idf: dict[str, float], unseen: float) -> float:
-    """IDF-weighted share of the query's words that are in `found` (0 when the query has none)."""
-    weights = {token: idf.get(token, unseen) for token in query_tokens}
-    total = sum(weights.values())
-    return sum(w for token, w in weights.items() if token in found) / total if total else 0.0
 
 
 def gather_evidence(hits: Sequence[Hit], query_tokens: Sequence[str], idf: dict[str, float], unseen: float) -> Evidence:
@@ -249,14 +229,12 @@ class Answerer:
     def __init__(self, searcher: Searcher, min_confidence: float) -> None:
         self.searcher = searcher
         self.min_confidence = min_confidence
-        self.idf = inverse_document_frequencies(searcher.index.tokens)
-        self.unseen = unseen_idf(self.idf, len(searcher.index.tokens))
 
     def evidence(self, question: str) -> tuple[list[Hit], Evidence]:
         """Hits for the question (EVIDENCE_HITS of them, whatever top_k) and their evidence."""
         hits = self.searcher.search(question, top_k=EVIDENCE_HITS)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
-        return hits, gather_evidence(hits, tokens, self.idf, self.unseen)
+        return hits, gather_evidence(hits, tokens, self.searcher.idf, self.searcher.unseen_idf)
 
     def answer(self, question: str, top_k: int = 5) -> Answer:
         """An extractive, cited answer from the top_k passages, or not-found below the confidence bar."""
@@ -276,8 +254,8 @@ class Answerer:
             vectors,
             question_tokens,
             [tokenizer.tokens(sentence.text) for sentence in sentences],
-            self.idf,
-            self.unseen,
+            self.searcher.idf,
+            self.searcher.unseen_idf,
         )
         text, citations = compose_answer(sentences, select_sentences(sentences, scores, vectors), hits)
         return Answer(found=True, text=text, confidence=score, citations=citations)

@@ -65,6 +65,17 @@ def with_originals(paths: list[Path], uploads_dir: Path) -> list[Path]:
     return [path for path in paths if doc_id_for(path) not in kept_ids] + originals
 
 
+def embed_and_tokenize(
+    passages: list[Passage], settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, progress: bool = False
+) -> tuple[list[np.ndarray], list[list[str]]]:
+    """The unit vectors (through the cache) and BM25 tokens of each passage."""
+    texts = [unit_texts(p, settings.embed_context) for p in passages]
+    vectors = encoder.encode([text for units in texts for text in units], progress=progress)
+    bounds = np.cumsum([0, *(len(units) for units in texts)])
+    unit_vectors = [vectors[start:end] for start, end in itertools.pairwise(bounds)]
+    return unit_vectors, [tokenizer.tokens(f"{p.section}\n{p.text}") for p in passages]
+
+
 def index_passages(
     documents: list[Document],
     passages: list[Passage],
@@ -73,12 +84,8 @@ def index_passages(
     tokenizer: WordTokenizer,
     progress: bool = False,
 ) -> SearchIndex:
-    """Embed (through the cache) and tokenise passages into an in-memory index."""
-    texts = [unit_texts(p, settings.embed_context) for p in passages]
-    vectors = encoder.encode([text for units in texts for text in units], progress=progress)
-    bounds = np.cumsum([0, *(len(units) for units in texts)])
-    unit_vectors = [vectors[start:end] for start, end in itertools.pairwise(bounds)]
-    tokens = [tokenizer.tokens(f"{p.section}\n{p.text}") for p in passages]
+    """Embed and tokenise passages into an in-memory index."""
+    unit_vectors, tokens = embed_and_tokenize(passages, settings, encoder, tokenizer, progress)
     return assemble_index(documents, passages, unit_vectors, tokens, model_info(encoder), settings_note(settings))
 
 

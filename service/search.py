@@ -1,6 +1,7 @@
 """Dense (FAISS), lexical (BM25) and hybrid search over a SearchIndex, with highlights."""
 
 import math
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -54,17 +55,18 @@ def idf(document_frequency: int, passage_count: int) -> float:
     return math.log(1 + (passage_count - document_frequency + 0.5) / (document_frequency + 0.5))
 
 
-def vocabulary_coverage(query_tokens: list[str], document_frequency: dict[str, int], passage_count: int) -> float:
-    """The IDF-weighted share of the question's words that occur in the index at all.
+def term_coverage(query_tokens: Sequence[str], found: Container[str], idf: dict[str, float], unseen: float) -> float:
+    """The IDF-weighted share of the question's words that are in `found` (0 when it has none).
 
-    A paraphrase (「党员可以信教吗」 for a passage on 不得信仰宗教) often shares only common words with
-    the corpus; min-max would still stretch those weak BM25 scores to [0, 1] and let them outvote the
-    dense ranking. Scaling the lexical weight by this share keeps lexical questions as they were (1.0)
-    and hands paraphrases to the dense side. On the dev split it lifted MRR@10 from 0.830 to 0.847.
+    With `found` = the index's vocabulary this is the fusion's lexical confidence: a paraphrase
+    (「党员可以信教吗」 for a passage on 不得信仰宗教) often shares only common words with the corpus,
+    and min-max would still stretch those weak BM25 scores to [0, 1] and let them outvote the dense
+    ranking. Scaling the lexical weight by this share keeps lexical questions as they were (1.0) and
+    hands paraphrases to the dense side; on the dev split it lifted MRR@10 from 0.830 to 0.847.
     """
-    weights = [(idf(document_frequency.get(t, 0), passage_count), t in document_frequency) for t in query_tokens]
-    total = sum(weight for weight, _ in weights)
-    return sum(weight for weight, known in weights if known) / total if total else 0.0
+    weights = {token: idf.get(token, unseen) for token in query_tokens}
+    total = sum(weights.values())
+    return sum(weight for token, weight in weights.items() if token in found) / total if total else 0.0
 
 
 def ranks(scores: dict[int, float]) -> dict[int, int]:
@@ -113,8 +115,9 @@ class Searcher:
         self.token_sets = [frozenset(tokens) for tokens in index.tokens]
         # bm25s keeps a CSC matrix: the entries of a token's column are the passages that contain it.
         passages_per_token = np.diff(index.bm25.scores["indptr"])
-        vocabulary = index.bm25.vocab_dict
-        self.document_frequency = {t: int(passages_per_token[i]) for t, i in vocabulary.items() if t}
+        count = len(index.passages)
+        self.idf = {t: idf(int(passages_per_token[i]), count) for t, i in index.bm25.vocab_dict.items() if t}
+        self.unseen_idf = idf(0, count)
 
     def allowed_rows(self, filters: Filters) -> np.ndarray | None:
         """Rows passing the filters, or None when nothing is filtered."""
@@ -194,7 +197,7 @@ class Searcher:
             # Score every candidate in both lists so that fusion compares like with like.
             dense |= self.exact_dense(lexical.keys() - dense.keys(), query_vector)
             lexical = {row: float(all_lexical[row]) for row in dense.keys() | lexical.keys()}
-            coverage = vocabulary_coverage(query_tokens, self.document_frequency, len(self.index.passages))
+            coverage = term_coverage(query_tokens, self.idf, self.idf, self.unseen_idf)
             fused = fuse(dense, lexical, self.dense_weight, self.lexical_weight * coverage)
         elif mode == "dense":
             fused = dense

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from embeddings.encoder import Encoder
 from service.config import Settings
-from service.engine import model_info
+from service.engine import embed_and_tokenize, model_info
 from service.index import (
     REBUILD_HINT,
     IndexUnavailable,
@@ -38,7 +38,6 @@ from service.index import (
     corpus_fingerprint,
     load_index,
     save_index,
-    unit_texts,
     writer_lock,
 )
 from service.ingest import doc_id_for, ingest_file
@@ -224,13 +223,8 @@ def add_documents(
 
     documents = [document for document, _ in accepted.values()]
     passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
-    texts = [unit_texts(passage, settings.embed_context) for passage in passages]
-    flat_texts = [text for units in texts for text in units]
-    report.encoded_texts = len(flat_texts)
-    vectors = encoder.encode(flat_texts, progress=progress)
-    bounds = np.cumsum([0, *(len(units) for units in texts)])
-    unit_vectors = [vectors[start:end] for start, end in itertools.pairwise(bounds)]
-    tokens = [tokenizer.tokens(f"{passage.section}\n{passage.text}") for passage in passages]
+    unit_vectors, tokens = embed_and_tokenize(passages, settings, encoder, tokenizer, progress)
+    report.encoded_texts = sum(len(vectors) for vectors in unit_vectors)
     new_index = changed_index(index, set(accepted) & set(index.documents), documents, passages, unit_vectors, tokens)
     report.index = new_index
     report.seconds = time.perf_counter() - started

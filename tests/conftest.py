@@ -1,9 +1,13 @@
 """Shared fixtures: the real model, a real index of the seeds in a temporary folder."""
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +51,49 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     }
     command = [sys.executable, "-m", "service.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=180)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, log: Path, **extra_env: str) -> Iterator[str]:
+    """A real `dangjian-qa serve` on a free port and the settings' folders; yields its base URL."""
+    env = {
+        **os.environ,
+        "DJQA_INDEX_DIR": str(settings.index_dir),
+        "DJQA_CACHE_DIR": str(settings.cache_dir),
+        "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+        **extra_env,
+    }
+    port = free_port()
+    with log.open("wb") as output:
+        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+        server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"服务启动失败（退出码 {server.returncode}）：\n{log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"服务 90 秒内未就绪：\n{log.read_text(errors='replace')}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 @pytest.fixture

@@ -13,14 +13,11 @@ from service.answer import (
     confidence,
     context_around,
     gather_evidence,
-    inverse_document_frequencies,
     select_sentences,
     split_sentences,
-    term_coverage,
-    unseen_idf,
 )
 from service.records import Hit, Passage
-from service.search import Searcher
+from service.search import Searcher, idf, term_coverage
 
 
 def hit(text: str, number: int = 1, **evidence: object) -> Hit:
@@ -89,12 +86,12 @@ def test_statements_end_with_a_full_stop() -> None:
 
 
 def test_words_the_corpus_never_uses_weigh_most() -> None:
-    idf = inverse_document_frequencies([["党建", "医院"], ["党建", "业务"], ["党建"]])
-    unseen = unseen_idf(idf, 3)
-    assert unseen > idf["医院"] > idf["党建"]
-    assert term_coverage(["党建", "红烧肉"], {"党建"}, idf, unseen) < 0.3
-    assert term_coverage(["医院", "党建"], {"医院"}, idf, unseen) > 0.5
-    assert term_coverage([], set(), idf, unseen) == 0.0
+    weights = {word: idf(frequency, 3) for word, frequency in {"党建": 3, "医院": 1, "业务": 1}.items()}
+    unseen = idf(0, 3)
+    assert unseen > weights["医院"] > weights["党建"]
+    assert term_coverage(["党建", "红烧肉"], {"党建"}, weights, unseen) < 0.3
+    assert term_coverage(["医院", "党建"], {"医院"}, weights, unseen) > 0.5
+    assert term_coverage([], set(), weights, unseen) == 0.0
 
 
 def test_confidence_grows_with_the_evidence() -> None:

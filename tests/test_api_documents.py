@@ -1,10 +1,6 @@
 """Uploading and deleting documents over HTTP: the key, the limits, one status per upload, the originals."""
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -18,9 +14,10 @@ from fastapi.testclient import TestClient
 
 from embeddings.encoder import Encoder
 from service.api import create_app
-from service.config import PROJECT_ROOT, Settings
+from service.config import Settings
 from service.engine import build_index
 from service.tokenize import WordTokenizer
+from tests.conftest import live_server
 from tests.make_documents import cjk_collection, make_docx, make_pdf, truetype_subset
 
 KEY = "test-key-7f3a9c"
@@ -399,12 +396,6 @@ def long_document(paragraphs: int) -> str:
     return "\n".join(lines) + "\n" + " " * (1024 * 1024) + "\n"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings) -> Iterator[tuple[str, Path]]:
     """`dangjian-qa serve` on a copy of the seed index, with an empty vector cache so uploads really encode."""
@@ -415,36 +406,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings) ->
     for shared in ("onnx", "jieba"):  # the exported model and dictionary, not the vectors
         if (seed_settings.cache_dir / shared).is_dir():
             (cache / shared).symlink_to(seed_settings.cache_dir / shared)
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJQA_INDEX_DIR": str(folder / "index"),
-        "DJQA_CACHE_DIR": str(cache),
-        "DJQA_UPLOADS_DIR": str(folder / "uploads"),
-        "DJQA_API_KEY": KEY,
-    }
-    log = folder / "server.log"
-    with log.open("wb") as output:
-        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, log.read_text(errors="replace")
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    settings = seed_settings.model_copy(
+        update={"index_dir": folder / "index", "cache_dir": cache, "uploads_dir": folder / "uploads"}
+    )
+    with live_server(settings, folder / "server.log", DJQA_API_KEY=KEY) as url:
         yield url, folder / "uploads"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def test_searches_keep_answering_while_an_upload_is_indexed(server: tuple[str, Path]) -> None:

@@ -1,11 +1,5 @@
 """The page in a real headless Chromium against a real server on the seed index (plus one hostile file)."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -17,6 +11,7 @@ from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
 from service.engine import build_index, source_files
 from service.tokenize import WordTokenizer
+from tests.conftest import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
@@ -41,26 +36,6 @@ HOSTILE_DOCUMENT = f"""关于{HOSTILE_WORD}的工作总结
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_health(base_url: str, server: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"服务启动失败（退出码 {server.returncode}）：\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(f"{base_url}/api/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"服务 {timeout} 秒内未就绪：\n{log.read_text(errors='replace')}")
-
-
 @pytest.fixture(scope="module")
 def base_url(
     tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
@@ -72,35 +47,10 @@ def base_url(
     folder = tmp_path_factory.mktemp("browser")
     hostile = folder / "hostile.txt"
     hostile.write_text(HOSTILE_DOCUMENT, encoding="utf-8")
-    index_dir = folder / "index"
-    build_index(
-        [*source_files(seed_settings.seeds_dir), hostile],
-        seed_settings.model_copy(update={"index_dir": index_dir}),
-        encoder,
-        tokenizer,
-    )
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJQA_INDEX_DIR": str(index_dir),
-        "DJQA_CACHE_DIR": str(seed_settings.cache_dir),
-        "DJQA_UPLOADS_DIR": str(folder / "uploads"),
-        "DJQA_API_KEY": API_KEY,
-    }
-    log = folder / "server.log"
-    with log.open("wb") as output:
-        command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
-        server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, server, log)
+    settings = seed_settings.model_copy(update={"index_dir": folder / "index", "uploads_dir": folder / "uploads"})
+    build_index([*source_files(seed_settings.seeds_dir), hostile], settings, encoder, tokenizer)
+    with live_server(settings, folder / "server.log", DJQA_API_KEY=API_KEY) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from service.search import Filters, Searcher, fuse, vocabulary_coverage
+from service.search import Filters, Searcher, fuse, idf, term_coverage
 
 
 def test_fusion_prefers_passages_strong_in_both_lists() -> None:
@@ -72,6 +72,12 @@ def test_query_without_content_words_still_answers_by_meaning(searcher: Searcher
 def test_religion_paraphrase_finds_the_rule(searcher: Searcher) -> None:
     texts = [h.passage.text for h in searcher.search("党员能不能信仰宗教", top_k=3)]
     assert any("宗教" in text for text in texts)
+
+
+def vocabulary_coverage(query_tokens: list[str], frequency: dict[str, int], passage_count: int) -> float:
+    """term_coverage against the vocabulary, as Searcher.search computes it."""
+    weights = {word: idf(count, passage_count) for word, count in frequency.items()}
+    return term_coverage(query_tokens, weights, weights, idf(0, passage_count))
 
 
 def test_coverage_is_full_when_every_word_is_in_the_index() -> None:
