@@ -4,6 +4,8 @@ import math
 import statistics
 from collections.abc import Sequence
 
+from scipy import stats
+
 
 def hit_at(ranking: Sequence[str], relevant: set[str], k: int) -> float:
     return 1.0 if any(pid in relevant for pid in ranking[:k]) else 0.0
@@ -53,3 +55,21 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
         return milliseconds[max(0, math.ceil(fraction * len(milliseconds)) - 1)]
 
     return {"median_ms": statistics.median(milliseconds), "p95_ms": nearest_rank(0.95), "p99_ms": nearest_rank(0.99)}
+
+
+def paired_test(ours: Sequence[float], theirs: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean difference of two systems' per-question scores and the two-sided p-values of a paired
+    t-test and a Wilcoxon signed-rank test (None where undefined: fewer than two questions, no difference)."""
+    differences = [a - b for a, b in zip(ours, theirs, strict=True)]
+    result: dict[str, float | int | None] = {
+        "n": len(differences),
+        "mean_diff": statistics.fmean(differences) if differences else None,
+        "t_p": None,
+        "wilcoxon_p": None,
+    }
+    if len(differences) < 2 or not any(differences):
+        return result
+    t_p, wilcoxon_p = stats.ttest_rel(ours, theirs).pvalue, stats.wilcoxon(ours, theirs).pvalue
+    result["t_p"] = None if math.isnan(t_p) else float(t_p)
+    result["wilcoxon_p"] = None if math.isnan(wilcoxon_p) else float(wilcoxon_p)
+    return result

@@ -18,10 +18,18 @@ SYSTEM_NAMES = {
 }
 KIND_NAMES = {
     "all": ("all", "全部"),
+    "hard": ("hard kinds", "难题合计"),
+    "older": ("older kinds", "原有题型"),
     "lexical": ("lexical", "字面"),
     "paraphrase": ("paraphrase", "改写"),
     "multi": ("multi", "多段"),
+    "colloquial": ("colloquial", "口语"),
+    "short": ("short", "关键词"),
+    "long": ("long", "长描述"),
+    "fact": ("fact", "事实"),
+    "cross": ("cross", "跨文档"),
 }
+CHART_KINDS = ("lexical", "paraphrase", "multi", "colloquial", "short", "long", "fact", "cross")
 METRICS = ("hit@1", "hit@5", "mrr@10", "ndcg@10", "recall@10")
 HEADLINE = (("hit@5", "hit@5"), ("mrr@10", "MRR@10"))
 
@@ -65,7 +73,7 @@ def ranking_tables(results: dict) -> list[str]:
                 row += [f"{latency['median_ms']:.1f}", f"{latency['p95_ms']:.1f}"]
             rows.append(row)
         parts.append(f"### Split: {split} ({counts} on-topic questions)\n\n" + table(header, rows))
-        kinds = [kind for kind in ("all", "lexical", "paraphrase", "multi") if kind in named[0][1]]
+        kinds = [kind for kind in KIND_NAMES if kind in named[0][1]]
         header = ["system (hit@5 / MRR@10)", *(f"{kind} (n={named[0][1][kind]['n']})" for kind in kinds)]
         rows = [
             [system_name(name), *(f"{by_kind[k]['hit@5']:.3f} / {by_kind[k]['mrr@10']:.3f}" for k in kinds)]
@@ -118,53 +126,80 @@ def ablation_table(results: dict) -> str | None:
     return table(["system", *(f"{label} {split}" for split in splits for _, label in HEADLINE)], rows)
 
 
+def significance_table(results: dict) -> str | None:
+    """Hybrid's MRR@10 against each baseline's: mean paired difference and p-values, per split."""
+    tests = results.get("significance") or {}
+    rows = []
+    for baseline, by_split in tests.items():
+        for split, test in by_split.items():
+            if test["mean_diff"] is None:
+                continue
+            p_values = [f"{test[key]:.2g}" if test[key] is not None else "–" for key in ("t_p", "wilcoxon_p")]
+            rows.append([system_name(baseline), split, str(test["n"]), signed(test["mean_diff"]), *p_values])
+    if not rows:
+        return None
+    header = ["hybrid vs", "split", "questions", "MRR@10 difference", "paired t-test p", "Wilcoxon p"]
+    return table(header, rows)
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def ask_table(results: dict) -> str | None:
     ask = results.get("ask")
     if not ask:
         return None
-    rows = [
-        [
-            split,
-            f"{ask[split]['offtopic_not_found']:.3f} (n={ask[split]['n_offtopic']})",
-            f"{ask[split]['ontopic_not_found']:.3f} (n={ask[split]['n_ontopic']})",
-        ]
-        for split in ("all", "dev", "test")
-        if split in ask
+    splits = [split for split in ("all", "dev", "test") if split in ask]
+    measures = [
+        ("on-topic answered (higher is better)", "answered_on_topic", "n_on_topic"),
+        ("off-topic refused (higher is better)", "refused_off_topic", "n_off_topic"),
+        ("  unrelated refused", "refused_unrelated", None),
+        ("  near-domain refused", "refused_near_domain", None),
+        ("key fact in the answer", "fact_present", "n_with_facts"),
+        ("sentence precision (cites a target passage)", "sentence_precision", None),
     ]
-    header = ["split", "off-topic: found=false (higher is better)", "on-topic: found=false (lower is better)"]
+    rows = [
+        [label, *(percent(ask[split].get(key)) + (f" (n={ask[split][count]})" if count else "") for split in splits)]
+        for label, key, count in measures
+    ]
+    kinds = [kind for kind in KIND_NAMES if kind in ask[splits[0]].get("answered_by_kind", {})]
+    rows += [
+        [f"  answered: {KIND_NAMES[kind][0]}", *(percent(ask[split]["answered_by_kind"].get(kind)) for split in splits)]
+        for kind in kinds
+    ]
     latency = ask["latency"]
     return (
-        table(header, rows) + f"\n\nask latency: median {latency['median_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms"
+        table(["/api/ask", *splits], rows)
+        + f"\n\nask latency: median {latency['median_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms"
     )
 
 
 def markdown_report(results: dict) -> str:
-    """The whole results as markdown: ranking tables, lead over baselines, ablation, ask."""
+    """The whole results as markdown: ranking tables, lead over baselines, significance, ablation, ask."""
     questions = results["questions"]
-    on_topic = sum(n for kind, n in questions.items() if kind != "offtopic")
     where = (
         "everything in-process"
         if results["where"] == "in-process"
         else f"project modes and ask over HTTP at {results['where']}, baselines and ablation in-process"
     )
+    counts = ", ".join(f"{n} {kind}" for kind, n in questions.items())
     parts = [
-        "# Retrieval quality",
-        f"Model {results['model']}, {results['passages']} passages, split `{results['split']}`: {on_topic} on-topic "
-        f"questions ({', '.join(f'{n} {kind}' for kind, n in questions.items() if kind != 'offtopic')}) and "
-        f"{questions['offtopic']} off-topic; {where}. "
-        f"Ranking metrics count on-topic questions only; latency is per query over all questions. "
-        f"Generated {results['generated_at']} by `dangjian-qa eval`.",
+        "# Retrieval and answer quality",
+        f"Model {results['model']}, {results['passages']} passages, split `{results['split']}`: "
+        f"{sum(questions.values())} questions ({counts}); {where}. Ranking metrics count on-topic questions "
+        f"only; `hard` = colloquial, short, long, fact and cross; `older` = lexical, paraphrase and multi. "
+        f"Latency is per query over all questions. Generated {results['generated_at']} by `make eval`.",
         "## Ranking",
         *ranking_tables(results),
     ]
     if lead := lead_table(results):
         parts += ["## Hybrid against the baselines (absolute difference)", lead]
+    if tests := significance_table(results):
+        parts += ["## Paired significance tests (per-question MRR@10)", tests]
     if ablation := ablation_table(results):
         parts += ["## Ablation: title/section prefix on the embedded text", ablation]
-    parts += [
-        "## /api/ask: saying nothing relevant was found",
-        ask_table(results) or "Not measured: no ask function yet.",
-    ]
+    parts += ["## /api/ask", ask_table(results) or "Not measured."]
     return "\n\n".join(parts) + "\n"
 
 
@@ -173,6 +208,8 @@ def changes_text(results: dict, previous: dict | None) -> str:
     if previous is None:
         return "与上次提交的结果比较：no previous results (eval/results/quality.json is not in HEAD)"
     lines = [f"与上次提交的结果比较（{previous.get('generated_at', '?')}，split {previous.get('split')}）："]
+    if previous.get("questions_sha256") != results.get("questions_sha256"):
+        lines.append("  （问题集已改变，差值只供参考）")
     for name, system in results["systems"].items():
         before = previous.get("systems", {}).get(name, {}).get("all", {}).get("all")
         now = system.get("all", {}).get("all")
@@ -181,10 +218,10 @@ def changes_text(results: dict, previous: dict | None) -> str:
             continue
         deltas = "  ".join(f"{label} {now[m]:.3f} ({signed(now[m] - before[m])})" for m, label in HEADLINE)
         lines.append(f"  {system_name(name):<40} {deltas}")
-    ask, ask_before = results.get("ask"), previous.get("ask")
-    if ask and ask_before and "all" in ask and "all" in ask_before:
-        for key in ("offtopic_not_found", "ontopic_not_found"):
-            lines.append(f"  ask {key:<36} {ask['all'][key]:.3f} ({signed(ask['all'][key] - ask_before['all'][key])})")
+    ask, ask_before = results.get("ask", {}).get("all", {}), (previous.get("ask") or {}).get("all", {})
+    for key in ("answered_on_topic", "refused_off_topic", "fact_present", "sentence_precision"):
+        if ask.get(key) is not None and ask_before.get(key) is not None:
+            lines.append(f"  ask {key:<36} {ask[key]:.3f} ({signed(ask[key] - ask_before[key])})")
     return "\n".join(lines)
 
 
@@ -213,8 +250,8 @@ def quality_chart(results: dict, path: Path) -> Path:
     label = 1 if chinese else 0
     split = "all" if "all" in next(iter(results["systems"].values())) else results["split"]
     systems = [name for name in SYSTEM_NAMES if name in results["systems"]]
-    kinds = [kind for kind in KIND_NAMES if kind in results["systems"][systems[0]][split]]
-    figure, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    kinds = [kind for kind in ("all", *CHART_KINDS) if kind in results["systems"][systems[0]][split]]
+    figure, axes = plt.subplots(2, 1, figsize=(13, 8.5), sharey=True)
     width = 0.8 / len(systems)
     colours = plt.get_cmap("tab10").colors
     for axis, (metric, title) in zip(axes, HEADLINE, strict=True):

@@ -1,13 +1,19 @@
-"""Retrieval quality: `dangjian-qa eval` scores every mode, the baselines and the ablation on the eval set.
+"""Retrieval and answer quality: `python -m eval.run` (`make eval`) scores the eval set.
 
-In-process by default (the index in DJQA_INDEX_DIR); with --url the project's modes and /api/ask go
-over HTTP to a running server, which must serve the same seed index (passage ids are compared).
-Writes eval/results/quality.{json,md,png} and prints the tables and the change against the results
-in the last commit.
+Scores every search mode, the baselines and the embed-context ablation, with paired significance
+tests against the baselines, and /api/ask (answered, refused, key fact, sentence precision). In-process
+by default (the index in DJQA_INDEX_DIR); with --url the project's modes and /api/ask go over HTTP to
+a running server, which must serve the same seed index (passage ids are compared).
+
+Writes eval/results/quality.{json,md,png} and prints the change against the results in the last
+commit. `--write-baseline` (`make eval-baseline`) also rewrites eval/baseline.json, the committed floor
+that tests/test_quality_regression.py guards: running the eval never moves that floor by itself.
 """
 
 import argparse
+import hashlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -23,21 +29,38 @@ from eval.baselines import (
     search_mode,
     whole_passage_dense,
 )
-from eval.metrics import latency_summary, mean_metrics, ranking_metrics
-from eval.questions import QuestionSetError, checked_labels, load_questions
-from service.config import PROJECT_ROOT, Settings
-from service.search import MODES, Searcher
+from eval.metrics import latency_summary, mean_metrics, paired_test, ranking_metrics
+from eval.questions import (
+    HARD_KINDS,
+    OFFTOPIC_KINDS,
+    ON_TOPIC_KINDS,
+    QUESTIONS_FILE,
+    Question,
+    QuestionSetError,
+    checked_labels,
+    load_questions,
+)
+from service.answer import Answerer
+from service.config import MODES, PROJECT_ROOT, Settings
+from service.engine import open_searcher
+from service.search import Searcher
 
 RESULTS_DIR = PROJECT_ROOT / "eval" / "results"
 RESULTS_FILE = RESULTS_DIR / "quality.json"
+BASELINE_FILE = PROJECT_ROOT / "eval" / "baseline.json"
 DEPTH = 10  # every metric looks at the top 10 at most
-ON_TOPIC_KINDS = ("lexical", "paraphrase", "multi")
 SPLITS = ("all", "dev", "test")
+OLDER_KINDS = ("lexical", "paraphrase", "multi")  # questions phrased like the documents
 BASELINES = ("baseline_dense_passage", "baseline_bm25_jieba", "baseline_rrf")
-Asker = Callable[[str], bool]  # question -> found
+CITED_SENTENCE = re.compile(r"([^【】]+?)【(\d+)】")
+Asker = Callable[[str], dict]  # question -> {"found", "answer", "citations": [{"passage_id"}, …]}
 
 
-def run_ranker(ranker: Ranker, questions: Sequence) -> tuple[dict[str, list[str]], list[float]]:
+def questions_sha256(path: Path = QUESTIONS_FILE) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_ranker(ranker: Ranker, questions: Sequence[Question]) -> tuple[dict[str, list[str]], list[float]]:
     """Rankings of every question (top DEPTH ids) and the seconds each took, after one warm-up query."""
     ranker(questions[0].question, DEPTH)
     rankings, seconds = {}, []
@@ -48,68 +71,131 @@ def run_ranker(ranker: Ranker, questions: Sequence) -> tuple[dict[str, list[str]
     return rankings, seconds
 
 
-def splits_of(questions: Sequence) -> list[str]:
+def splits_of(questions: Sequence[Question]) -> list[str]:
     """The splits to report: all, dev and test; or the one split when only one is evaluated."""
     present = [split for split in SPLITS[1:] if any(q.split == split for q in questions)]
     return ["all", *present] if len(present) > 1 else present
 
 
-def summarise(rankings: dict[str, list[str]], questions: Sequence, labels: dict[str, set[str]]) -> dict:
-    """Mean metrics per split (all/dev/test) and kind (all on-topic kinds, then each), with counts."""
+def in_split(questions: Sequence[Question], split: str) -> list[Question]:
+    return [q for q in questions if split in ("all", q.split)]
+
+
+def groups(questions: Sequence[Question]) -> dict[str, list[Question]]:
+    """On-topic questions by group: all, the hard kinds, the older kinds, then each kind (non-empty only)."""
+    named = {
+        "all": [q for q in questions if q.kind in ON_TOPIC_KINDS],
+        "hard": [q for q in questions if q.kind in HARD_KINDS],
+        "older": [q for q in questions if q.kind in OLDER_KINDS],
+        **{kind: [q for q in questions if q.kind == kind] for kind in ON_TOPIC_KINDS},
+    }
+    return {name: chosen for name, chosen in named.items() if chosen}
+
+
+def summarise(rankings: dict[str, list[str]], questions: Sequence[Question], labels: dict[str, set[str]]) -> dict:
+    """Mean metrics per split (all/dev/test) and group, with counts."""
     summary: dict[str, dict] = {}
     for split in splits_of(questions):
-        summary[split] = {}
-        for kind in ("all", *ON_TOPIC_KINDS):
-            chosen = [
-                q
-                for q in questions
-                if q.kind in ON_TOPIC_KINDS and split in ("all", q.split) and kind in ("all", q.kind)
-            ]
-            if chosen:
-                rows = [ranking_metrics(rankings[q.id], labels[q.id]) for q in chosen]
-                summary[split][kind] = {**mean_metrics(rows), "n": len(chosen)}
-    return {split: kinds for split, kinds in summary.items() if kinds}
+        summary[split] = {
+            name: {**mean_metrics([ranking_metrics(rankings[q.id], labels[q.id]) for q in chosen]), "n": len(chosen)}
+            for name, chosen in groups(in_split(questions, split)).items()
+        }
+    return {split: by_group for split, by_group in summary.items() if by_group}
 
 
-def evaluate_rankers(rankers: dict[str, Ranker], questions: Sequence, labels: dict[str, set[str]]) -> dict:
-    """Metrics and latency of each ranker on the questions."""
+def evaluate_rankers(rankers: dict[str, Ranker], questions: Sequence[Question], labels: dict[str, set[str]]) -> dict:
+    """Metrics, latency and per-question reciprocal rank (for paired tests) of each ranker."""
     systems = {}
     for name, ranker in rankers.items():
         rankings, seconds = run_ranker(ranker, questions)
-        systems[name] = {**summarise(rankings, questions, labels), "latency": latency_summary(seconds)}
+        reciprocal = {
+            q.id: ranking_metrics(rankings[q.id], labels[q.id])["mrr@10"] for q in questions if q.kind in ON_TOPIC_KINDS
+        }
+        systems[name] = {
+            **summarise(rankings, questions, labels),
+            "latency": latency_summary(seconds),
+            "rr": reciprocal,
+        }
     return systems
 
 
-def evaluate_ask(asker: Asker, questions: Sequence) -> dict:
-    """How often /api/ask answers found=false: rightly for off-topic questions, wrongly for on-topic ones."""
-    found, seconds = {}, []
-    for question in questions:
-        started = time.perf_counter()
-        found[question.id] = asker(question.question)
-        seconds.append(time.perf_counter() - started)
+def significance(systems: dict, questions: Sequence[Question], ours: str = "hybrid") -> dict:
+    """Paired tests of our MRR@10 against each baseline's, per split, over the same on-topic questions."""
+    tests: dict[str, dict] = {}
+    for baseline in BASELINES:
+        if ours not in systems or baseline not in systems:
+            continue
+        tests[baseline] = {}
+        for split in splits_of(questions):
+            ids = [q.id for q in in_split(questions, split) if q.kind in ON_TOPIC_KINDS]
+            ours_rr = [systems[ours]["rr"][i] for i in ids]
+            theirs_rr = [systems[baseline]["rr"][i] for i in ids]
+            tests[baseline][split] = paired_test(ours_rr, theirs_rr)
+    return tests
+
+
+def ask_outcome(response: dict, question: Question, labels: dict[str, set[str]]) -> dict:
+    """What one /api/ask answer shows: answered, key fact given, and how many sentences cite a target."""
+    found = bool(response["found"])
+    cited = [row["passage_id"] for row in response.get("citations", [])]
+    sentences = CITED_SENTENCE.findall(response["answer"]) if found else []
+    relevant = labels.get(question.id, set())
+    precise = sum(1 for _, n in sentences if 0 < int(n) <= len(cited) and cited[int(n) - 1] in relevant)
+    fact = any(fact in response["answer"] for fact in question.facts) if found and question.facts else False
+    return {"found": found, "fact": fact, "sentences": len(sentences), "precise": precise}
+
+
+def rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def summarise_ask(outcomes: dict[str, dict], questions: Sequence[Question]) -> dict:
+    """Per split: on-topic answered (overall and per kind), off-topic refused, key facts, sentence precision."""
     summary: dict[str, dict] = {}
     for split in splits_of(questions):
-        chosen = [q for q in questions if split in ("all", q.split)]
-        offtopic = [q for q in chosen if q.kind == "offtopic"]
-        on_topic = [q for q in chosen if q.kind != "offtopic"]
-        if offtopic and on_topic:
-            summary[split] = {
-                "offtopic_not_found": sum(not found[q.id] for q in offtopic) / len(offtopic),
-                "ontopic_not_found": sum(not found[q.id] for q in on_topic) / len(on_topic),
-                "n_offtopic": len(offtopic),
-                "n_ontopic": len(on_topic),
-            }
-    return {**summary, "latency": latency_summary(seconds)}
+        chosen = in_split(questions, split)
+        on_topic = [q for q in chosen if q.kind in ON_TOPIC_KINDS]
+        answered = [q for q in on_topic if outcomes[q.id]["found"]]
+        with_facts = [q for q in on_topic if q.facts]
+        sentences = sum(outcomes[q.id]["sentences"] for q in answered)
+        summary[split] = {
+            "answered_on_topic": rate([outcomes[q.id]["found"] for q in on_topic]),
+            "answered_by_kind": {
+                name: rate([outcomes[q.id]["found"] for q in members]) for name, members in groups(chosen).items()
+            },
+            "refused_off_topic": rate([not outcomes[q.id]["found"] for q in chosen if q.kind in OFFTOPIC_KINDS]),
+            **{
+                f"refused_{kind}": rate([not outcomes[q.id]["found"] for q in chosen if q.kind == kind])
+                for kind in OFFTOPIC_KINDS
+            },
+            "fact_present": rate([outcomes[q.id]["fact"] for q in with_facts]),
+            "sentence_precision": sum(outcomes[q.id]["precise"] for q in answered) / sentences if sentences else None,
+            "n_on_topic": len(on_topic),
+            "n_off_topic": sum(q.kind in OFFTOPIC_KINDS for q in chosen),
+            "n_with_facts": len(with_facts),
+        }
+    return summary
 
 
-def local_asker(searcher: Searcher, settings: Settings) -> Asker | None:
-    """/api/ask's core function in-process, or None while service/answer.py does not provide it."""
-    try:
-        from service.answer import Answerer
-    except ImportError:
-        return None
+def evaluate_ask(asker: Asker, questions: Sequence[Question], labels: dict[str, set[str]]) -> dict:
+    outcomes, seconds = {}, []
+    for question in questions:
+        started = time.perf_counter()
+        outcomes[question.id] = ask_outcome(asker(question.question), question, labels)
+        seconds.append(time.perf_counter() - started)
+    return {**summarise_ask(outcomes, questions), "latency": latency_summary(seconds)}
+
+
+def local_asker(searcher: Searcher, settings: Settings) -> Asker:
+    """/api/ask's core in-process, answering in the API's shape."""
     answerer = Answerer(searcher, settings.answer_min_confidence)
-    return lambda question: answerer.answer(question).found
+
+    def ask(question: str) -> dict:
+        answer = answerer.answer(question)
+        citations = [{"passage_id": hit.passage.passage_id} for hit in answer.citations]
+        return {"found": answer.found, "answer": answer.text, "citations": citations}
+
+    return ask
 
 
 def http_rankers(url: str, modes: Sequence[str]) -> tuple[dict[str, Ranker], Asker]:
@@ -126,10 +212,10 @@ def http_rankers(url: str, modes: Sequence[str]) -> tuple[dict[str, Ranker], Ask
 
         return rank
 
-    def ask(question: str) -> bool:
+    def ask(question: str) -> dict:
         response = client.post("/api/ask", json={"question": question})
         response.raise_for_status()
-        return bool(response.json()["found"])
+        return response.json()
 
     return {mode: mode_ranker(mode) for mode in modes}, ask
 
@@ -162,8 +248,6 @@ def previous_results(path: Path = RESULTS_FILE) -> dict | None:
 
 def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, url: str | None = None) -> dict:
     """The whole evaluation as a JSON-able dict."""
-    from service.engine import open_searcher
-
     questions = load_questions(split=split)
     # Each mode asks the same questions: without this, later modes would time cached query vectors.
     settings = settings.model_copy(update={"query_cache_size": 0})
@@ -174,6 +258,7 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
     if url:
         remote, asker = http_rankers(url, modes)
         rankers |= remote
+    systems = evaluate_rankers(rankers, questions, labels)
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "where": url or "in-process",
@@ -181,34 +266,59 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
         "model": searcher.index.manifest["model_name"],
         "embed_context": settings.embed_context,
         "passages": len(searcher.index.passages),
-        "questions": {kind: sum(q.kind == kind for q in questions) for kind in (*ON_TOPIC_KINDS, "offtopic")},
-        "systems": evaluate_rankers(rankers, questions, labels),
-        "ask": evaluate_ask(asker, questions) if asker else None,
+        "questions_sha256": questions_sha256(),
+        "questions": {kind: sum(q.kind == kind for q in questions) for kind in (*ON_TOPIC_KINDS, *OFFTOPIC_KINDS)},
+        "systems": systems,
+        "significance": significance(systems, questions),
+        "ask": evaluate_ask(asker, questions, labels),
     }
 
 
-def command(args: argparse.Namespace, settings: Settings) -> int:
-    """`dangjian-qa eval`: run, write the results, print the tables and the change against HEAD."""
+def guarded_measures(results: dict) -> dict:
+    """What the regression guard holds the project to: each mode's hit@5 / MRR@10 and /api/ask's rates."""
+    ask = results["ask"]["all"]
+    return {
+        "questions_sha256": results["questions_sha256"],
+        "systems": {
+            mode: {metric: results["systems"][mode]["all"]["all"][metric] for metric in ("hit@5", "mrr@10")}
+            for mode in MODES
+        },
+        "ask": {name: ask[name] for name in ("answered_on_topic", "refused_off_topic", "fact_present")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, write the results (and the baseline when asked), print the tables and the change against HEAD."""
     from eval.report import changes_text, markdown_report, quality_chart
 
+    parser = argparse.ArgumentParser(prog="python -m eval.run", description="评测检索和问答质量")
+    parser.add_argument("--url", help="评测运行中的服务，例如 http://127.0.0.1:8765（默认进程内）")
+    parser.add_argument("--split", choices=SPLITS, default="all")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="结果目录（默认 eval/results/）")
+    parser.add_argument("--write-baseline", action="store_true", help=f"同时改写回归基线 {BASELINE_FILE.name}")
+    args = parser.parse_args(argv)
     try:
-        results = run(settings, split=args.split, modes=args.modes, url=args.url)
+        results = run(Settings(), split=args.split, modes=args.modes, url=args.url)
     except QuestionSetError as error:
         print(f"错误：{error}", file=sys.stderr)
         return 4
-    out = args.out or RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     report = markdown_report(results)
-    (out / "quality.md").write_text(report)
-    quality_chart(results, out / "quality.png")
+    (args.out / "quality.md").write_text(report)
+    quality_chart(results, args.out / "quality.png")
     print(report)
     print(changes_text(results, previous_results()))
-    print(f"→ {out}/quality.json、quality.md、quality.png")
+    if args.write_baseline:
+        if args.split != "all" or set(args.modes) != set(MODES):
+            print("错误：基线须用全部问题和全部检索方式生成", file=sys.stderr)
+            return 2
+        BASELINE_FILE.write_text(json.dumps(guarded_measures(results), indent=2) + "\n")
+        print(f"→ 回归基线已改写：{BASELINE_FILE}")
+    print(f"→ {args.out}/quality.json、quality.md、quality.png")
     return 0
 
 
 if __name__ == "__main__":
-    from service.cli import main
-
-    sys.exit(main(["eval", *sys.argv[1:]]))
+    sys.exit(main())

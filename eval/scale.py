@@ -23,12 +23,12 @@ import numpy as np
 from embeddings.encoder import Encoder
 from eval.metrics import latency_summary
 from eval.questions import load_questions
-from service.config import Settings
+from service.config import MODES, Settings
+from service.embed import MIN_SENTENCE_UNIT, lexical_text, unit_texts
 from service.engine import model_info, open_encoder, open_searcher, open_tokenizer, settings_note
-from service.index import MIN_SENTENCE_UNIT, assemble_index, save_index, unit_texts
-from service.ingest.passages import sentence_spans
+from service.index import assemble_index, save_index
 from service.records import Document, Passage
-from service.search import MODES
+from service.text import sentence_spans
 
 PASSAGES_PER_DOCUMENT = 20
 SENTENCES_PER_PASSAGE = (2, 5)  # the seeds' body paragraphs hold two to five sentences mostly
@@ -167,7 +167,7 @@ def build_scale_index(count: int, index_dir: Path, sample: int, settings: Settin
     jieba_sample = passages[:: max(1, count // 1000)][:1000]
     jieba_started = time.perf_counter()
     for passage in jieba_sample:
-        tokenizer.tokens(f"{passage.section}\n{passage.text}")
+        tokenizer.tokens(lexical_text(passage))
     jieba_rate = len(jieba_sample) / (time.perf_counter() - jieba_started)
 
     started = time.perf_counter()

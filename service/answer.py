@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.ingest.passages import sentence_spans
 from service.records import Hit
 from service.search import Searcher, term_coverage
+from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SEMICOLONS, sentence_spans
 
 NOT_FOUND = "未找到与该问题相关的内容。可以换个说法，或使用更具体的党建术语。"
 
@@ -50,14 +50,11 @@ SCORE_MARGIN = 0.08  # a sentence this far below the best one no longer answers 
 OVERLAP_WEIGHT = 0.25  # term overlap next to cosine: keeps the sentence that names the asked term
 NEAR_DUPLICATE_COSINE = 0.92
 NEAR_DUPLICATE_BIGRAMS = 0.6  # share of a sentence's character bigrams already said
-CONTEXT_CHARS = 150
 EVIDENCE_HITS = 10  # evidence is read from this many hits whatever top_k asks, so it does not vary
-CLOSERS = "”’」』）)"
 ENUMERATOR = re.compile(
     r"[一二三四五六七八九十]+[是要、]|[（(][一二三四五六七八九十\d]+[）)]|第[一二三四五六七八九十]+[，、]|\d+[、.．]"
 )
 RUN_IN_HEADING_CHARS = 40
-SENTENCE_BREAK = re.compile(r"[。！？!?；;][”’」』）)]*|\n")
 
 
 @dataclass(frozen=True)
@@ -184,9 +181,9 @@ def select_sentences(sentences: Sequence[Sentence], scores: np.ndarray, vectors:
 def as_statement(text: str) -> str:
     """A sentence cut at 「；」 or a clause mark reads as a whole one when it ends with 「。」."""
     core = text.rstrip(CLOSERS)
-    if core and core[-1] in "；;，,、：:":
+    if core and core[-1] in SEMICOLONS + COMMAS + COLONS:
         return core[:-1] + "。" + text[len(core) :]
-    if core and core[-1] not in "。！？!?":
+    if core and core[-1] not in FULL_STOPS:
         return text + "。"
     return text
 
@@ -208,19 +205,6 @@ def compose_answer(
 
 def not_found(score: float) -> Answer:
     return Answer(found=False, text=NOT_FOUND, confidence=score, citations=())
-
-
-def context_around(text: str, start: int, end: int, limit: int = CONTEXT_CHARS) -> tuple[str, str]:
-    """Up to `limit` characters of text before and after [start, end), cut at sentence ends."""
-    before = text[max(0, start - limit) : start]
-    if start > limit:
-        first_end = SENTENCE_BREAK.search(before)
-        before = before[first_end.end() :] if first_end else "…" + before.lstrip()
-    after = text[end : end + limit]
-    if end + limit < len(text):
-        ends = [match.end() for match in SENTENCE_BREAK.finditer(after) if after[: match.end()].strip()]
-        after = after[: ends[-1]] if ends else after.rstrip() + "…"
-    return before.strip(), after.strip()
 
 
 class Answerer:

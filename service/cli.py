@@ -1,31 +1,41 @@
-"""Command line: dangjian-qa index | search | serve | eval | add | remove | docs."""
+"""Command line: dangjian-qa index | search | serve | add | remove | docs. The only place with exit codes."""
 
 import argparse
 import json
 import sys
 from pathlib import Path
 
-from service.config import Settings
+from pydantic import ValidationError
+
+from embeddings.model import ModelError
+from service.config import DEFAULT_MODE, MODES, Settings
+from service.engine import (
+    NothingToIndex,
+    build_index,
+    indexable_files,
+    load_current,
+    open_encoder,
+    open_searcher,
+    open_tokenizer,
+)
+from service.index import IndexUnavailable, document_rows
+from service.ingest.read import SUPPORTED_SUFFIXES
+from service.search import QueryRejected, clean_query, search_response
+from service.serve import serve
+from service.update import (
+    ADDED,
+    DUPLICATE,
+    FAILED,
+    REPLACED,
+    TOO_LARGE,
+    UNSUPPORTED,
+    AddReport,
+    UpdateError,
+    add_files,
+    delete_documents,
+)
 
 EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INPUT = 0, 2, 3, 4
-
-
-def hit_row(rank: int, hit) -> dict:  # hit: a records.Hit
-    passage = hit.passage
-    return {
-        "rank": rank,
-        "score": round(hit.score, 4),
-        "title": passage.title,
-        "section": passage.section,
-        "passage_id": passage.passage_id,
-        "doc_id": passage.doc_id,
-        "text": passage.text,
-        "dense": None if hit.dense_rank is None else {"rank": hit.dense_rank, "score": round(hit.dense_score, 4)},
-        "lexical": None
-        if hit.lexical_rank is None
-        else {"rank": hit.lexical_rank, "score": round(hit.lexical_score, 4)},
-        "matched_terms": list(hit.matched_terms),
-    }
 
 
 def print_hits(rows: list[dict]) -> None:
@@ -46,17 +56,8 @@ def print_hits(rows: list[dict]) -> None:
 
 
 def command_index(args: argparse.Namespace, settings: Settings) -> int:
-    from service.engine import build_index, open_encoder, open_tokenizer, source_files
-    from service.originals import original_files
-
     seeds = Path(args.seeds) if args.seeds else settings.seeds_dir
-    if not seeds.is_dir():
-        print(f"错误：文档目录不存在：{seeds}", file=sys.stderr)
-        return EXIT_INPUT
-    paths = source_files(seeds)
-    if not paths and not original_files(settings.uploads_dir):
-        print(f"错误：{seeds} 中没有可索引的文件（.txt .md .docx .pdf）", file=sys.stderr)
-        return EXIT_INPUT
+    paths = indexable_files(seeds, settings.uploads_dir)
     # Users' documents (kept originals in uploads_dir) are indexed too: a rebuild must not drop them.
     encoder, tokenizer = open_encoder(settings), open_tokenizer(settings)
     report = build_index(paths, settings, encoder, tokenizer, progress=True, with_uploads=True)
@@ -70,42 +71,26 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_search(args: argparse.Namespace, settings: Settings) -> int:
-    from service.engine import open_searcher
-
-    query = args.query.strip()
-    if not query:
-        print("错误：问题不能为空", file=sys.stderr)
+    if not 1 <= args.k <= settings.max_top_k:
+        print(f"错误：-k 必须在 1 到 {settings.max_top_k} 之间", file=sys.stderr)
         return EXIT_USAGE
-    if len(query) > settings.max_query_chars:
-        print(f"错误：问题长度不能超过 {settings.max_query_chars} 字", file=sys.stderr)
-        return EXIT_USAGE
-    searcher = open_searcher(settings)
-    hits = searcher.search(query, top_k=args.k, mode=args.mode)
-    rows = [hit_row(rank, hit) for rank, hit in enumerate(hits, start=1)]
+    query = clean_query(args.query, settings.max_query_chars)
+    response = search_response(open_searcher(settings), query, args.k, args.mode)
     if args.json:
-        print(json.dumps({"query": query, "mode": args.mode, "results": rows}, ensure_ascii=False, indent=2))
+        print(json.dumps(response, ensure_ascii=False, indent=2))
     else:
-        print_hits(rows)
+        print_hits(response["results"])
     return EXIT_OK
 
 
 def command_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from service.serve import serve
-
     overrides = {name: value for name, value in (("host", args.host), ("port", args.port)) if value is not None}
-    return serve(settings.model_copy(update=overrides), build_missing=args.build_missing)
-
-
-def command_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from eval.run import command
-
-    return command(args, settings)
+    serve(settings.model_copy(update=overrides), build_missing=args.build_missing)
+    return EXIT_OK
 
 
 def collect_files(paths: list[str]) -> tuple[list[Path], list[str]]:
     """Named files as given, folders searched recursively for supported files; missing paths reported."""
-    from service.ingest.read import SUPPORTED_SUFFIXES
-
     files: list[Path] = []
     missing: list[str] = []
     for name in paths:
@@ -120,9 +105,6 @@ def collect_files(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def command_add(args: argparse.Namespace, settings: Settings) -> int:
-    from service.engine import open_encoder, open_tokenizer
-    from service.update import ADDED, DUPLICATE, FAILED, REPLACED, TOO_LARGE, UNSUPPORTED, AddReport, add_files
-
     files, missing = collect_files(args.paths)
     if not files and not missing:
         print("错误：没有找到可添加的文件（支持 .txt .md .docx .pdf）", file=sys.stderr)
@@ -147,9 +129,6 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from service.engine import open_encoder
-    from service.update import UpdateError, delete_documents
-
     try:
         index = delete_documents(settings, open_encoder(settings), args.doc_ids)
     except UpdateError as error:
@@ -161,11 +140,7 @@ def command_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_docs(args: argparse.Namespace, settings: Settings) -> int:
-    from service.engine import model_info, open_encoder
-    from service.index import load_index
-    from service.update import document_rows
-
-    rows = document_rows(load_index(settings.index_dir, model_info(open_encoder(settings))))
+    rows = document_rows(load_current(settings, open_encoder(settings)))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return EXIT_OK
@@ -176,33 +151,22 @@ def command_docs(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def top_k(value: str) -> int:
-    number = int(value)
-    if not 1 <= number <= 50:
-        raise argparse.ArgumentTypeError("k 必须在 1 到 50 之间")
-    return number
-
-
-def parser() -> argparse.ArgumentParser:
+def parser(settings: Settings) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="dangjian-qa", description="党建问答：卫健系统党建文献检索")
     commands = root.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="从文档目录构建索引")
     index.add_argument("--seeds", help="文档目录（默认 seeds/）")
     search = commands.add_parser("search", help="检索段落")
     search.add_argument("query", help="问题，例如：如何推动党建与医疗业务深度融合")
-    search.add_argument("-k", type=top_k, default=5, help="返回条数（1-50，默认 5）")
-    search.add_argument("--mode", choices=["hybrid", "dense", "lexical"], default="hybrid")
-    search.add_argument("--json", action="store_true", help="输出 JSON")
+    search.add_argument(
+        "-k", type=int, default=settings.default_top_k, help=f"返回条数（1-{settings.max_top_k}，默认 %(default)s）"
+    )
+    search.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
+    search.add_argument("--json", action="store_true", help="输出 JSON（与 /api/search 的结构相同）")
     serve = commands.add_parser("serve", help="启动 HTTP 服务和查询页面")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--build-missing", action="store_true", help="索引不存在时先从文档目录构建")
-    evaluate = commands.add_parser("eval", help="评测检索质量，结果写入 eval/results/")
-    evaluate.add_argument("--url", help="评测运行中的服务，例如 http://127.0.0.1:8765（默认进程内）")
-    evaluate.add_argument("--split", choices=["all", "dev", "test"], default="all")
-    modes = ["hybrid", "dense", "lexical"]
-    evaluate.add_argument("--modes", nargs="+", choices=modes, default=modes)
-    evaluate.add_argument("--out", type=Path, help="结果目录（默认 eval/results/）")
     add = commands.add_parser("add", help="添加文档（.txt .md .docx .pdf，可给文件夹）到索引")
     add.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     remove = commands.add_parser("remove", help="从索引删除文档")
@@ -212,28 +176,29 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
-COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve, "eval": command_eval}
+COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve}
 COMMANDS |= {"add": command_add, "remove": command_remove, "docs": command_docs}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
-
-    from embeddings.model import ModelError
-    from service.index import IndexUnavailable
-
-    args = parser().parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as error:
         fields = "、".join(f"DJQA_{'_'.join(map(str, e['loc'])).upper()}" for e in error.errors())
         print(f"配置错误：环境变量 {fields} 的值无效", file=sys.stderr)
         return EXIT_USAGE
+    args = parser(settings).parse_args(argv)
     try:
         return COMMANDS[args.command](args, settings)
+    except QueryRejected as error:
+        print(f"错误：{error}", file=sys.stderr)
+        return EXIT_USAGE
     except (IndexUnavailable, ModelError) as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except NothingToIndex as error:
+        print(f"错误：{error}", file=sys.stderr)
+        return EXIT_INPUT
     except KeyboardInterrupt:
         return 130
 

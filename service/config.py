@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# How a search ranks: both retrievers fused (search.fuse), the embedding model alone, or BM25 alone.
+MODES = ("hybrid", "dense", "lexical")
+DEFAULT_MODE = "hybrid"
 
 
 class Settings(BaseSettings):
@@ -26,7 +29,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 
-    # Fusion: fused = dense_weight * norm(dense) + lexical_weight * norm(bm25); see search.fuse.
+    # Fusion weights: (w_d·minmax(dense) + w_l·c·minmax(bm25)) / (w_d + w_l·c), where c is the
+    # question's vocabulary coverage; see search.fuse and search.term_coverage.
     dense_weight: float = Field(default=0.5, ge=0.0)
     lexical_weight: float = Field(default=0.5, ge=0.0)
     # How many candidates each retriever contributes before fusion.
@@ -37,8 +41,10 @@ class Settings(BaseSettings):
     # Query vectors kept in memory (an LRU); 0 disables it, as the benchmarks do for honest latency.
     query_cache_size: int = Field(default=1024, ge=0)
 
+    # Request limits, used by the API schema, the CLI and the page (served to it by /api/config).
     max_query_chars: int = Field(default=500, ge=1)
     max_top_k: int = Field(default=50, ge=1)
+    default_top_k: int = Field(default=5, ge=1)
     # Below this confidence /api/ask answers 「未找到」; 0.5 is the line calibrated on dev (service/answer.py).
     answer_min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
 
@@ -47,3 +53,9 @@ class Settings(BaseSettings):
     # Ask for the key on searches and document reads too (the page and /api/health stay open).
     read_requires_key: bool = False
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def default_within_limit(self) -> "Settings":
+        if self.default_top_k > self.max_top_k:
+            raise ValueError("default_top_k must not exceed max_top_k")
+        return self

@@ -1,22 +1,24 @@
 """Wiring: settings -> encoder, tokenizer, index, searcher; and building an index from files."""
 
 import hashlib
-import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from embeddings.encoder import Encoder
 from service.config import Settings
-from service.index import SearchIndex, assemble_index, load_index, save_index, unit_texts, writer_lock
+from service.embed import embed_and_tokenize
+from service.index import SearchIndex, assemble_index, load_index, save_index, writer_lock
 from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
 from service.originals import original_files
 from service.records import Document, Passage
 from service.search import Searcher
 from service.tokenize import WordTokenizer, trimmed_dictionary
+
+
+class NothingToIndex(Exception):
+    """The folder to index has no supported file (and there are no kept originals)."""
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,14 @@ def with_originals(paths: list[Path], uploads_dir: Path) -> list[Path]:
     return [path for path in paths if doc_id_for(path) not in kept_ids] + originals
 
 
-def embed_and_tokenize(
-    passages: list[Passage], settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, progress: bool = False
-) -> tuple[list[np.ndarray], list[list[str]]]:
-    """The unit vectors (through the cache) and BM25 tokens of each passage."""
-    texts = [unit_texts(p, settings.embed_context) for p in passages]
-    vectors = encoder.encode([text for units in texts for text in units], progress=progress)
-    bounds = np.cumsum([0, *(len(units) for units in texts)])
-    unit_vectors = [vectors[start:end] for start, end in itertools.pairwise(bounds)]
-    return unit_vectors, [tokenizer.tokens(f"{p.section}\n{p.text}") for p in passages]
+def indexable_files(folder: Path, uploads_dir: Path) -> list[Path]:
+    """The supported files of a folder to index; NothingToIndex when neither it nor uploads_dir has any."""
+    if not folder.is_dir():
+        raise NothingToIndex(f"文档目录不存在：{folder}")
+    paths = source_files(folder)
+    if not paths and not original_files(uploads_dir):
+        raise NothingToIndex(f"{folder} 中没有可索引的文件（{' '.join(SUPPORTED_SUFFIXES)}）")
+    return paths
 
 
 def index_passages(
@@ -85,7 +86,7 @@ def index_passages(
     progress: bool = False,
 ) -> SearchIndex:
     """Embed and tokenise passages into an in-memory index."""
-    unit_vectors, tokens = embed_and_tokenize(passages, settings, encoder, tokenizer, progress)
+    unit_vectors, tokens = embed_and_tokenize(passages, encoder, tokenizer, settings.embed_context, progress)
     return assemble_index(documents, passages, unit_vectors, tokens, model_info(encoder), settings_note(settings))
 
 
@@ -114,12 +115,17 @@ def build_index(
     return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
 
 
+def load_current(settings: Settings, encoder: Encoder) -> SearchIndex:
+    """The live index version, checked against the configured model and settings."""
+    return load_index(settings.index_dir, model_info(encoder), settings_note(settings))
+
+
 def open_searcher(
     settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None
 ) -> Searcher:
     """Load the index (IndexUnavailable if missing or mismatched) and wrap it in a Searcher."""
     encoder = encoder or open_encoder(settings)
-    index = load_index(settings.index_dir, model_info(encoder))
+    index = load_current(settings, encoder)
     return Searcher(
         index,
         encoder,

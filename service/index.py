@@ -12,9 +12,9 @@ A crash at any moment leaves CURRENT naming a complete version: the old one or t
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,11 +25,10 @@ import bm25s
 import faiss
 import numpy as np
 
-from service.ingest.passages import sentence_spans
+from service.atomic import fsync_directory, fsync_tree, write_atomic
 from service.records import Document, Passage
 
 FORMAT_VERSION = 1
-MIN_SENTENCE_UNIT = 6  # shorter "sentences" (凡例, 一是…) carry too little meaning to embed alone
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
 
 
@@ -48,19 +47,6 @@ class SearchIndex:
     tokens: list[list[str]]  # BM25 tokens of passages[i]
     vectors: faiss.IndexIDMap2
     bm25: bm25s.BM25
-
-
-def unit_texts(passage: Passage, with_context: bool) -> list[str]:
-    """What the model reads for a passage: the whole passage, then each of its sentences.
-
-    A question usually matches one sentence of an argument; a whole-passage vector blurs it. The
-    passage's dense score is the best of its units (see search.Searcher). Prefixing title and section
-    (with_context) was measured and hurts m3e-small on our dev set, so it is off by default.
-    """
-    whole = f"{passage.title}｜{passage.section}\n{passage.text}" if with_context else passage.text
-    sentences = [passage.text[s:e].strip() for s, e in sentence_spans(passage.text)]
-    sentences = [sentence for sentence in sentences if len(sentence) >= MIN_SENTENCE_UNIT]
-    return [whole, *sentences] if len(sentences) > 1 else [whole]
 
 
 def build_bm25(tokens: list[list[str]]) -> bm25s.BM25:
@@ -123,18 +109,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def fsync_tree(directory: Path) -> None:
-    for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-    descriptor = os.open(directory, os.O_RDONLY)
-    os.fsync(descriptor)
-    os.close(descriptor)
-
-
 def save_index(index: SearchIndex, index_dir: Path) -> Path:
     """Write a new complete version, then point CURRENT at it; returns the version directory."""
     versions = index_dir / "versions"
@@ -154,13 +128,9 @@ def save_index(index: SearchIndex, index_dir: Path) -> Path:
     fsync_tree(staging)
     version_dir = versions / name
     staging.rename(version_dir)
-    pointer = index_dir / "CURRENT.tmp"
-    pointer.write_text(name + "\n")
-    with pointer.open("rb") as handle:
-        os.fsync(handle.fileno())
+    fsync_directory(versions)
     previous = current_version(index_dir)
-    os.replace(pointer, index_dir / "CURRENT")
-    fsync_tree(index_dir / "CURRENT")
+    write_atomic(index_dir / "CURRENT", f"{name}\n".encode())
     prune_versions(index_dir, keep={name, previous or ""})
     return version_dir
 
@@ -217,7 +187,8 @@ def passage_from_row(row: dict) -> Passage:
     return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
 
 
-def check_manifest(manifest: dict, model: dict) -> None:
+def check_manifest(manifest: dict, model: dict, settings_note: str) -> None:
+    """IndexUnavailable unless the index was built by this format, this model and these settings."""
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexUnavailable(
             f"索引格式版本 {manifest.get('format_version')} 与本程序的版本 {FORMAT_VERSION} 不一致，{REBUILD_HINT}"
@@ -232,17 +203,26 @@ def check_manifest(manifest: dict, model: dict) -> None:
         raise IndexUnavailable(
             f"索引向量维度 {manifest.get('dimension')} 与当前模型的维度 {model['dimension']} 不一致，{REBUILD_HINT}"
         )
+    if manifest.get("settings") != settings_note:
+        # The dictionary, stopwords or embedded text changed since the build: tokens or vectors are stale.
+        raise IndexUnavailable(
+            f"索引构建时的设置（{manifest.get('settings')}）与当前设置（{settings_note}）不同，{REBUILD_HINT}"
+        )
 
 
-def load_index(index_dir: Path, model: dict) -> SearchIndex:
-    """Load the live version; any problem becomes IndexUnavailable naming the fix."""
+def load_index(index_dir: Path, model: dict, settings_note: str) -> SearchIndex:
+    """Load the live version; any problem becomes IndexUnavailable naming the fix.
+
+    `model` and `settings_note` describe what the caller would search with; an index built with
+    anything else is refused, since its vectors or tokens would not match the queries'.
+    """
     name = current_version(index_dir)
     if name is None:
         raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
     version_dir = index_dir / "versions" / name
     try:
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-        check_manifest(manifest, model)
+        check_manifest(manifest, model, settings_note)
         rows = read_jsonl(version_dir / "passages.jsonl")
         documents = [
             Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
@@ -267,3 +247,22 @@ def load_index(index_dir: Path, model: dict) -> SearchIndex:
         vectors=vectors,
         bm25=bm25,
     )
+
+
+def document_rows(index: SearchIndex) -> list[dict]:
+    """The indexed documents as the user manages them, in the order they were added."""
+    passage_counts = Counter(passage.doc_id for passage in index.passages)
+    return [
+        {
+            "doc_id": document.doc_id,
+            "title": document.title,
+            "source": document.source,
+            "doc_type": document.doc_type,
+            "year": document.year,
+            "level": document.level,
+            "passages": passage_counts[document.doc_id],
+            "characters": len(document.text),
+            "added_at": document.added_at,
+        }
+        for document in index.documents.values()
+    ]

@@ -7,12 +7,10 @@ hidden `.incoming-*` file and moved into place with os.replace, so a crash leave
 the new one; a leftover `.incoming-*` belongs to a killed writer and the next writer removes it.
 """
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
+from service.atomic import copy_atomic, fsync_directory
 from service.ingest.read import SUPPORTED_SUFFIXES
 
 INCOMING_PREFIX = ".incoming-"
@@ -38,17 +36,7 @@ def originals_of(uploads_dir: Path, doc_id: str) -> list[Path]:
 def keep_original(uploads_dir: Path, doc_id: str, source: Path, name: str) -> Path:
     """Copy `source` (the user's file `name`) to the document's original, replacing any older one."""
     target = original_path(uploads_dir, doc_id, Path(name).suffix)
-    uploads_dir.mkdir(parents=True, exist_ok=True)
-    descriptor, incoming = tempfile.mkstemp(prefix=INCOMING_PREFIX, dir=uploads_dir)
-    try:
-        with os.fdopen(descriptor, "wb") as output, source.open("rb") as data:
-            shutil.copyfileobj(data, output)
-            output.flush()
-            os.fsync(output.fileno())
-        os.replace(incoming, target)
-    except BaseException:
-        Path(incoming).unlink(missing_ok=True)
-        raise
+    copy_atomic(source, target, prefix=INCOMING_PREFIX)
     for older in originals_of(uploads_dir, doc_id):  # a.txt replaced by a.docx
         if older != target:
             older.unlink(missing_ok=True)
@@ -79,11 +67,3 @@ def remove_incoming(uploads_dir: Path) -> None:
     """Half-written originals of a writer that died; only call under the writer lock."""
     for path in uploads_dir.glob(f"{INCOMING_PREFIX}*") if uploads_dir.is_dir() else ():
         path.unlink(missing_ok=True)
-
-
-def fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

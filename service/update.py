@@ -17,7 +17,6 @@ import filecmp
 import itertools
 import re
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,14 +28,14 @@ from tqdm import tqdm
 
 from embeddings.encoder import Encoder
 from service.config import Settings
-from service.engine import embed_and_tokenize, model_info
+from service.embed import embed_and_tokenize
+from service.engine import load_current
 from service.index import (
     REBUILD_HINT,
     IndexUnavailable,
     SearchIndex,
     build_bm25,
     corpus_fingerprint,
-    load_index,
     save_index,
     writer_lock,
 )
@@ -223,7 +222,7 @@ def add_documents(
 
     documents = [document for document, _ in accepted.values()]
     passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
-    unit_vectors, tokens = embed_and_tokenize(passages, settings, encoder, tokenizer, progress)
+    unit_vectors, tokens = embed_and_tokenize(passages, encoder, tokenizer, settings.embed_context, progress)
     report.encoded_texts = sum(len(vectors) for vectors in unit_vectors)
     new_index = changed_index(index, set(accepted) & set(index.documents), documents, passages, unit_vectors, tokens)
     report.index = new_index
@@ -259,7 +258,7 @@ def add_files(
     """
     with writer_lock(settings.index_dir):
         remove_incoming(settings.uploads_dir)
-        index = load_index(settings.index_dir, model_info(encoder))
+        index = load_current(settings, encoder)
         new_index, report = add_documents(index, files, settings, encoder, tokenizer, progress)
         if report.changed:
             report.version_dir = save_index(new_index, settings.index_dir)
@@ -284,27 +283,8 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
 def delete_documents(settings: Settings, encoder: Encoder, doc_ids: Sequence[str]) -> SearchIndex:
     """remove_documents on the index on disk, saved as a new version before returning it."""
     with writer_lock(settings.index_dir):
-        new_index = remove_documents(load_index(settings.index_dir, model_info(encoder)), doc_ids)
+        new_index = remove_documents(load_current(settings, encoder), doc_ids)
         save_index(new_index, settings.index_dir)
         for doc_id in doc_ids:
             remove_originals(settings.uploads_dir, doc_id)
     return new_index
-
-
-def document_rows(index: SearchIndex) -> list[dict]:
-    """The indexed documents as the user manages them, in the order they were added."""
-    passage_counts = Counter(passage.doc_id for passage in index.passages)
-    return [
-        {
-            "doc_id": document.doc_id,
-            "title": document.title,
-            "source": document.source,
-            "doc_type": document.doc_type,
-            "year": document.year,
-            "level": document.level,
-            "passages": passage_counts[document.doc_id],
-            "characters": len(document.text),
-            "added_at": document.added_at,
-        }
-        for document in index.documents.values()
-    ]

@@ -39,7 +39,7 @@ def arm(moment: str, marker: Path) -> None:
                 stop_here(marker)
             replace(source, target)
 
-        os.replace = replace_after_stop  # service.index calls os.replace to switch CURRENT
+        os.replace = replace_after_stop  # service.atomic calls os.replace to switch CURRENT
     elif moment == "after-current":
         service.index.prune_versions = lambda *args, **kwargs: stop_here(marker)
     else:

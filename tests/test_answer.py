@@ -11,13 +11,13 @@ from service.answer import (
     as_statement,
     compose_answer,
     confidence,
-    context_around,
     gather_evidence,
     select_sentences,
     split_sentences,
 )
 from service.records import Hit, Passage
 from service.search import Searcher, idf, term_coverage
+from service.text import context_around
 
 
 def hit(text: str, number: int = 1, **evidence: object) -> Hit:

@@ -10,11 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embeddings.encoder import Encoder
-from service import serve
-from service.api import create_app
 from service.config import PROJECT_ROOT, Settings
 from service.engine import build_index
-from service.serve import Snapshot
+from service.http.app import create_app
+from service.live import Snapshot
 from service.tokenize import WordTokenizer
 
 QUESTION = "如何推动党建与医疗业务深度融合"
@@ -301,7 +300,7 @@ def test_server_follows_a_rebuilt_index_and_requests_keep_their_own(
     )
     settings = Settings(index_dir=tmp_path / "index", cache_dir=PROJECT_ROOT / "data" / "cache")
     build_index([docs / "a.txt"], settings, encoder, tokenizer)
-    monkeypatch.setattr(serve, "RELOAD_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.0)
     with TestClient(create_app(settings, encoder, tokenizer)) as test_client:
         live = test_client.app.state.live
         before = live.current()

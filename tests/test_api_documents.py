@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from embeddings.encoder import Encoder
-from service.api import create_app
 from service.config import Settings
 from service.engine import build_index
+from service.http.app import create_app
 from service.tokenize import WordTokenizer
 from tests.conftest import live_server
 from tests.make_documents import cjk_collection, make_docx, make_pdf, truetype_subset

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -11,7 +12,7 @@ from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
 from service.engine import build_index, source_files
 from service.tokenize import WordTokenizer
-from tests.conftest import live_server
+from tests.conftest import live_server, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
@@ -185,3 +186,31 @@ def test_manage_view_uploads_lists_and_deletes_a_document(page: Page, base_url: 
     row.wait_for(state="detached", timeout=30_000)
     assert "已删除" in page.inner_text("#status")
     assert page.locator("#doc-table tbody tr", has_text="病理科主题党日.txt").count() == 0
+
+
+def test_limits_come_from_one_setting_for_api_cli_and_page(
+    tmp_path: Path, seed_settings: Settings, browser: Browser
+) -> None:
+    """DJQA_MAX_TOP_K and DJQA_MAX_QUERY_CHARS change the API's schema and checks, the CLI and the page."""
+    limits = {"DJQA_MAX_TOP_K": "7", "DJQA_DEFAULT_TOP_K": "3", "DJQA_MAX_QUERY_CHARS": "30"}
+    with live_server(seed_settings, tmp_path / "server.log", **limits) as url:
+        spec = httpx.get(f"{url}/openapi.json").json()
+        top_k = next(p for p in spec["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "top_k")
+        assert top_k["schema"]["maximum"] == 7
+        assert httpx.get(f"{url}/api/search", params={"q": "党建", "top_k": 8}).status_code == 422
+        assert httpx.post(f"{url}/api/search", json={"query": "党建", "top_k": 7}).status_code == 200
+        assert httpx.post(f"{url}/api/ask", json={"question": "党" * 31}).json()["error"]["code"] == "query_too_long"
+        context = browser.new_context(locale="zh-CN")
+        page = context.new_page()
+        page.goto(url)
+        page.wait_for_function("document.querySelector('#q').maxLength === 30")
+        options = page.eval_on_selector_all("#top-k option", "options => options.map(o => Number(o.value))")
+        assert max(options) == 7 and page.input_value("#top-k") == "3"
+        modes = page.eval_on_selector_all("input[name=mode]", "inputs => inputs.map(i => i.value)")
+        assert modes == ["hybrid", "dense", "lexical"]
+        context.close()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in limits.items():
+            patch.setenv(name, value)
+        assert run_cli(seed_settings, "search", "党建", "-k", "8").returncode == 2
+        assert run_cli(seed_settings, "search", "党建", "-k", "7").returncode == 0

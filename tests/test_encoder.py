@@ -29,8 +29,8 @@ def test_onnx_vectors_match_sentence_transformers(encoder: Encoder) -> None:
 
 
 def test_related_texts_are_closer_than_unrelated(encoder: Encoder) -> None:
-    query = encoder.encode_query("党员可以信教吗")
-    related, unrelated = encoder.encode(["党员不得信仰宗教", "红烧肉的做法"])
+    query = encoder.encode_query("当领导的过组织生活能不能搞例外")
+    related, unrelated = encoder.encode(["坚决反对党员领导干部搞特殊化", "红烧肉的做法"])
     assert query @ related > query @ unrelated
 
 

@@ -5,8 +5,8 @@ import pytest
 
 from embeddings.encoder import Encoder
 from service.config import Settings
-from service.engine import build_index, model_info, open_searcher
-from service.index import IndexUnavailable, current_version, load_index
+from service.engine import build_index, load_current, open_searcher
+from service.index import IndexUnavailable, current_version
 from service.tokenize import WordTokenizer
 from tests.conftest import make_settings, write
 
@@ -24,7 +24,7 @@ def test_index_round_trip_keeps_passages_and_manifest(
 ) -> None:
     paths = [write(tmp_path / "docs", "a.txt", DOC_A), write(tmp_path / "docs", "b.txt", DOC_B)]
     report = build_index(paths, small_settings, encoder, tokenizer)
-    index = load_index(small_settings.index_dir, model_info(encoder))
+    index = load_current(small_settings, encoder)
     assert [p.text for p in index.passages] == [p.text for p in report.corpus.passages]
     assert index.manifest["passage_count"] == 2 and index.manifest["document_count"] == 2
     assert index.manifest["weights_sha256"] == encoder.weights_sha256
@@ -42,7 +42,7 @@ def test_rebuild_replaces_the_version_atomically(
     build_index([write(docs, "a.txt", DOC_A), write(docs, "b.txt", DOC_B)], small_settings, encoder, tokenizer)
     second = current_version(small_settings.index_dir)
     assert first != second
-    assert load_index(small_settings.index_dir, model_info(encoder)).manifest["document_count"] == 2
+    assert load_current(small_settings, encoder).manifest["document_count"] == 2
     leftovers = [p.name for p in (small_settings.index_dir / "versions").iterdir()]
     assert sorted(leftovers) == sorted([first, second])  # the previous version stays for live readers
 
@@ -64,12 +64,12 @@ def test_interrupted_build_leaves_the_old_index_live(
     with pytest.raises(OSError):
         build_index([write(tmp_path / "docs", "b.txt", DOC_B)], small_settings, encoder, tokenizer)
     assert current_version(small_settings.index_dir) == before
-    assert load_index(small_settings.index_dir, model_info(encoder)).manifest["document_count"] == 1
+    assert load_current(small_settings, encoder).manifest["document_count"] == 1
 
 
 def test_missing_index_names_the_fix(small_settings: Settings, encoder: Encoder) -> None:
     with pytest.raises(IndexUnavailable, match="make index"):
-        load_index(small_settings.index_dir, model_info(encoder))
+        load_current(small_settings, encoder)
 
 
 def test_corrupt_vectors_file_is_reported_not_raised(
@@ -78,7 +78,7 @@ def test_corrupt_vectors_file_is_reported_not_raised(
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
     (report.version_dir / "vectors.faiss").write_bytes(b"not a faiss index")
     with pytest.raises(IndexUnavailable, match=r"索引已损坏.*make index"):
-        load_index(small_settings.index_dir, model_info(encoder))
+        load_current(small_settings, encoder)
 
 
 def test_truncated_passage_store_is_reported(
@@ -87,7 +87,7 @@ def test_truncated_passage_store_is_reported(
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
     (report.version_dir / "passages.jsonl").write_text('{"passage_id": ', encoding="utf-8")
     with pytest.raises(IndexUnavailable, match="索引已损坏"):
-        load_index(small_settings.index_dir, model_info(encoder))
+        load_current(small_settings, encoder)
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,18 @@ def test_mismatched_index_is_refused_with_the_fix(
     manifest_path.write_text(json.dumps({**manifest, field: value}))
     with pytest.raises(IndexUnavailable, match=f"{message}.*make index"):
         open_searcher(small_settings, encoder, tokenizer)
+
+
+@pytest.mark.parametrize("change", ["embed_context", "dictionary"])
+def test_index_built_with_other_settings_is_refused_with_the_fix(
+    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer, change: str
+) -> None:
+    build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    if change == "embed_context":
+        changed = small_settings.model_copy(update={"embed_context": not small_settings.embed_context})
+    else:
+        terms = write(tmp_path, "terms.txt", small_settings.user_dict.read_text(encoding="utf-8") + "新词条\n")
+        changed = small_settings.model_copy(update={"user_dict": terms})
+    with pytest.raises(IndexUnavailable, match=r"设置.*make index"):
+        load_current(changed, encoder)
+    assert load_current(small_settings, encoder).manifest["document_count"] == 1

@@ -8,8 +8,8 @@ import pytest
 
 from embeddings.encoder import Encoder
 from service.config import Settings
-from service.engine import build_index, model_info, source_files
-from service.index import current_version, load_index, writer_lock
+from service.engine import build_index, load_current, source_files
+from service.index import current_version, writer_lock
 from service.originals import INCOMING_PREFIX, original_files, original_path
 from service.tokenize import WordTokenizer
 from service.update import ADDED, DUPLICATE, REPLACED, add_files, delete_documents
@@ -95,7 +95,7 @@ def test_rebuild_keeps_users_documents_and_their_replacements(
     add_files(settings, encoder, tokenizer, [write(tmp_path / "mine", "fever.txt", FEVER_CLINIC)])
     add_files(settings, encoder, tokenizer, [write(tmp_path / "mine", seed.name, NIGHT_SHIFT)])
     build_index(source_files(settings.seeds_dir), settings, encoder, tokenizer, with_uploads=True)
-    index = load_index(settings.index_dir, model_info(encoder))
+    index = load_current(settings, encoder)
     assert len(index.documents) == 6 and "fever" in index.documents
     assert [p.text for p in index.passages if p.doc_id == seed.stem] == [NIGHT_SHIFT.strip()]
 
@@ -122,4 +122,4 @@ def test_a_build_waits_for_a_writer_holding_the_lock(
         assert not finished, "the build ran while another writer held the lock"
     build.join(timeout=60)
     assert finished and finished[0] >= released
-    assert list(load_index(settings.index_dir, model_info(encoder)).documents) == ["fever"]
+    assert list(load_current(settings, encoder).documents) == ["fever"]

@@ -1,5 +1,6 @@
-from service.ingest.passages import PASSAGE_MAX, SENTENCE_MAX, build_document, split_paragraph
+from service.ingest.passages import PASSAGE_MAX, build_document, split_paragraph
 from service.ingest.read import text_blocks
+from service.text import SENTENCE_MAX
 
 SENTENCE = "要坚持把党的政治建设摆在首位，不断提高政治判断力、政治领悟力、政治执行力。"  # 38 chars
 

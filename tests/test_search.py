@@ -88,7 +88,7 @@ def test_coverage_is_full_when_every_word_is_in_the_index() -> None:
 
 def test_coverage_shrinks_when_the_rare_words_are_unknown() -> None:
     frequency = {"党员": 40}
-    coverage = vocabulary_coverage(["党员", "信教"], frequency, 100)
+    coverage = vocabulary_coverage(["党员", "得罪"], frequency, 100)
     assert 0.0 < coverage < 0.3  # the unseen word weighs most: it is what the question is about
 
 
@@ -97,5 +97,5 @@ def test_fusion_with_zero_weights_does_not_divide_by_zero() -> None:
 
 
 def test_paraphrase_with_unknown_words_follows_the_dense_ranking(searcher: Searcher) -> None:
-    hybrid = searcher.search("党员可以信教吗", top_k=1)[0]
-    assert hybrid.dense_rank == 1 and "宗教" in hybrid.passage.text
+    hybrid = searcher.search("民主评议时大家都打高分、谁也不得罪", top_k=1)[0]
+    assert hybrid.dense_rank == 1 and "好人主义" in hybrid.passage.text

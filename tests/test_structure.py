@@ -1,5 +1,6 @@
 from service.ingest.read import text_blocks
-from service.ingest.structure import numbered_level, outline
+from service.ingest.structure import outline
+from service.text import numbered_level
 
 SPEECH = """在2021年全市卫生健康系统党建工作会议上的讲话
 同志们：

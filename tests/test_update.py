@@ -8,8 +8,9 @@ import pytest
 
 from embeddings.encoder import Encoder, VectorCache
 from service.config import Settings
-from service.engine import model_info, open_searcher
-from service.index import IndexUnavailable, current_version, load_index, unit_texts
+from service.embed import unit_texts
+from service.engine import load_current, open_searcher
+from service.index import IndexUnavailable, current_version
 from service.tokenize import WordTokenizer
 from service.update import (
     ADDED,
@@ -57,17 +58,17 @@ def test_added_documents_are_found_by_search(
     for mode in ("dense", "lexical", "hybrid"):
         assert doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队轮值", mode)[0] == "fever"
     assert doc_ids_of_hits(settings, encoder, tokenizer, "突击队 责任人", "lexical")[0] == "支部工作计划"
-    manifest = load_index(settings.index_dir, model_info(encoder)).manifest
+    manifest = load_current(settings, encoder).manifest
     assert manifest["document_count"] == 7 and "updated_at" in manifest
 
 
 def test_removed_document_leaves_no_vectors_tokens_or_passages(
     settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
 ) -> None:
-    before = load_index(settings.index_dir, model_info(encoder))
+    before = load_current(settings, encoder)
     add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     delete_documents(settings, encoder, ["fever"])
-    after = load_index(settings.index_dir, model_info(encoder))
+    after = load_current(settings, encoder)
     assert "fever" not in after.documents and all(p.doc_id != "fever" for p in after.passages)
     assert after.vectors.ntotal == before.vectors.ntotal == sum(len(units) for units in after.unit_ids)
     assert after.bm25.scores["num_docs"] == len(after.passages) == len(before.passages)
@@ -94,7 +95,7 @@ def test_changed_file_with_the_same_name_replaces_the_old_version(
     add_files(settings, encoder, tokenizer, [write(tmp_path / "v1", "notes.txt", FEVER_CLINIC)])
     report = add_files(settings, encoder, tokenizer, [write(tmp_path / "v2", "notes.txt", NIGHT_SHIFT)])
     assert [(o.status, o.doc_id) for o in report.outcomes] == [(REPLACED, "notes")]
-    index = load_index(settings.index_dir, model_info(encoder))
+    index = load_current(settings, encoder)
     assert [p.text for p in index.passages if p.doc_id == "notes"] == [NIGHT_SHIFT.strip()]
     assert len(index.documents) == 6
     assert doc_ids_of_hits(settings, encoder, tokenizer, "暖心驿站 代挂号", "lexical")[0] == "notes"
@@ -142,11 +143,11 @@ def test_vector_ids_are_never_reused(
 
 def test_unknown_doc_id_is_an_error_and_changes_nothing(settings: Settings, encoder: Encoder) -> None:
     version = current_version(settings.index_dir)
-    some_seed = next(iter(load_index(settings.index_dir, model_info(encoder)).documents))
+    some_seed = next(iter(load_current(settings, encoder).documents))
     with pytest.raises(UnknownDocuments, match="no-such-doc"):
         delete_documents(settings, encoder, [some_seed, "no-such-doc"])
     with pytest.raises(WouldEmptyIndex):
-        delete_documents(settings, encoder, list(load_index(settings.index_dir, model_info(encoder)).documents))
+        delete_documents(settings, encoder, list(load_current(settings, encoder).documents))
     assert current_version(settings.index_dir) == version
 
 
@@ -190,13 +191,13 @@ def test_missing_index_is_unavailable_not_created(
 
 
 def test_concurrent_writers_do_not_lose_each_others_changes(settings: Settings, encoder: Encoder) -> None:
-    seeds = sorted(load_index(settings.index_dir, model_info(encoder)).documents)[:2]
+    seeds = sorted(load_current(settings, encoder).documents)[:2]
     writers = [threading.Thread(target=delete_documents, args=(settings, encoder, [doc_id])) for doc_id in seeds]
     for writer in writers:
         writer.start()
     for writer in writers:
         writer.join()
-    assert not set(seeds) & load_index(settings.index_dir, model_info(encoder)).documents.keys()
+    assert not set(seeds) & load_current(settings, encoder).documents.keys()
 
 
 def test_stale_staging_folder_is_removed_by_the_next_writer(
@@ -207,7 +208,7 @@ def test_stale_staging_folder_is_removed_by_the_next_writer(
     (stale / "manifest.json").write_text("{", encoding="utf-8")
     add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     assert not stale.exists()
-    assert "fever" in load_index(settings.index_dir, model_info(encoder)).documents
+    assert "fever" in load_current(settings, encoder).documents
 
 
 def test_cli_add_reports_each_file_and_docs_lists_them(settings: Settings, tmp_path: Path) -> None:
@@ -244,3 +245,13 @@ def test_cli_add_without_an_index_names_the_fix(tmp_path: Path, settings: Settin
     nowhere = settings.model_copy(update={"index_dir": tmp_path / "nowhere"})
     result = run_cli(nowhere, "add", str(write(tmp_path, "fever.txt", FEVER_CLINIC)))
     assert result.returncode == 3 and "make index" in result.stderr
+
+
+def test_add_to_an_index_built_with_other_settings_is_refused(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    before = current_version(settings.index_dir)
+    changed = settings.model_copy(update={"embed_context": not settings.embed_context})
+    with pytest.raises(IndexUnavailable, match="make index"):
+        add_files(changed, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    assert current_version(settings.index_dir) == before

@@ -17,8 +17,7 @@ import pytest
 
 from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
-from service.engine import model_info
-from service.index import load_index
+from service.engine import load_current
 from service.tokenize import WordTokenizer
 from service.update import add_files
 
@@ -69,7 +68,7 @@ def kill_at_marker(process: subprocess.Popen[bytes], marker: Path) -> None:
 
 
 def doc_ids(settings: Settings, encoder: Encoder) -> set[str]:
-    index = load_index(settings.index_dir, model_info(encoder))
+    index = load_current(settings, encoder)
     assert index.vectors.ntotal == sum(len(units) for units in index.unit_ids)
     assert index.bm25.scores["num_docs"] == len(index.passages) == index.manifest["passage_count"]
     return set(index.documents)

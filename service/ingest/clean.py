@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 
 from service.records import Block
+from service.text import FULL_STOPS
 
 # Words typical of download-site chrome. Body text uses some of them too ("免费义诊", "微信公众号
 # 阵地管理"), so a line is chrome only when they are dense: three in any line, two in a short one.
@@ -33,7 +34,7 @@ RELATED_HEADER = re.compile(
     r"^(?:您可能关注的文档|相关(?:文档|推荐|阅读|资料|下载)|猜你喜欢|热门(?:文档|推荐)"
     r"|推荐(?:文档|阅读)|更多(?:精彩|资料|文档)\S*)\s*[:：]?$"
 )
-SENTENCE_END = re.compile(r"[。！？!?]$")
+SENTENCE_END = re.compile(rf"[{FULL_STOPS}]$")
 SPACES = re.compile(r"[ \t\u3000\u00a0]+")
 
 

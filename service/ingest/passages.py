@@ -1,38 +1,20 @@
 """Cut sectioned paragraphs into passages with offsets into the cleaned document text.
 
-Bound: a passage holds at most PASSAGE_MAX characters. m3e-small reads 512 tokens (about one token
-per Chinese character), and the embedded text also carries the title and section path; more to the
-point, a 250-character passage is one argument of a speech, which is the unit users want back.
-Longer paragraphs are cut at sentence ends into near-equal pieces; only a single sentence longer
-than SENTENCE_MAX (which would overflow the model window) is cut at clause marks.
+Bound: a passage holds at most PASSAGE_MAX characters: a 250-character passage is one argument of a
+speech, which is the unit users want back, and it stays far inside the models' 512-token window
+(about one token per Chinese character). Longer paragraphs are cut at sentence ends into near-equal
+pieces; only a single sentence longer than text.SENTENCE_MAX is cut at clause marks.
 """
 
 import hashlib
 import math
-import re
 from datetime import UTC, datetime
 
 from service.ingest.structure import outline
 from service.records import Block, Document, Passage
+from service.text import sentence_spans
 
 PASSAGE_MAX = 250
-SENTENCE_MAX = 400
-SENTENCE = re.compile(r".+?(?:[。！？!?；;][”’」』）)]*|$)", re.DOTALL)
-CLAUSE = re.compile(r".+?(?:[，,、：:][”’」』）)]*|$)", re.DOTALL)
-
-
-def sentence_spans(text: str, pattern: re.Pattern[str] = SENTENCE) -> list[tuple[int, int]]:
-    """(start, end) of each sentence; sentences past SENTENCE_MAX are cut at clause marks."""
-    spans = []
-    for match in pattern.finditer(text):
-        start, end = match.span()
-        if start == end:
-            continue
-        if end - start > SENTENCE_MAX and pattern is SENTENCE:
-            spans += [(start + s, start + e) for s, e in sentence_spans(text[start:end], CLAUSE)]
-        else:
-            spans.append((start, end))
-    return spans
 
 
 def split_paragraph(text: str, limit: int = PASSAGE_MAX) -> list[tuple[int, int]]:

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.ingest.structure import numbered_level
 from service.records import TITLE_LEVEL, Block
+from service.text import CLOSERS, COLONS, SENTENCE_ENDS, numbered_level
 
 TEXT_SUFFIXES = (".txt", ".md")
 SUPPORTED_SUFFIXES = (".txt", ".md", ".docx", ".pdf")
@@ -138,7 +138,7 @@ PAGE_NUMBER = re.compile(
 )
 EDGE_LINES = 2  # running headers and footers sit in the first or last lines of a page
 RUNNING_SHARE = 0.6  # a line at the page edge on this share of the pages is a running header/footer
-SENTENCE_CLOSE = re.compile(r"[。！？!?；;：:…][”’」』）)]*$")
+SENTENCE_CLOSE = re.compile(rf"[{SENTENCE_ENDS}{COLONS}…][{CLOSERS}]*$")
 FULL_LINE = 0.85  # a line this close to the text width was broken by the layout, not by the author
 INDENT = 2  # layout columns beyond the left margin that mark a first-line indent (one CJK character)
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

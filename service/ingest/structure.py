@@ -4,18 +4,11 @@ import re
 from dataclasses import dataclass
 
 from service.records import TITLE_LEVEL, Block
+from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SENTENCE_ENDS, numbered_level
 
-CN_NUM = "[一二三四五六七八九十百零]+"
-# Numbered heading patterns of Chinese official documents, outermost first.
-HEADING_LEVELS: tuple[tuple[int, re.Pattern[str]], ...] = (
-    (1, re.compile(rf"^(?:{CN_NUM}、|第{CN_NUM}(?:部分|章|篇)\s*)")),
-    (2, re.compile(rf"^[（(]{CN_NUM}[）)]")),
-    (3, re.compile(rf"^(?:{CN_NUM}[是要][，,：:]?|第{CN_NUM}[，,、：:]|\d{{1,2}}[、.．](?!\d))")),
-    (4, re.compile(r"^[（(]\d{1,2}[）)]")),
-)
-CLAUSE_END = re.compile(r"[。！？；;!?：:]")
-SENTENCE_END = re.compile(r"[。！？!?][”’」』）)]*$")
-TERMINAL_PUNCT = re.compile(r"[。！？；;!?，,：:、]$")
+CLAUSE_END = re.compile(rf"[{SENTENCE_ENDS}{COLONS}]")
+SENTENCE_END = re.compile(rf"[{FULL_STOPS}][{CLOSERS}]*$")
+TERMINAL_PUNCT = re.compile(rf"[{SENTENCE_ENDS}{COMMAS}{COLONS}]$")
 TITLE_WORDS = re.compile(r"(讲话|发言|致辞|报告|总结|汇报|材料|做法|意见|方案|通知|要点)$")
 MEETING = re.compile(r"召开(?:了)?(?:\d{4}年)?([^，。,；]{4,40}?(?:会议|大会|座谈会|推进会|部署会|会))")
 YEAR = re.compile(r"((?:19|20)\d{2})年")
@@ -46,13 +39,6 @@ class Outline:
     year: int | None
     level: str | None
     paragraphs: tuple[Paragraph, ...]
-
-
-def numbered_level(text: str) -> int | None:
-    for level, pattern in HEADING_LEVELS:
-        if pattern.match(text):
-            return level
-    return None
 
 
 def shorten(text: str, limit: int = HEADING_MAX) -> str:

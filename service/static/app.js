@@ -3,7 +3,10 @@
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
   const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
-  const MODES = ['hybrid', 'dense', 'lexical'];
+  const MODE_LABELS = { hybrid: '混合', dense: '语义', lexical: '关键词' };
+  const TOP_K_CHOICES = [5, 10, 20, 50];
+  // The server's limits (GET /api/config); these defaults only cover the moment before it answers.
+  const config = { modes: ['hybrid'], default_mode: 'hybrid', max_top_k: 5, default_top_k: 5, max_query_chars: 500 };
   const KEY_STORE = 'dangjian-qa.apiKey';
   const LAST_SEARCH = 'dangjian-qa.lastSearch';
   const state = { seq: 0, renderedKey: null, searchStatus: null };
@@ -93,8 +96,8 @@
     return {
       view: p.get('view'), doc: p.get('doc'), pid: p.get('p'),
       q: (p.get('q') || '').trim(),
-      mode: MODES.includes(p.get('mode')) ? p.get('mode') : 'hybrid',
-      k: k >= 1 && k <= 50 ? k : 5,
+      mode: config.modes.includes(p.get('mode')) ? p.get('mode') : config.default_mode,
+      k: k >= 1 && k <= config.max_top_k ? k : config.default_top_k,
     };
   }
 
@@ -150,8 +153,8 @@
   function currentControls() {
     return {
       q: $('#q').value.trim(),
-      mode: ($('input[name=mode]:checked') || {}).value || 'hybrid',
-      k: Number.parseInt($('#top-k').value, 10) || 5,
+      mode: ($('input[name=mode]:checked') || {}).value || config.default_mode,
+      k: Number.parseInt($('#top-k').value, 10) || config.default_top_k,
     };
   }
 
@@ -525,14 +528,34 @@
     }
   }
 
+  // ---------- the server's limits ----------
+  function applyConfig() {
+    $('#q').maxLength = config.max_query_chars;
+    const modes = $('#modes');
+    $$('label.mode', modes).forEach((label) => label.remove());
+    for (const mode of config.modes) {
+      const radio = el('input', { type: 'radio', name: 'mode', value: mode, checked: mode === config.default_mode });
+      radio.addEventListener('change', rerunIfShown);
+      modes.append(el('label', { class: 'mode' }, radio, ` ${MODE_LABELS[mode] || mode}`));
+    }
+    const choices = TOP_K_CHOICES.filter((k) => k <= config.max_top_k);
+    for (const k of [config.default_top_k, config.max_top_k]) if (!choices.includes(k)) choices.push(k);
+    $('#top-k').replaceChildren(...choices.sort((a, b) => a - b).map((k) => el('option', { value: k }, k)));
+    $('#top-k').value = String(config.default_top_k);
+  }
+
+  async function loadConfig() {
+    try { Object.assign(config, await api('/api/config')); } catch (_) { /* the footer reports the server down */ }
+    applyConfig();
+  }
+
   // ---------- init ----------
-  function init() {
+  async function init() {
     $('#search-form').addEventListener('submit', (e) => { e.preventDefault(); submitSearch(); });
     $$('.example').forEach((b) => b.addEventListener('click', () => {
       $('#q').value = b.textContent.trim();
       submitSearch();
     }));
-    $$('input[name=mode]').forEach((r) => r.addEventListener('change', rerunIfShown));
     $('#top-k').addEventListener('change', rerunIfShown);
     $('#upload-btn').addEventListener('click', uploadFiles);
     $('#api-key').addEventListener('change', (e) => sessionStorage.setItem(KEY_STORE, e.target.value.trim()));
@@ -541,6 +564,7 @@
     document.addEventListener('click', onNavClick);
     window.addEventListener('popstate', route);
     loadHealth();
+    await loadConfig();
     route();
   }
 

@@ -1,29 +1,47 @@
-"""Pydantic models of every HTTP request and response, with Chinese descriptions for /docs."""
+"""Pydantic models of every HTTP request and response, with Chinese descriptions for /docs.
 
+The request models carry the configured limits (settings.max_top_k, max_query_chars), so they are
+made per app by `request_models`; responses are plain module-level models.
+"""
+
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 
-Mode = Literal["hybrid", "dense", "lexical"]
+from service.config import DEFAULT_MODE, MODES, Settings
+
+Mode = Literal[MODES]  # type: ignore[valid-type]
 MODE_HELP = "检索方式：hybrid 混合（默认）、dense 语义、lexical 关键词"
 EXAMPLE_QUERY = "如何推动党建与医疗业务深度融合"
-
-# JSON bodies are strict (「5」 is not a number); the GET form parses its strings in api.py.
-TopK = Annotated[StrictInt, Field(ge=1, le=50, description="返回条数，1 到 50", examples=[5])]
+EXAMPLE_QUESTION = "党风廉政建设主体责任怎么落实"
 
 
-class SearchRequest(BaseModel):
-    query: StrictStr = Field(description="问题或关键词，不超过 500 字", examples=[EXAMPLE_QUERY])
-    top_k: TopK = 5
-    mode: Mode = Field(default="hybrid", description=MODE_HELP)
-    doc_ids: list[StrictStr] | None = Field(default=None, description="只在这些文档中检索（文档 ID 列表）")
-    doc_type: StrictStr | None = Field(default=None, description="只检索此类型的文档，如 讲话、经验交流、工作总结")
-    year: StrictInt | None = Field(default=None, description="只检索此年份的文档", examples=[2023])
+@dataclass(frozen=True)
+class RequestModels:
+    search: type[BaseModel]
+    ask: type[BaseModel]
 
 
-class AskRequest(BaseModel):
-    question: StrictStr = Field(description="问题，不超过 500 字", examples=["党风廉政建设主体责任怎么落实"])
-    top_k: TopK = 5
+def request_models(settings: Settings) -> RequestModels:
+    """The JSON request bodies with this app's limits; JSON is strict (「5」 is not a number)."""
+    top_k_help = f"返回条数，1 到 {settings.max_top_k}"
+    TopK = Annotated[StrictInt, Field(ge=1, le=settings.max_top_k, description=top_k_help, examples=[5])]
+    length = f"不超过 {settings.max_query_chars} 字"
+
+    class SearchRequest(BaseModel):
+        query: StrictStr = Field(description=f"问题或关键词，{length}", examples=[EXAMPLE_QUERY])
+        top_k: TopK = settings.default_top_k
+        mode: Mode = Field(default=DEFAULT_MODE, description=MODE_HELP)
+        doc_ids: list[StrictStr] | None = Field(default=None, description="只在这些文档中检索（文档 ID 列表）")
+        doc_type: StrictStr | None = Field(default=None, description="只检索此类型的文档，如 讲话、经验交流、工作总结")
+        year: StrictInt | None = Field(default=None, description="只检索此年份的文档", examples=[2023])
+
+    class AskRequest(BaseModel):
+        question: StrictStr = Field(description=f"问题，{length}", examples=[EXAMPLE_QUESTION])
+        top_k: TopK = settings.default_top_k
+
+    return RequestModels(search=SearchRequest, ask=AskRequest)
 
 
 class RankEvidence(BaseModel):
@@ -144,6 +162,16 @@ class Health(BaseModel):
     weights_sha256: str = Field(description="模型权重的 sha256")
     built_at: str | None = Field(description="索引构建时间（ISO 8601）")
     index_version: str = Field(description="当前索引版本（data/index/CURRENT）")
+
+
+class ClientConfig(BaseModel):
+    """What the page needs to know of the server's limits, so that they are set in one place."""
+
+    modes: list[str] = Field(description="检索方式")
+    default_mode: str
+    max_top_k: int = Field(description="返回条数上限")
+    default_top_k: int
+    max_query_chars: int = Field(description="问题长度上限（字）")
 
 
 class ErrorDetail(BaseModel):

@@ -1,9 +1,9 @@
-"""HTTP routes that change the document set: upload files (POST) and delete a document (DELETE).
+"""Documents: list and read them (read key, when required); upload and delete them (write key).
 
-Both need the API key (service.api.require_write_key) and run the change in a worker thread, so
-searches go on answering from the current index version; the new version is served before the
-answer is sent. Uploads are read by service/multipart.py (per-file size limit while streaming),
-never through the 1 MB JSON body limit of the search routes.
+Uploads and deletes run the change in a worker thread, so searches go on answering from the
+current index version; the new version is served before the answer is sent. Uploads are read by
+service/http/multipart.py (per-file size limit while streaming), never through the 1 MB JSON body
+limit of the search routes.
 """
 
 import shutil
@@ -15,11 +15,21 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api import SettingsDep, require_write_key
-from service.http_errors import ApiError
-from service.index import IndexUnavailable
-from service.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles, receive_files
-from service.schemas import ErrorResponse, FileProblem, RemovedDocument, UploadedDocument, UploadReport
+from service.http.deps import SettingsDep, SnapshotDep, require_read_key, require_write_key
+from service.http.errors import ApiError
+from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles, receive_files
+from service.http.schemas import (
+    DocumentDetail,
+    DocumentList,
+    DocumentSummary,
+    ErrorResponse,
+    FileProblem,
+    PassageSpan,
+    RemovedDocument,
+    UploadedDocument,
+    UploadReport,
+)
+from service.index import IndexUnavailable, document_rows
 from service.update import (
     ADDED,
     DUPLICATE,
@@ -33,7 +43,8 @@ from service.update import (
 )
 
 MAX_UPLOAD_FILES = 50  # per request: each file costs a temp file and a parse
-document_routes = APIRouter(prefix="/api", dependencies=[Depends(require_write_key)])
+read_routes = APIRouter(prefix="/api", dependencies=[Depends(require_read_key)])
+write_routes = APIRouter(prefix="/api", dependencies=[Depends(require_write_key)])
 
 UPLOAD_FORM = {  # the body as /docs shows it; the route reads the stream itself to keep the size limit
     "requestBody": {
@@ -86,6 +97,43 @@ FAILURE_CODES = {
 }
 
 
+@read_routes.get("/documents", summary="文档列表", response_model=DocumentList)
+def list_documents(snapshot: SnapshotDep) -> DocumentList:
+    """已收录的全部文档及其段落数、字数。"""
+    return DocumentList(documents=[DocumentSummary(**row) for row in document_rows(snapshot.searcher.index)])
+
+
+@read_routes.get(
+    "/documents/{doc_id}",
+    summary="文档全文",
+    response_model=DocumentDetail,
+    responses={404: {"model": ErrorResponse, "description": "文档不存在"}},
+)
+def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
+    """文档全文及每个段落在全文中的位置（text[start:end] 即段落原文）。"""
+    index = snapshot.searcher.index
+    document = index.documents.get(doc_id)
+    if document is None:
+        raise ApiError(404, "document_not_found", f"未找到文档：{doc_id}")
+    return DocumentDetail(
+        doc_id=document.doc_id,
+        title=document.title,
+        doc_type=document.doc_type,
+        year=document.year,
+        level=document.level,
+        source=document.source,
+        sections=list(document.sections),
+        text=document.text,
+        passages=[
+            PassageSpan(
+                passage_id=p.passage_id, start=p.start, end=p.end, section=p.section, paragraph=p.paragraph, page=p.page
+            )
+            for p in index.passages
+            if p.doc_id == doc_id
+        ],
+    )
+
+
 def upload_report(report: AddReport) -> UploadReport:
     """Every file of the upload under what happened to it; reasons without the repeated file name."""
     documents = report.index.documents if report.index else {}
@@ -132,7 +180,7 @@ def upload_status(report: AddReport) -> int:
     raise ApiError(422, "upload_failed", f"没有添加任何文档：{reasons}")
 
 
-@document_routes.post(
+@write_routes.post(
     "/documents",
     summary="上传文档",
     status_code=201,
@@ -175,7 +223,7 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
     return JSONResponse(upload_report(report).model_dump(), status_code=status)
 
 
-@document_routes.delete(
+@write_routes.delete(
     "/documents/{doc_id}",
     summary="删除文档",
     response_model=RemovedDocument,

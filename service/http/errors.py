@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.schemas import ErrorResponse
+from service.http.schemas import ErrorResponse
 
 logger = logging.getLogger("dangjian_qa")
 

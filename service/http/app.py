@@ -1,0 +1,59 @@
+"""The FastAPI app: routes per resource, one error shape, the page and its static files.
+
+Errors are `{"error": {"code": ..., "message": <Chinese>}}`. A question over settings.max_query_chars
+is 400 `query_too_long` (not 413: the request itself is small, the question is what is refused, and a
+GET query has no body); 413 `body_too_large` is kept for JSON bodies over 1 MB (errors.py).
+
+Adding and removing documents needs settings.api_key, sent as `Authorization: Bearer KEY` or
+`X-API-Key: KEY`: no key configured is 403 `writes_disabled`, a missing or wrong key 401
+`unauthorized`. With settings.read_requires_key the search and document routes need it too.
+/api/health, /api/config and the page stay open in every case.
+"""
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from embeddings.encoder import Encoder
+from service.config import Settings
+from service.engine import open_encoder, open_tokenizer
+from service.http.errors import ApiError, on_api_error, on_http_error, on_unexpected_error, on_validation_error
+from service.http.routes.documents import read_routes, write_routes
+from service.http.routes.search import search_routers
+from service.http.routes.system import system_routes
+from service.live import LiveIndex
+from service.tokenize import WordTokenizer
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+WARM_UP_QUESTION = "党建工作如何开展"
+
+
+def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
+    """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used)."""
+    live = LiveIndex(settings, encoder or open_encoder(settings), tokenizer or open_tokenizer(settings))
+    # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
+    live.current().answerer.answer(WARM_UP_QUESTION)
+    app = FastAPI(
+        title="党建问答 API",
+        description='卫健系统党建文献检索与问答。所有错误均返回 `{"error": {"code": …, "message": …}}`。',
+        version="1.0",
+    )
+    app.state.live = live
+    app.state.settings = settings
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)
+    for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    return app

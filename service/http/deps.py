@@ -1,0 +1,71 @@
+"""Shared request dependencies: the live index snapshot, the settings, the API key, the question."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.config import Settings
+from service.http.errors import ApiError
+from service.live import Snapshot
+from service.search import QueryRejected, clean_query
+
+
+def live_snapshot(request: Request) -> Snapshot:
+    return request.app.state.live.current()
+
+
+def app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SnapshotDep = Annotated[Snapshot, Depends(live_snapshot)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from `Authorization: Bearer KEY`, else from `X-API-Key`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key")
+
+
+def check_key(request: Request, settings: Settings) -> None:
+    """401 unless the request carries settings.api_key (compared in constant time)."""
+    key = presented_key(request)
+    if key is None or not hmac.compare_digest(key.encode(), str(settings.api_key).encode()):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "缺少 API 密钥或密钥错误：请在请求头 Authorization: Bearer <密钥> 或 X-API-Key: <密钥> 中提供",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def require_key(request: Request, settings: Settings, code: str, unconfigured: str) -> None:
+    """403 with `unconfigured` when no key is configured, else 401 unless the request carries it."""
+    if not settings.api_key:
+        raise ApiError(403, code, unconfigured)
+    check_key(request, settings)
+
+
+def require_write_key(request: Request, settings: SettingsDep) -> None:
+    """Adding and removing documents: only with the configured key; disabled when none is configured."""
+    message = "本服务未开启文档上传和删除：请设置环境变量 DJQA_API_KEY 后重启服务，并在请求中提供该密钥"
+    require_key(request, settings, "writes_disabled", message)
+
+
+def require_read_key(request: Request, settings: SettingsDep) -> None:
+    """Searches and document reads: open unless settings.read_requires_key."""
+    if settings.read_requires_key:
+        message = "本服务要求提供密钥才能查询（DJQA_READ_REQUIRES_KEY），但未设置 DJQA_API_KEY；请设置后重启服务"
+        require_key(request, settings, "key_not_configured", message)
+
+
+def checked_query(text: str, settings: Settings) -> str:
+    """The question, stripped; 400 empty_query / query_too_long."""
+    try:
+        return clean_query(text, settings.max_query_chars)
+    except QueryRejected as error:
+        raise ApiError(400, error.code, str(error)) from error

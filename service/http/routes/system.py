@@ -1,0 +1,35 @@
+"""Health and the client configuration: open to monitors and the page, never behind the key."""
+
+from fastapi import APIRouter
+
+from service.config import DEFAULT_MODE, MODES
+from service.http.deps import SettingsDep, SnapshotDep
+from service.http.schemas import ClientConfig, Health
+
+system_routes = APIRouter(prefix="/api")
+
+
+@system_routes.get("/health", summary="服务状态", response_model=Health)
+def health(snapshot: SnapshotDep) -> Health:
+    """索引和模型的概况；服务正常时 status 为 ok。"""
+    manifest = snapshot.searcher.index.manifest
+    return Health(
+        documents=manifest["document_count"],
+        passages=manifest["passage_count"],
+        model=manifest["model_name"],
+        weights_sha256=manifest["weights_sha256"],
+        built_at=manifest.get("built_at"),
+        index_version=snapshot.version,
+    )
+
+
+@system_routes.get("/config", summary="页面配置", response_model=ClientConfig)
+def client_config(settings: SettingsDep) -> ClientConfig:
+    """检索方式和各项上限（返回条数、问题长度），页面据此设置输入框和选项。"""
+    return ClientConfig(
+        modes=list(MODES),
+        default_mode=DEFAULT_MODE,
+        max_top_k=settings.max_top_k,
+        default_top_k=settings.default_top_k,
+        max_query_chars=settings.max_query_chars,
+    )

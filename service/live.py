@@ -1,0 +1,89 @@
+"""The live index: follows data/index/CURRENT, so a rebuild or an added document is served without a restart."""
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from embeddings.encoder import Encoder
+from service.answer import Answerer
+from service.config import Settings
+from service.engine import open_searcher
+from service.index import IndexUnavailable, current_version
+from service.search import Searcher
+from service.tokenize import WordTokenizer
+from service.update import AddReport, add_files, delete_documents
+
+logger = logging.getLogger("dangjian_qa")
+
+RELOAD_CHECK_SECONDS = 1.0  # reading CURRENT costs a syscall; once a second is plenty for an admin's rebuild
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One loaded index version and what answers from it; a request keeps the one it started with."""
+
+    version: str
+    searcher: Searcher
+    answerer: Answerer
+
+
+class LiveIndex:
+    """The searcher of the live index version; swaps in a new one when CURRENT names another."""
+
+    def __init__(self, settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.reload_lock = threading.Lock()
+        self.snapshot = self.load()
+        self.checked_at = time.monotonic()
+
+    def load(self) -> Snapshot:
+        """Load the version CURRENT names now (IndexUnavailable when there is none or it is broken)."""
+        # Read the name first: if CURRENT moves on while we load, the next check loads again.
+        version = current_version(self.settings.index_dir) or ""
+        searcher = open_searcher(self.settings, self.encoder, self.tokenizer)
+        return Snapshot(version, searcher, Answerer(searcher, self.settings.answer_min_confidence))
+
+    def reload(self) -> Snapshot:
+        """Load the version CURRENT names now, without waiting for the next check (after a change
+        this process made); waits for a load already under way instead of loading twice."""
+        with self.reload_lock:
+            version = current_version(self.settings.index_dir)
+            if version and version != self.snapshot.version:
+                self.snapshot = self.load()
+                logger.info("已切换到新索引版本 %s", self.snapshot.version)
+            self.checked_at = time.monotonic()
+        return self.snapshot
+
+    def add_files(self, files: Sequence[tuple[str, Path]]) -> AddReport:
+        """update.add_files on the served index; the new version is served before this returns."""
+        report = add_files(self.settings, self.encoder, self.tokenizer, files)
+        if report.changed:
+            self.reload()
+        return report
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        """update.delete_documents on the served index; served without them before this returns."""
+        delete_documents(self.settings, self.encoder, doc_ids)
+        self.reload()
+
+    def current(self) -> Snapshot:
+        """The live snapshot, reloaded first if CURRENT changed (checked at most once a second)."""
+        now = time.monotonic()
+        if now - self.checked_at >= RELOAD_CHECK_SECONDS and self.reload_lock.acquire(blocking=False):
+            # Other requests meanwhile go on with the old snapshot instead of waiting for the load.
+            try:
+                self.checked_at = now
+                version = current_version(self.settings.index_dir)
+                if version and version != self.snapshot.version:
+                    self.snapshot = self.load()
+                    logger.info("已切换到新索引版本 %s", self.snapshot.version)
+            except IndexUnavailable as error:
+                logger.warning("新索引无法加载，继续使用版本 %s：%s", self.snapshot.version, error)
+            finally:
+                self.reload_lock.release()
+        return self.snapshot
