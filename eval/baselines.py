@@ -13,7 +13,7 @@ import faiss
 import jieba
 import numpy as np
 
-from embeddings.encoder import Encoder
+from embeddings.encoder import TextEncoder
 from service.config import Settings
 from service.engine import index_passages
 from service.records import Passage
@@ -34,7 +34,7 @@ def search_mode(searcher: Searcher, mode: str) -> Ranker:
     return rank
 
 
-def whole_passage_dense(passages: Sequence[Passage], encoder: Encoder) -> Ranker:
+def whole_passage_dense(passages: Sequence[Passage], encoder: TextEncoder) -> Ranker:
     """Dense-only baseline: one vector per passage (its whole text) in a plain FAISS inner-product index."""
     vectors = encoder.encode([p.text for p in passages])
     index = faiss.IndexFlatIP(encoder.dimension)
@@ -90,13 +90,14 @@ def embed_context_searcher(searcher: Searcher, settings: Settings, with_context:
     """The same passages re-indexed in memory with title/section prefixing set to with_context."""
     ablated = settings.model_copy(update={"embed_context": with_context})
     index = index_passages(
-        list(searcher.index.documents.values()), searcher.index.passages, ablated, searcher.encoder, searcher.tokenizer
+        list(searcher.index.documents.values()), searcher.index.passages, ablated, searcher.encoders, searcher.tokenizer
     )
     return Searcher(
         index,
-        searcher.encoder,
+        searcher.encoders,
         searcher.tokenizer,
         dense_weight=searcher.dense_weight,
         lexical_weight=searcher.lexical_weight,
         candidates=searcher.candidates,
+        model_weights=settings.model_weights,
     )

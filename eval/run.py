@@ -232,7 +232,8 @@ def all_rankers(searcher: Searcher, settings: Settings, modes: Sequence[str]) ->
 
 
 def baseline_rankers(searcher: Searcher) -> dict[str, Ranker]:
-    dense = whole_passage_dense(searcher.index.passages, searcher.encoder)
+    # The baselines use the first configured model (m3e-small by default), as a single-model stack would.
+    dense = whole_passage_dense(searcher.index.passages, next(iter(searcher.encoders.values())))
     bm25 = jieba_bm25(searcher.index.passages)
     return {BASELINES[0]: dense, BASELINES[1]: bm25, BASELINES[2]: reciprocal_rank_fusion([dense, bm25])}
 
@@ -263,7 +264,7 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "where": url or "in-process",
         "split": split,
-        "model": searcher.index.manifest["model_name"],
+        "model": " + ".join(model["name"] for model in searcher.index.manifest["models"]),
         "embed_context": settings.embed_context,
         "passages": len(searcher.index.passages),
         "questions_sha256": questions_sha256(),

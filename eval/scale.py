@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from embeddings.encoder import Encoder
+from embeddings.encoder import TextEncoder
 from eval.metrics import latency_summary
 from eval.questions import load_questions
 from service.config import MODES, Settings
 from service.embed import MIN_SENTENCE_UNIT, lexical_text, unit_texts
-from service.engine import model_info, open_encoder, open_searcher, open_tokenizer, settings_note
+from service.engine import models_info, open_encoders, open_searcher, open_tokenizer, settings_note
 from service.index import assemble_index, save_index
 from service.records import Document, Passage
 from service.text import sentence_spans
@@ -120,7 +120,7 @@ def composed_tokens(
     ]
 
 
-def seconds_to_embed(texts: list[str], encoder: Encoder) -> float:
+def seconds_to_embed(texts: list[str], encoder: TextEncoder) -> float:
     """Wall seconds to embed texts with the model, bypassing the cache, in length-sorted batches."""
     texts = sorted(texts, key=len)
     started = time.perf_counter()
@@ -129,7 +129,7 @@ def seconds_to_embed(texts: list[str], encoder: Encoder) -> float:
     return time.perf_counter() - started
 
 
-def embedding_sample(passages: list[Passage], encoder: Encoder) -> dict:
+def embedding_sample(passages: list[Passage], encoders: dict[str, TextEncoder]) -> dict:
     """Embedding rates with no cache, measured apart for whole passages and sentence units.
 
     The synthetic sentences repeat (they come from the seeds), a real corpus's do not: so the full
@@ -137,7 +137,8 @@ def embedding_sample(passages: list[Passage], encoder: Encoder) -> dict:
     """
     wholes = [passage.text for passage in passages]
     sentences = sorted({text for passage in passages for text in unit_texts(passage, with_context=False)[1:]})
-    whole_seconds, sentence_seconds = seconds_to_embed(wholes, encoder), seconds_to_embed(sentences, encoder)
+    whole_seconds = sum(seconds_to_embed(wholes, encoder) for encoder in encoders.values())
+    sentence_seconds = sum(seconds_to_embed(sentences, encoder) for encoder in encoders.values())
     return {
         "sample_passages": len(wholes),
         "sample_sentences": len(sentences),
@@ -148,19 +149,22 @@ def embedding_sample(passages: list[Passage], encoder: Encoder) -> dict:
 
 def build_scale_index(count: int, index_dir: Path, sample: int, settings: Settings) -> dict:
     """Generate, compose, assemble and save the synthetic index; returns the timings and sizes."""
-    encoder, tokenizer = open_encoder(settings), open_tokenizer(settings)
-    seeds = open_searcher(settings, encoder, tokenizer).index.passages
+    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+    seeds = open_searcher(settings, encoders, tokenizer).index.passages
     sentences = seed_sentences(seeds)
     started = time.perf_counter()
     documents, passages, parts = synthetic_corpus(sentences, count)
-    vector_of = dict(zip([s.text for s in sentences], encoder.encode([s.text for s in sentences]), strict=True))
+    texts = [s.text for s in sentences]
+    vectors_of = {name: dict(zip(texts, encoder.encode(texts), strict=True)) for name, encoder in encoders.items()}
     tokens_of = {s.text: tokenizer.tokens(s.text) for s in sentences}
     section_cache: dict[str, list[str]] = {}
 
     def section_tokens(section: str) -> list[str]:
         return section_cache.setdefault(section, tokenizer.tokens(section))
 
-    unit_vectors, approximated = composed_unit_vectors(passages, parts, vector_of)
+    unit_vectors, approximated = {}, 0
+    for name, vector_of in vectors_of.items():
+        unit_vectors[name], approximated = composed_unit_vectors(passages, parts, vector_of)
     tokens = composed_tokens(passages, parts, tokens_of, section_tokens)
     generate_seconds = time.perf_counter() - started
 
@@ -171,16 +175,16 @@ def build_scale_index(count: int, index_dir: Path, sample: int, settings: Settin
     jieba_rate = len(jieba_sample) / (time.perf_counter() - jieba_started)
 
     started = time.perf_counter()
-    index = assemble_index(documents, passages, unit_vectors, tokens, model_info(encoder), settings_note(settings))
+    index = assemble_index(documents, passages, unit_vectors, tokens, models_info(encoders), settings_note(settings))
     assemble_seconds = time.perf_counter() - started
     del unit_vectors
     started = time.perf_counter()
     version_dir = save_index(index, index_dir)
     save_seconds = time.perf_counter() - started
-    units = index.vectors.ntotal
+    units = next(iter(index.vectors.values())).ntotal
     del index
 
-    embedding = embedding_sample(passages[:: max(1, count // sample)][:sample], encoder)
+    embedding = embedding_sample(passages[:: max(1, count // sample)][:sample], encoders)
     return {
         "passages": count,
         "documents": len(documents),

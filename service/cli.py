@@ -14,7 +14,7 @@ from service.engine import (
     build_index,
     indexable_files,
     load_current,
-    open_encoder,
+    open_encoders,
     open_searcher,
     open_tokenizer,
 )
@@ -59,8 +59,8 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
     seeds = Path(args.seeds) if args.seeds else settings.seeds_dir
     paths = indexable_files(seeds, settings.uploads_dir)
     # Users' documents (kept originals in uploads_dir) are indexed too: a rebuild must not drop them.
-    encoder, tokenizer = open_encoder(settings), open_tokenizer(settings)
-    report = build_index(paths, settings, encoder, tokenizer, progress=True, with_uploads=True)
+    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+    report = build_index(paths, settings, encoders, tokenizer, progress=True, with_uploads=True)
     for problem in report.corpus.problems:
         print(f"跳过：{problem}", file=sys.stderr)
     print(
@@ -111,7 +111,7 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_INPUT
     report = AddReport()
     if files:
-        report = add_files(settings, open_encoder(settings), open_tokenizer(settings), files, progress=True)
+        report = add_files(settings, open_encoders(settings), open_tokenizer(settings), files, progress=True)
     for outcome in report.having(ADDED, REPLACED):
         verb = "新增" if outcome.status == ADDED else "替换"
         print(f"{verb}：{outcome.name} → {outcome.doc_id}（{outcome.passages} 个段落）")
@@ -130,7 +130,7 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
 
 def command_remove(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        index = delete_documents(settings, open_encoder(settings), args.doc_ids)
+        index = delete_documents(settings, open_encoders(settings), args.doc_ids)
     except UpdateError as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_INPUT
@@ -140,7 +140,7 @@ def command_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_docs(args: argparse.Namespace, settings: Settings) -> int:
-    rows = document_rows(load_current(settings, open_encoder(settings)))
+    rows = document_rows(load_current(settings, open_encoders(settings)))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return EXIT_OK

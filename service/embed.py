@@ -4,11 +4,12 @@ import itertools
 
 import numpy as np
 
-from embeddings.encoder import Encoder
+from embeddings.encoder import TextEncoder
 from service.records import Passage
 from service.text import sentence_spans
 from service.tokenize import WordTokenizer
 
+Encoders = dict[str, TextEncoder]  # the configured embedding models by name, in configured order
 MIN_SENTENCE_UNIT = 6  # shorter "sentences" (凡例, 一是…) carry too little meaning to embed alone
 
 
@@ -31,11 +32,18 @@ def lexical_text(passage: Passage) -> str:
 
 
 def embed_and_tokenize(
-    passages: list[Passage], encoder: Encoder, tokenizer: WordTokenizer, with_context: bool, progress: bool = False
-) -> tuple[list[np.ndarray], list[list[str]]]:
-    """The unit vectors (through the encoder's cache) and BM25 tokens of each passage."""
+    passages: list[Passage],
+    encoders: Encoders,
+    tokenizer: WordTokenizer,
+    with_context: bool,
+    progress: bool = False,
+) -> tuple[dict[str, list[np.ndarray]], list[list[str]]]:
+    """Each model's unit vectors of each passage (through its cache), and the passages' BM25 tokens."""
     texts = [unit_texts(p, with_context) for p in passages]
-    vectors = encoder.encode([text for units in texts for text in units], progress=progress)
-    bounds = np.cumsum([0, *(len(units) for units in texts)])
-    unit_vectors = [vectors[start:end] for start, end in itertools.pairwise(bounds)]
+    flat = [text for units in texts for text in units]
+    bounds = list(itertools.pairwise(np.cumsum([0, *(len(units) for units in texts)])))
+    unit_vectors = {}
+    for name, encoder in encoders.items():
+        vectors = encoder.encode(flat, progress=progress)
+        unit_vectors[name] = [vectors[start:end] for start, end in bounds]
     return unit_vectors, [tokenizer.tokens(lexical_text(p)) for p in passages]

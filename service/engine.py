@@ -1,13 +1,13 @@
-"""Wiring: settings -> encoder, tokenizer, index, searcher; and building an index from files."""
+"""Wiring: settings -> encoders, tokenizer, index, searcher; and building an index from files."""
 
 import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddings.encoder import Encoder
+from embeddings.encoder import TextEncoder, open_encoder
 from service.config import Settings
-from service.embed import embed_and_tokenize
+from service.embed import Encoders, embed_and_tokenize
 from service.index import SearchIndex, assemble_index, load_index, save_index, writer_lock
 from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
@@ -29,19 +29,28 @@ class BuildReport:
     encode_seconds: float
 
 
-def open_encoder(settings: Settings) -> Encoder:
-    return Encoder(
-        settings.model_dir, settings.cache_dir, batch_size=settings.batch_size, query_cache=settings.query_cache_size
-    )
+def open_encoders(settings: Settings) -> Encoders:
+    """The configured embedding models by name (ModelError when one is missing or its weights differ)."""
+    encoders: Encoders = {}
+    for name in settings.models:
+        encoder = open_encoder(
+            name, settings.models_dir, settings.cache_dir, settings.batch_size, settings.query_cache_size
+        )
+        encoders[encoder.model_name] = encoder
+    return encoders
 
 
 def open_tokenizer(settings: Settings) -> WordTokenizer:
     dictionary = trimmed_dictionary(settings.cache_dir, settings.jieba_min_freq)
-    return WordTokenizer(settings.user_dict, settings.stopwords, dictionary)
+    return WordTokenizer(settings.user_dict, settings.stopwords, dictionary, settings.spoken_terms)
 
 
-def model_info(encoder: Encoder) -> dict:
+def model_info(encoder: TextEncoder) -> dict:
     return {"name": encoder.model_name, "weights_sha256": encoder.weights_sha256, "dimension": encoder.dimension}
+
+
+def models_info(encoders: Encoders) -> list[dict]:
+    return [model_info(encoder) for encoder in encoders.values()]
 
 
 def settings_note(settings: Settings) -> str:
@@ -81,19 +90,19 @@ def index_passages(
     documents: list[Document],
     passages: list[Passage],
     settings: Settings,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     progress: bool = False,
 ) -> SearchIndex:
     """Embed and tokenise passages into an in-memory index."""
-    unit_vectors, tokens = embed_and_tokenize(passages, encoder, tokenizer, settings.embed_context, progress)
-    return assemble_index(documents, passages, unit_vectors, tokens, model_info(encoder), settings_note(settings))
+    unit_vectors, tokens = embed_and_tokenize(passages, encoders, tokenizer, settings.embed_context, progress)
+    return assemble_index(documents, passages, unit_vectors, tokens, models_info(encoders), settings_note(settings))
 
 
 def build_index(
     paths: list[Path],
     settings: Settings,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     progress: bool = False,
     with_uploads: bool = False,
@@ -109,28 +118,29 @@ def build_index(
             paths = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
         encode_started = time.perf_counter()
-        index = index_passages(corpus.documents, corpus.passages, settings, encoder, tokenizer, progress)
+        index = index_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
         encode_seconds = time.perf_counter() - encode_started
         version_dir = save_index(index, settings.index_dir)
     return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
 
 
-def load_current(settings: Settings, encoder: Encoder) -> SearchIndex:
+def load_current(settings: Settings, encoders: Encoders) -> SearchIndex:
     """The live index version, checked against the configured model and settings."""
-    return load_index(settings.index_dir, model_info(encoder), settings_note(settings))
+    return load_index(settings.index_dir, models_info(encoders), settings_note(settings))
 
 
 def open_searcher(
-    settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None
+    settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None
 ) -> Searcher:
     """Load the index (IndexUnavailable if missing or mismatched) and wrap it in a Searcher."""
-    encoder = encoder or open_encoder(settings)
-    index = load_current(settings, encoder)
+    encoders = encoders or open_encoders(settings)
+    index = load_current(settings, encoders)
     return Searcher(
         index,
-        encoder,
+        encoders,
         tokenizer or open_tokenizer(settings),
         dense_weight=settings.dense_weight,
         lexical_weight=settings.lexical_weight,
         candidates=settings.candidates,
+        model_weights=settings.model_weights,
     )

@@ -4,7 +4,8 @@ Layout of the index directory (every version complete before it becomes current)
 
     CURRENT                 name of the live version, replaced atomically (os.replace)
     .lock                   flock held by writers (build, add, remove) so they never interleave
-    versions/<name>/        manifest.json, vectors.faiss, bm25/, passages.jsonl, documents.jsonl
+    versions/<name>/        manifest.json, vectors-<i>.faiss (one per model, in manifest order), bm25/,
+                            passages.jsonl, documents.jsonl
 
 A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
 """
@@ -28,7 +29,7 @@ import numpy as np
 from service.atomic import fsync_directory, fsync_tree, write_atomic
 from service.records import Document, Passage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one vector file per embedding model
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
 
 
@@ -45,7 +46,7 @@ class SearchIndex:
     passages: list[Passage]
     unit_ids: list[list[int]]  # FAISS ids of the embedded units (passage, sentences) of passages[i]
     tokens: list[list[str]]  # BM25 tokens of passages[i]
-    vectors: faiss.IndexIDMap2
+    vectors: dict[str, faiss.IndexIDMap2]  # model name -> its vectors of the same units, under the same ids
     bm25: bm25s.BM25
 
 
@@ -66,26 +67,32 @@ def corpus_fingerprint(documents: list[Document], extra: str) -> str:
 def assemble_index(
     documents: list[Document],
     passages: list[Passage],
-    unit_vectors: list[np.ndarray],
+    unit_vectors: dict[str, list[np.ndarray]],
     tokens: list[list[str]],
-    model: dict,
+    models: list[dict],
     settings_note: str,
 ) -> SearchIndex:
-    """An in-memory index from passages, their unit vectors and tokens; `model` names the encoder."""
-    faiss_index = faiss.IndexIDMap2(faiss.IndexFlatIP(int(model["dimension"])))
+    """An in-memory index from passages, their unit vectors (per model) and tokens.
+
+    `models` describes the encoders (name, weights_sha256, dimension), in the order they are configured.
+    """
+    vectors: dict[str, faiss.IndexIDMap2] = {}
+    for model in models:
+        vectors[model["name"]] = faiss.IndexIDMap2(faiss.IndexFlatIP(int(model["dimension"])))
     unit_ids: list[list[int]] = []
     next_id = 0
-    for vectors in unit_vectors:
-        unit_ids.append(list(range(next_id, next_id + len(vectors))))
-        next_id += len(vectors)
+    for units in unit_vectors[models[0]["name"]]:
+        unit_ids.append(list(range(next_id, next_id + len(units))))
+        next_id += len(units)
     if next_id:
-        stacked = np.ascontiguousarray(np.concatenate(unit_vectors), dtype=np.float32)
-        faiss_index.add_with_ids(stacked, np.arange(next_id, dtype=np.int64))
+        for name, faiss_index in vectors.items():
+            stacked = np.ascontiguousarray(np.concatenate(unit_vectors[name]), dtype=np.float32)
+            faiss_index.add_with_ids(stacked, np.arange(next_id, dtype=np.int64))
     manifest = {
         "format_version": FORMAT_VERSION,
-        "model_name": model["name"],
-        "weights_sha256": model["weights_sha256"],
-        "dimension": int(model["dimension"]),
+        "models": [
+            {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])} for m in models
+        ],
         "passage_count": len(passages),
         "document_count": len(documents),
         "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
@@ -98,7 +105,7 @@ def assemble_index(
         passages=list(passages),
         unit_ids=unit_ids,
         tokens=tokens,
-        vectors=faiss_index,
+        vectors=vectors,
         bm25=build_bm25(tokens),
     )
 
@@ -116,7 +123,8 @@ def save_index(index: SearchIndex, index_dir: Path) -> Path:
     name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = versions / f".staging-{name}"
     staging.mkdir()
-    faiss.write_index(index.vectors, str(staging / "vectors.faiss"))
+    for position, model in enumerate(index.manifest["models"]):
+        faiss.write_index(index.vectors[model["name"]], str(staging / vector_file(position)))
     index.bm25.save(str(staging / "bm25"), show_progress=False)
     passage_rows = [
         {**asdict(p), "unit_ids": u, "tokens": t}
@@ -187,21 +195,26 @@ def passage_from_row(row: dict) -> Passage:
     return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
 
 
-def check_manifest(manifest: dict, model: dict, settings_note: str) -> None:
-    """IndexUnavailable unless the index was built by this format, this model and these settings."""
+def vector_file(position: int) -> str:
+    return f"vectors-{position}.faiss"
+
+
+def model_names(models: list[dict]) -> str:
+    return " + ".join(f"{m['name']}（权重 {str(m['weights_sha256'])[:12]}）" for m in models)
+
+
+def check_manifest(manifest: dict, models: list[dict], settings_note: str) -> None:
+    """IndexUnavailable unless the index was built by this format, these models and these settings."""
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexUnavailable(
             f"索引格式版本 {manifest.get('format_version')} 与本程序的版本 {FORMAT_VERSION} 不一致，{REBUILD_HINT}"
         )
-    if manifest.get("weights_sha256") != model["weights_sha256"]:
+    built = [(m.get("name"), m.get("weights_sha256"), m.get("dimension")) for m in manifest.get("models", [])]
+    wanted = [(m["name"], m["weights_sha256"], int(m["dimension"])) for m in models]
+    if built != wanted:
         raise IndexUnavailable(
-            f"索引由模型 {manifest.get('model_name')}（权重 {str(manifest.get('weights_sha256'))[:12]}）构建，"
-            f"当前配置的模型是 {model['name']}（权重 {model['weights_sha256'][:12]}）；"
-            f"{REBUILD_HINT}，或把 DJQA_MODEL_DIR 指回原来的模型"
-        )
-    if manifest.get("dimension") != model["dimension"]:
-        raise IndexUnavailable(
-            f"索引向量维度 {manifest.get('dimension')} 与当前模型的维度 {model['dimension']} 不一致，{REBUILD_HINT}"
+            f"索引由模型 {model_names(manifest.get('models', []))} 构建，当前配置的模型是 {model_names(models)}；"
+            f"{REBUILD_HINT}，或把 DJQA_MODELS 改回原来的模型"
         )
     if manifest.get("settings") != settings_note:
         # The dictionary, stopwords or embedded text changed since the build: tokens or vectors are stale.
@@ -210,10 +223,10 @@ def check_manifest(manifest: dict, model: dict, settings_note: str) -> None:
         )
 
 
-def load_index(index_dir: Path, model: dict, settings_note: str) -> SearchIndex:
+def load_index(index_dir: Path, models: list[dict], settings_note: str) -> SearchIndex:
     """Load the live version; any problem becomes IndexUnavailable naming the fix.
 
-    `model` and `settings_note` describe what the caller would search with; an index built with
+    `models` and `settings_note` describe what the caller would search with; an index built with
     anything else is refused, since its vectors or tokens would not match the queries'.
     """
     name = current_version(index_dir)
@@ -222,12 +235,15 @@ def load_index(index_dir: Path, model: dict, settings_note: str) -> SearchIndex:
     version_dir = index_dir / "versions" / name
     try:
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
-        check_manifest(manifest, model, settings_note)
+        check_manifest(manifest, models, settings_note)
         rows = read_jsonl(version_dir / "passages.jsonl")
         documents = [
             Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
         ]
-        vectors = faiss.read_index(str(version_dir / "vectors.faiss"))
+        vectors = {
+            model["name"]: faiss.read_index(str(version_dir / vector_file(position)))
+            for position, model in enumerate(manifest["models"])
+        }
         bm25 = bm25s.BM25.load(str(version_dir / "bm25"), mmap=True, show_progress=False)
     except IndexUnavailable:
         raise
@@ -236,7 +252,8 @@ def load_index(index_dir: Path, model: dict, settings_note: str) -> SearchIndex:
             f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}"
         ) from error
     unit_count = sum(len(row["unit_ids"]) for row in rows)
-    if not (len(rows) == manifest["passage_count"] == bm25.scores["num_docs"] and unit_count == vectors.ntotal):
+    counts_agree = len(rows) == manifest["passage_count"] == bm25.scores["num_docs"]
+    if not counts_agree or any(unit_count != model_vectors.ntotal for model_vectors in vectors.values()):
         raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")
     return SearchIndex(
         manifest=manifest,

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from embeddings.encoder import Encoder
 from service.answer import Answerer
 from service.config import Settings
+from service.embed import Encoders
 from service.engine import open_searcher
 from service.index import IndexUnavailable, current_version
 from service.search import Searcher
@@ -33,9 +33,9 @@ class Snapshot:
 class LiveIndex:
     """The searcher of the live index version; swaps in a new one when CURRENT names another."""
 
-    def __init__(self, settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> None:
+    def __init__(self, settings: Settings, encoders: Encoders, tokenizer: WordTokenizer) -> None:
         self.settings = settings
-        self.encoder = encoder
+        self.encoders = encoders
         self.tokenizer = tokenizer
         self.reload_lock = threading.Lock()
         self.snapshot = self.load()
@@ -45,7 +45,7 @@ class LiveIndex:
         """Load the version CURRENT names now (IndexUnavailable when there is none or it is broken)."""
         # Read the name first: if CURRENT moves on while we load, the next check loads again.
         version = current_version(self.settings.index_dir) or ""
-        searcher = open_searcher(self.settings, self.encoder, self.tokenizer)
+        searcher = open_searcher(self.settings, self.encoders, self.tokenizer)
         return Snapshot(version, searcher, Answerer(searcher, self.settings.answer_min_confidence))
 
     def reload(self) -> Snapshot:
@@ -61,14 +61,14 @@ class LiveIndex:
 
     def add_files(self, files: Sequence[tuple[str, Path]]) -> AddReport:
         """update.add_files on the served index; the new version is served before this returns."""
-        report = add_files(self.settings, self.encoder, self.tokenizer, files)
+        report = add_files(self.settings, self.encoders, self.tokenizer, files)
         if report.changed:
             self.reload()
         return report
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         """update.delete_documents on the served index; served without them before this returns."""
-        delete_documents(self.settings, self.encoder, doc_ids)
+        delete_documents(self.settings, self.encoders, doc_ids)
         self.reload()
 
     def current(self) -> Snapshot:

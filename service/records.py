@@ -56,6 +56,15 @@ class Passage:
 
 
 @dataclass(frozen=True)
+class ModelEvidence:
+    """Where one embedding model ranked a passage, and its cosine (models' cosines are not comparable)."""
+
+    model: str
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True)
 class Hit:
     """A ranked passage with the evidence for its rank."""
 
@@ -67,3 +76,4 @@ class Hit:
     lexical_score: float | None = None
     matched_terms: tuple[str, ...] = ()
     highlights: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    models: tuple[ModelEvidence, ...] = ()  # each embedding model's rank and cosine

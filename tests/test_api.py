@@ -9,8 +9,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
+from service.embed import Encoders
 from service.engine import build_index
 from service.http.app import create_app
 from service.live import Snapshot
@@ -21,8 +21,8 @@ MARK = re.compile(r"【(\d+)】")
 
 
 @pytest.fixture(scope="module")
-def client(seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> Iterator[TestClient]:
-    with TestClient(create_app(seed_settings, encoder, tokenizer), raise_server_exceptions=False) as test_client:
+def client(seed_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer) -> Iterator[TestClient]:
+    with TestClient(create_app(seed_settings, encoders, tokenizer), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -160,7 +160,11 @@ def test_document_view_offsets_give_back_each_passage(client: TestClient) -> Non
 def test_health_names_the_index_and_the_model(client: TestClient, seed_settings: Settings) -> None:
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["documents"] == 5 and health["passages"] > 50
-    assert health["model"] == "m3e-small" and len(health["weights_sha256"]) == 64
+    assert health["model"] == "m3e-small + multilingual-e5-small"
+    assert [(m["name"], m["licence"], len(m["weights_sha256"])) for m in health["models"]] == [
+        ("m3e-small", "non-commercial", 64),
+        ("multilingual-e5-small", "MIT", 64),
+    ]
     assert health["index_version"] == (seed_settings.index_dir / "CURRENT").read_text().strip()
     assert health["built_at"]
 
@@ -291,7 +295,7 @@ def test_unexpected_failures_are_500_in_the_same_shape(client: TestClient, monke
 
 
 def test_server_follows_a_rebuilt_index_and_requests_keep_their_own(
-    tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -299,14 +303,14 @@ def test_server_follows_a_rebuilt_index_and_requests_keep_their_own(
         "一、抓党建\n各级党组织要认真落实“三会一课”制度，严肃党内政治生活。\n", encoding="utf-8"
     )
     settings = Settings(index_dir=tmp_path / "index", cache_dir=PROJECT_ROOT / "data" / "cache")
-    build_index([docs / "a.txt"], settings, encoder, tokenizer)
+    build_index([docs / "a.txt"], settings, encoders, tokenizer)
     monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.0)
-    with TestClient(create_app(settings, encoder, tokenizer)) as test_client:
+    with TestClient(create_app(settings, encoders, tokenizer)) as test_client:
         live = test_client.app.state.live
         before = live.current()
         assert test_client.get("/api/health").json()["documents"] == 1
         (docs / "b.txt").write_text("二、抓医德医风\n加强医德医风建设，弘扬崇高职业精神。\n", encoding="utf-8")
-        build_index(sorted(docs.glob("*.txt")), settings, encoder, tokenizer)
+        build_index(sorted(docs.glob("*.txt")), settings, encoders, tokenizer)
         health = test_client.get("/api/health").json()
         assert health["documents"] == 2
         assert health["index_version"] == (settings.index_dir / "CURRENT").read_text().strip() != before.version

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from embeddings.encoder import Encoder
 from service.config import Settings
+from service.embed import Encoders
 from service.engine import build_index
 from service.http.app import create_app
 from service.tokenize import WordTokenizer
@@ -43,8 +43,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings) 
 
 
 @pytest.fixture(scope="module")
-def client(settings: Settings, encoder: Encoder, tokenizer: WordTokenizer) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, encoder, tokenizer), raise_server_exceptions=False) as test_client:
+def client(settings: Settings, encoders: Encoders, tokenizer: WordTokenizer) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, encoders, tokenizer), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -330,12 +330,12 @@ def test_unknown_document_delete_is_404(client: TestClient) -> None:
 
 
 def test_last_document_cannot_be_deleted(
-    tmp_path: Path, settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
+    tmp_path: Path, settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     (tmp_path / "only.txt").write_text(NIGHT_SHIFT, encoding="utf-8")
     single = settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
-    build_index([tmp_path / "only.txt"], single, encoder, tokenizer)
-    with TestClient(create_app(single, encoder, tokenizer)) as test_client:
+    build_index([tmp_path / "only.txt"], single, encoders, tokenizer)
+    with TestClient(create_app(single, encoders, tokenizer)) as test_client:
         message = error_of(test_client.delete("/api/documents/only", headers=WRITE), 409, "last_document")
         assert "至少" in message
         assert test_client.get("/api/health").json()["documents"] == 1

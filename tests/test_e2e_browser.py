@@ -8,8 +8,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
+from service.embed import Encoders
 from service.engine import build_index, source_files
 from service.tokenize import WordTokenizer
 from tests.conftest import live_server, run_cli
@@ -39,7 +39,7 @@ HOSTILE_DOCUMENT = f"""关于{HOSTILE_WORD}的工作总结
 
 @pytest.fixture(scope="module")
 def base_url(
-    tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
+    tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
 ) -> Iterator[str]:
     """A real `dangjian-qa serve` on a free port, indexing the seeds and a document full of markup.
 
@@ -49,7 +49,7 @@ def base_url(
     hostile = folder / "hostile.txt"
     hostile.write_text(HOSTILE_DOCUMENT, encoding="utf-8")
     settings = seed_settings.model_copy(update={"index_dir": folder / "index", "uploads_dir": folder / "uploads"})
-    build_index([*source_files(seed_settings.seeds_dir), hostile], settings, encoder, tokenizer)
+    build_index([*source_files(seed_settings.seeds_dir), hostile], settings, encoders, tokenizer)
     with live_server(settings, folder / "server.log", DJQA_API_KEY=API_KEY) as url:
         yield url
 
@@ -121,13 +121,19 @@ def test_context_opens_and_full_text_marks_the_passage(page: Page) -> None:
     assert parse_qs(urlparse(page.url).query)["q"] == [QUESTION]
 
 
-def test_off_topic_question_says_not_found(page: Page) -> None:
+def test_off_topic_question_says_not_found_once(page: Page) -> None:
     ask(page, "红烧肉怎么做好吃")
-    answer = page.locator("#answer.not-found")
-    assert answer.is_visible() and "未找到与该问题相关的内容" in answer.inner_text()
-    assert answer.locator("button.cite").count() == 0
-    assert "仅供参考" in page.inner_text("#status")
+    assert page.locator("#answer").is_hidden() and page.locator("button.cite").count() == 0
+    status = page.inner_text("#status")
+    assert "未找到与该问题相关的内容" in status and "仅供参考" in status
+    assert page.inner_text("main").count("未找到") == 1, "one not-found message, not two"
     shot(page, "not-found")
+
+
+def test_each_models_rank_is_shown_in_the_explanation(page: Page) -> None:
+    ask(page, QUESTION)
+    why = page.locator(".result-card .why").first.inner_text()
+    assert "m3e-small 第" in why and "multilingual-e5-small 第" in why and "关键词第" in why
 
 
 def test_empty_question_asks_for_one(page: Page) -> None:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from embeddings.encoder import Encoder
 from service.config import Settings
+from service.embed import Encoders
 from service.engine import build_index, load_current, open_searcher
 from service.index import IndexUnavailable, current_version
 from service.tokenize import WordTokenizer
@@ -20,29 +20,29 @@ def small_settings(tmp_path: Path) -> Settings:
 
 
 def test_index_round_trip_keeps_passages_and_manifest(
-    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     paths = [write(tmp_path / "docs", "a.txt", DOC_A), write(tmp_path / "docs", "b.txt", DOC_B)]
-    report = build_index(paths, small_settings, encoder, tokenizer)
-    index = load_current(small_settings, encoder)
+    report = build_index(paths, small_settings, encoders, tokenizer)
+    index = load_current(small_settings, encoders)
     assert [p.text for p in index.passages] == [p.text for p in report.corpus.passages]
     assert index.manifest["passage_count"] == 2 and index.manifest["document_count"] == 2
-    assert index.manifest["weights_sha256"] == encoder.weights_sha256
-    assert index.manifest["dimension"] == 512
-    assert {"format_version", "model_name", "corpus_fingerprint", "built_at"} <= index.manifest.keys()
+    assert [m["weights_sha256"] for m in index.manifest["models"]] == [e.weights_sha256 for e in encoders.values()]
+    assert [m["dimension"] for m in index.manifest["models"]] == [e.dimension for e in encoders.values()]
+    assert {"format_version", "models", "corpus_fingerprint", "built_at"} <= index.manifest.keys()
     assert index.documents["a"].title == "在全县党建工作会议上的讲话"
 
 
 def test_rebuild_replaces_the_version_atomically(
-    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     docs = tmp_path / "docs"
-    build_index([write(docs, "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    build_index([write(docs, "a.txt", DOC_A)], small_settings, encoders, tokenizer)
     first = current_version(small_settings.index_dir)
-    build_index([write(docs, "a.txt", DOC_A), write(docs, "b.txt", DOC_B)], small_settings, encoder, tokenizer)
+    build_index([write(docs, "a.txt", DOC_A), write(docs, "b.txt", DOC_B)], small_settings, encoders, tokenizer)
     second = current_version(small_settings.index_dir)
     assert first != second
-    assert load_current(small_settings, encoder).manifest["document_count"] == 2
+    assert load_current(small_settings, encoders).manifest["document_count"] == 2
     leftovers = [p.name for p in (small_settings.index_dir / "versions").iterdir()]
     assert sorted(leftovers) == sorted([first, second])  # the previous version stays for live readers
 
@@ -50,11 +50,11 @@ def test_rebuild_replaces_the_version_atomically(
 def test_interrupted_build_leaves_the_old_index_live(
     small_settings: Settings,
     tmp_path: Path,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
     before = current_version(small_settings.index_dir)
 
     def crash(*args: object, **kwargs: object) -> None:
@@ -62,65 +62,73 @@ def test_interrupted_build_leaves_the_old_index_live(
 
     monkeypatch.setattr("service.index.write_jsonl", crash)
     with pytest.raises(OSError):
-        build_index([write(tmp_path / "docs", "b.txt", DOC_B)], small_settings, encoder, tokenizer)
+        build_index([write(tmp_path / "docs", "b.txt", DOC_B)], small_settings, encoders, tokenizer)
     assert current_version(small_settings.index_dir) == before
-    assert load_current(small_settings, encoder).manifest["document_count"] == 1
+    assert load_current(small_settings, encoders).manifest["document_count"] == 1
 
 
-def test_missing_index_names_the_fix(small_settings: Settings, encoder: Encoder) -> None:
+def test_missing_index_names_the_fix(small_settings: Settings, encoders: Encoders) -> None:
     with pytest.raises(IndexUnavailable, match="make index"):
-        load_current(small_settings, encoder)
+        load_current(small_settings, encoders)
 
 
 def test_corrupt_vectors_file_is_reported_not_raised(
-    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
-    (report.version_dir / "vectors.faiss").write_bytes(b"not a faiss index")
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
+    (report.version_dir / "vectors-0.faiss").write_bytes(b"not a faiss index")
     with pytest.raises(IndexUnavailable, match=r"索引已损坏.*make index"):
-        load_current(small_settings, encoder)
+        load_current(small_settings, encoders)
 
 
 def test_truncated_passage_store_is_reported(
-    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
     (report.version_dir / "passages.jsonl").write_text('{"passage_id": ', encoding="utf-8")
     with pytest.raises(IndexUnavailable, match="索引已损坏"):
-        load_current(small_settings, encoder)
+        load_current(small_settings, encoders)
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("weights_sha256", "0" * 64, "当前配置的模型"), ("dimension", 768, "维度"), ("format_version", 99, "格式版本")],
+    [
+        ("weights_sha256", "0" * 64, "当前配置的模型"),
+        ("dimension", 768, "当前配置的模型"),
+        ("format_version", 99, "格式版本"),
+    ],
 )
 def test_mismatched_index_is_refused_with_the_fix(
     small_settings: Settings,
     tmp_path: Path,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     field: str,
     value: object,
     message: str,
 ) -> None:
-    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
     manifest_path = report.version_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**manifest, field: value}))
+    if field == "format_version":
+        manifest[field] = value
+    else:
+        manifest["models"][0][field] = value
+    manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(IndexUnavailable, match=f"{message}.*make index"):
-        open_searcher(small_settings, encoder, tokenizer)
+        open_searcher(small_settings, encoders, tokenizer)
 
 
 @pytest.mark.parametrize("change", ["embed_context", "dictionary"])
 def test_index_built_with_other_settings_is_refused_with_the_fix(
-    small_settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer, change: str
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, change: str
 ) -> None:
-    build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoder, tokenizer)
+    build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
     if change == "embed_context":
         changed = small_settings.model_copy(update={"embed_context": not small_settings.embed_context})
     else:
         terms = write(tmp_path, "terms.txt", small_settings.user_dict.read_text(encoding="utf-8") + "新词条\n")
         changed = small_settings.model_copy(update={"user_dict": terms})
     with pytest.raises(IndexUnavailable, match=r"设置.*make index"):
-        load_current(changed, encoder)
-    assert load_current(small_settings, encoder).manifest["document_count"] == 1
+        load_current(changed, encoders)
+    assert load_current(small_settings, encoders).manifest["document_count"] == 1

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from embeddings.encoder import Encoder
 from service.config import Settings
+from service.embed import Encoders
 from service.engine import build_index, load_current, source_files
 from service.index import current_version, writer_lock
 from service.originals import INCOMING_PREFIX, original_files, original_path
@@ -26,10 +26,10 @@ def settings(private_settings: Settings) -> Settings:
 
 
 def test_added_file_is_kept_under_its_doc_id_after_the_index_is_saved(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     upload = write(tmp_path, "upload-3f9a2c", FEVER_CLINIC)  # an upload's temp file, under the user's name
-    report = add_files(settings, encoder, tokenizer, [("../../材料/2024年 支部总结.TXT", upload)])
+    report = add_files(settings, encoders, tokenizer, [("../../材料/2024年 支部总结.TXT", upload)])
     assert [o.status for o in report.outcomes] == [ADDED]
     kept = settings.uploads_dir / "2024年_支部总结.txt"
     assert original_files(settings.uploads_dir) == [kept]
@@ -38,33 +38,33 @@ def test_added_file_is_kept_under_its_doc_id_after_the_index_is_saved(
 
 
 def test_replacing_with_another_format_leaves_one_original(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "v1", "plan.txt", FEVER_CLINIC)])
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "v1", "plan.txt", FEVER_CLINIC)])
     (tmp_path / "v2").mkdir()
     plan = make_docx(tmp_path / "v2" / "plan.docx", "支部工作计划", [("Normal", NIGHT_SHIFT.strip())])
-    report = add_files(settings, encoder, tokenizer, [plan])
+    report = add_files(settings, encoders, tokenizer, [plan])
     assert [o.status for o in report.outcomes] == [REPLACED]
     assert original_files(settings.uploads_dir) == [settings.uploads_dir / "plan.docx"]
 
 
 def test_removed_document_loses_its_original(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    add_files(settings, encoder, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
-    delete_documents(settings, encoder, ["fever"])
+    add_files(settings, encoders, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
+    delete_documents(settings, encoders, ["fever"])
     assert original_files(settings.uploads_dir) == []
 
 
 def test_adding_the_same_file_again_restores_a_missing_original(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     fever = write(tmp_path, "fever.txt", FEVER_CLINIC)
-    add_files(settings, encoder, tokenizer, [fever])
+    add_files(settings, encoders, tokenizer, [fever])
     (settings.uploads_dir / "fever.txt").unlink()  # as if killed between saving the index and keeping the file
     (settings.uploads_dir / f"{INCOMING_PREFIX}abc").write_bytes(b"half")
     version = current_version(settings.index_dir)
-    report = add_files(settings, encoder, tokenizer, [fever])
+    report = add_files(settings, encoders, tokenizer, [fever])
     assert [o.status for o in report.outcomes] == [DUPLICATE] and current_version(settings.index_dir) == version
     assert original_files(settings.uploads_dir) == [settings.uploads_dir / "fever.txt"]
     assert not (settings.uploads_dir / f"{INCOMING_PREFIX}abc").exists()
@@ -89,13 +89,13 @@ def test_index_command_rebuilds_seeds_and_users_documents(settings: Settings, tm
 
 
 def test_rebuild_keeps_users_documents_and_their_replacements(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     seed = sorted(source_files(settings.seeds_dir))[0]
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "mine", "fever.txt", FEVER_CLINIC)])
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "mine", seed.name, NIGHT_SHIFT)])
-    build_index(source_files(settings.seeds_dir), settings, encoder, tokenizer, with_uploads=True)
-    index = load_current(settings, encoder)
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "mine", "fever.txt", FEVER_CLINIC)])
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "mine", seed.name, NIGHT_SHIFT)])
+    build_index(source_files(settings.seeds_dir), settings, encoders, tokenizer, with_uploads=True)
+    index = load_current(settings, encoders)
     assert len(index.documents) == 6 and "fever" in index.documents
     assert [p.text for p in index.passages if p.doc_id == seed.stem] == [NIGHT_SHIFT.strip()]
 
@@ -108,12 +108,12 @@ def test_source_files_take_every_supported_format(tmp_path: Path) -> None:
 
 
 def test_a_build_waits_for_a_writer_holding_the_lock(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     finished: list[float] = []
     paths = [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)]
     build = threading.Thread(
-        target=lambda: finished.append(time.monotonic()) if build_index(paths, settings, encoder, tokenizer) else None
+        target=lambda: finished.append(time.monotonic()) if build_index(paths, settings, encoders, tokenizer) else None
     )
     with writer_lock(settings.index_dir):
         build.start()
@@ -122,4 +122,4 @@ def test_a_build_waits_for_a_writer_holding_the_lock(
         assert not finished, "the build ran while another writer held the lock"
     build.join(timeout=60)
     assert finished and finished[0] >= released
-    assert list(load_current(settings, encoder).documents) == ["fever"]
+    assert list(load_current(settings, encoders).documents) == ["fever"]

@@ -2,21 +2,31 @@ import itertools
 
 import pytest
 
-from service.search import Filters, Searcher, fuse, idf, term_coverage
+from service.search import Filters, Searcher, combine_dense, dense_weights, fuse, idf, term_coverage
 
 
 def test_fusion_prefers_passages_strong_in_both_lists() -> None:
     dense = {1: 0.9, 2: 0.5, 3: 0.7}
     lexical = {1: 2.0, 2: 9.0, 3: 8.0}
-    fused = fuse(dense, lexical, 0.5, 0.5)
+    fused = fuse({"m": dense}, {"m": 0.5}, lexical, 0.5)
     assert max(fused, key=fused.__getitem__) == 3
     assert all(0.0 <= score <= 1.0 for score in fused.values())
 
 
 def test_fusion_weights_move_the_ranking() -> None:
     dense, lexical = {1: 0.9, 2: 0.1}, {1: 0.0, 2: 5.0}
-    assert max(fuse(dense, lexical, 0.9, 0.1).items(), key=lambda i: i[1])[0] == 1
-    assert max(fuse(dense, lexical, 0.1, 0.9).items(), key=lambda i: i[1])[0] == 2
+    assert max(fuse({"m": dense}, {"m": 0.9}, lexical, 0.1).items(), key=lambda i: i[1])[0] == 1
+    assert max(fuse({"m": dense}, {"m": 0.1}, lexical, 0.9).items(), key=lambda i: i[1])[0] == 2
+
+
+def test_each_model_is_normalised_before_the_models_are_averaged() -> None:
+    """e5's cosines sit in a narrow band: raw, its 0.01 steps would vanish beside m3e's 0.2 steps."""
+    m3e, e5 = {1: 0.90, 2: 0.70}, {1: 0.86, 2: 0.88}
+    equal = combine_dense({"m3e": m3e, "e5": e5}, {"m3e": 0.25, "e5": 0.25})
+    assert equal[1] == equal[2] == 0.5
+    leaning_e5 = combine_dense({"m3e": m3e, "e5": e5}, dense_weights(["m3e", "e5"], {"e5": 2.0}, 0.5))
+    assert leaning_e5[2] > leaning_e5[1]
+    assert combine_dense({"m3e": m3e}, {"m3e": 0.5}) == m3e, "one model keeps its cosines"
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
@@ -93,9 +103,17 @@ def test_coverage_shrinks_when_the_rare_words_are_unknown() -> None:
 
 
 def test_fusion_with_zero_weights_does_not_divide_by_zero() -> None:
-    assert set(fuse({1: 0.5}, {1: 2.0}, 0.0, 0.0).values()) == {0.0}
+    assert set(fuse({"m": {1: 0.5}}, {"m": 0.0}, {1: 2.0}, 0.0).values()) == {0.0}
 
 
 def test_paraphrase_with_unknown_words_follows_the_dense_ranking(searcher: Searcher) -> None:
-    hybrid = searcher.search("民主评议时大家都打高分、谁也不得罪", top_k=1)[0]
-    assert hybrid.dense_rank == 1 and "好人主义" in hybrid.passage.text
+    question = "出差、开会花的钱现在是不是卡得很紧"  # dev split; no word of it is in the corpus
+    assert term_coverage(searcher.tokenizer.query_tokens(question), searcher.idf, searcher.idf, 1.0) == 0.0
+    hybrid = searcher.search(question, top_k=3)
+    assert [hit.dense_rank for hit in hybrid] == [1, 2, 3]
+
+
+def test_every_hit_carries_each_models_rank_and_cosine(searcher: Searcher) -> None:
+    for hit in searcher.search("党风廉政建设主体责任怎么落实", top_k=5):
+        assert [evidence.model for evidence in hit.models] == list(searcher.encoders)
+        assert all(evidence.rank >= 1 and -1.0 <= evidence.score <= 1.0 for evidence in hit.models)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from embeddings.encoder import Encoder, VectorCache
+from embeddings.encoder import VectorCache
 from service.config import Settings
-from service.embed import unit_texts
+from service.embed import Encoders, unit_texts
 from service.engine import load_current, open_searcher
 from service.index import IndexUnavailable, current_version
 from service.tokenize import WordTokenizer
@@ -39,13 +39,15 @@ def settings(private_settings: Settings) -> Settings:
     return private_settings
 
 
-def doc_ids_of_hits(settings: Settings, encoder: Encoder, tokenizer: WordTokenizer, query: str, mode: str) -> list[str]:
-    searcher = open_searcher(settings, encoder, tokenizer)
+def doc_ids_of_hits(
+    settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, query: str, mode: str
+) -> list[str]:
+    searcher = open_searcher(settings, encoders, tokenizer)
     return [hit.passage.doc_id for hit in searcher.search(query, top_k=3, mode=mode)]
 
 
 def test_added_documents_are_found_by_search(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     fever = write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)
     plan = make_docx(
@@ -53,87 +55,89 @@ def test_added_documents_are_found_by_search(
         "党支部年度工作计划",
         [("Heading 1", "重点任务"), [["任务", "责任人"], ["组建发热门诊党员突击队", "门诊党支部书记"]]],
     )
-    report = add_files(settings, encoder, tokenizer, [fever, plan])
+    report = add_files(settings, encoders, tokenizer, [fever, plan])
     assert [(o.doc_id, o.status) for o in report.outcomes] == [("fever", ADDED), ("支部工作计划", ADDED)]
     for mode in ("dense", "lexical", "hybrid"):
-        assert doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队轮值", mode)[0] == "fever"
-    assert doc_ids_of_hits(settings, encoder, tokenizer, "突击队 责任人", "lexical")[0] == "支部工作计划"
-    manifest = load_current(settings, encoder).manifest
+        assert doc_ids_of_hits(settings, encoders, tokenizer, "发热门诊党员突击队轮值", mode)[0] == "fever"
+    assert doc_ids_of_hits(settings, encoders, tokenizer, "突击队 责任人", "lexical")[0] == "支部工作计划"
+    manifest = load_current(settings, encoders).manifest
     assert manifest["document_count"] == 7 and "updated_at" in manifest
 
 
 def test_removed_document_leaves_no_vectors_tokens_or_passages(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    before = load_current(settings, encoder)
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
-    delete_documents(settings, encoder, ["fever"])
-    after = load_current(settings, encoder)
+    before = load_current(settings, encoders)
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    delete_documents(settings, encoders, ["fever"])
+    after = load_current(settings, encoders)
     assert "fever" not in after.documents and all(p.doc_id != "fever" for p in after.passages)
-    assert after.vectors.ntotal == before.vectors.ntotal == sum(len(units) for units in after.unit_ids)
+    for model, vectors in after.vectors.items():
+        assert vectors.ntotal == before.vectors[model].ntotal == sum(len(units) for units in after.unit_ids)
     assert after.bm25.scores["num_docs"] == len(after.passages) == len(before.passages)
     assert after.manifest["corpus_fingerprint"] == before.manifest["corpus_fingerprint"]
     for mode in ("dense", "lexical"):
-        assert "fever" not in doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队轮值", mode)
+        assert "fever" not in doc_ids_of_hits(settings, encoders, tokenizer, "发热门诊党员突击队轮值", mode)
 
 
 def test_same_content_is_skipped_as_duplicate_under_any_name(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "a", "fever.txt", FEVER_CLINIC)])
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "a", "fever.txt", FEVER_CLINIC)])
     version = current_version(settings.index_dir)
     again = [write(tmp_path / "b", "fever.txt", FEVER_CLINIC), write(tmp_path / "b", "copy.txt", FEVER_CLINIC)]
-    report = add_files(settings, encoder, tokenizer, again)
+    report = add_files(settings, encoders, tokenizer, again)
     assert [(o.status, o.doc_id) for o in report.outcomes] == [(DUPLICATE, "fever"), (DUPLICATE, "fever")]
     assert not report.changed and report.index is None
     assert current_version(settings.index_dir) == version  # nothing written
 
 
 def test_changed_file_with_the_same_name_replaces_the_old_version(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "v1", "notes.txt", FEVER_CLINIC)])
-    report = add_files(settings, encoder, tokenizer, [write(tmp_path / "v2", "notes.txt", NIGHT_SHIFT)])
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "v1", "notes.txt", FEVER_CLINIC)])
+    report = add_files(settings, encoders, tokenizer, [write(tmp_path / "v2", "notes.txt", NIGHT_SHIFT)])
     assert [(o.status, o.doc_id) for o in report.outcomes] == [(REPLACED, "notes")]
-    index = load_current(settings, encoder)
+    index = load_current(settings, encoders)
     assert [p.text for p in index.passages if p.doc_id == "notes"] == [NIGHT_SHIFT.strip()]
     assert len(index.documents) == 6
-    assert doc_ids_of_hits(settings, encoder, tokenizer, "暖心驿站 代挂号", "lexical")[0] == "notes"
-    assert "notes" not in doc_ids_of_hits(settings, encoder, tokenizer, "发热门诊党员突击队", "lexical")
+    assert doc_ids_of_hits(settings, encoders, tokenizer, "暖心驿站 代挂号", "lexical")[0] == "notes"
+    assert "notes" not in doc_ids_of_hits(settings, encoders, tokenizer, "发热门诊党员突击队", "lexical")
 
 
 def test_only_new_passages_are_encoded(
     settings: Settings,
     tmp_path: Path,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # An empty vector cache: re-encoding any seed passage would reach the model and be counted.
-    monkeypatch.setattr(encoder, "cache", VectorCache(tmp_path / "vectors.sqlite", encoder.weights_sha256))
-    embedded: list[str] = []
-    real_embed_batch = encoder.embed_batch
+    # Empty vector caches: re-encoding any seed passage would reach a model and be counted.
+    embedded: dict[str, list[str]] = {name: [] for name in encoders}
+    for name, encoder in encoders.items():
+        cache = VectorCache(tmp_path / f"vectors-{name}.sqlite", encoder.weights_sha256)
+        monkeypatch.setattr(encoder, "cache", cache)
 
-    def counting_embed_batch(texts: list[str]):  # returns what embed_batch returns
-        embedded.extend(texts)
-        return real_embed_batch(texts)
+        def counting_embed_batch(texts: list[str], real=encoder.embed_batch, seen=embedded[name]):
+            seen.extend(texts)
+            return real(texts)
 
-    monkeypatch.setattr(encoder, "embed_batch", counting_embed_batch)
-    report = add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+        monkeypatch.setattr(encoder, "embed_batch", counting_embed_batch)
+    report = add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     new_passages = [p for p in report.index.passages if p.doc_id == "fever"]
-    expected = {text for p in new_passages for text in unit_texts(p, settings.embed_context)}
-    assert sorted(embedded) == sorted(expected) and len(new_passages) == 2
+    expected = sorted(text for p in new_passages for text in unit_texts(p, settings.embed_context))
+    assert all(sorted(texts) == expected for texts in embedded.values()) and len(new_passages) == 2
 
 
 def test_vector_ids_are_never_reused(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    first = add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)]).index
+    first = add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)]).index
     fever_ids = {
         unit for p, units in zip(first.passages, first.unit_ids, strict=True) if p.doc_id == "fever" for unit in units
     }
-    delete_documents(settings, encoder, ["fever"])
-    second = add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "night.txt", NIGHT_SHIFT)]).index
+    delete_documents(settings, encoders, ["fever"])
+    second = add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "night.txt", NIGHT_SHIFT)]).index
     night_ids = {
         unit for p, units in zip(second.passages, second.unit_ids, strict=True) if p.doc_id == "night" for unit in units
     }
@@ -141,27 +145,27 @@ def test_vector_ids_are_never_reused(
     assert second.manifest["next_unit_id"] == max(night_ids) + 1
 
 
-def test_unknown_doc_id_is_an_error_and_changes_nothing(settings: Settings, encoder: Encoder) -> None:
+def test_unknown_doc_id_is_an_error_and_changes_nothing(settings: Settings, encoders: Encoders) -> None:
     version = current_version(settings.index_dir)
-    some_seed = next(iter(load_current(settings, encoder).documents))
+    some_seed = next(iter(load_current(settings, encoders).documents))
     with pytest.raises(UnknownDocuments, match="no-such-doc"):
-        delete_documents(settings, encoder, [some_seed, "no-such-doc"])
+        delete_documents(settings, encoders, [some_seed, "no-such-doc"])
     with pytest.raises(WouldEmptyIndex):
-        delete_documents(settings, encoder, list(load_current(settings, encoder).documents))
+        delete_documents(settings, encoders, list(load_current(settings, encoders).documents))
     assert current_version(settings.index_dir) == version
 
 
 def test_uploaded_name_gives_the_doc_id_and_is_never_a_path(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     upload = write(tmp_path, "upload-3f9a2c", FEVER_CLINIC)  # the API's temp file
-    report = add_files(settings, encoder, tokenizer, [("..\\材料/../2024年 支部总结.txt", upload)])
+    report = add_files(settings, encoders, tokenizer, [("..\\材料/../2024年 支部总结.txt", upload)])
     assert [(o.name, o.doc_id) for o in report.outcomes] == [("2024年 支部总结.txt", "2024年_支部总结")]
     assert report.index.documents["2024年_支部总结"].source == "2024年 支部总结.txt"
 
 
 def test_file_limits_are_reported_per_file_with_their_kind(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     small = settings.model_copy(update={"max_upload_bytes": 200})
     files = [
@@ -170,7 +174,7 @@ def test_file_limits_are_reported_per_file_with_their_kind(
         write(tmp_path, "empty.txt", ""),
         write(tmp_path, "blank.md", "\n \n"),
     ]
-    report = add_files(small, encoder, tokenizer, files)
+    report = add_files(small, encoders, tokenizer, files)
     assert [(o.name, o.status) for o in report.outcomes] == [
         ("slides.pptx", UNSUPPORTED),
         ("long.txt", TOO_LARGE),
@@ -182,33 +186,33 @@ def test_file_limits_are_reported_per_file_with_their_kind(
 
 
 def test_missing_index_is_unavailable_not_created(
-    tmp_path: Path, settings: Settings, encoder: Encoder, tokenizer: WordTokenizer
+    tmp_path: Path, settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     nowhere = settings.model_copy(update={"index_dir": tmp_path / "nowhere"})
     with pytest.raises(IndexUnavailable, match="make index"):
-        add_files(nowhere, encoder, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
+        add_files(nowhere, encoders, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_concurrent_writers_do_not_lose_each_others_changes(settings: Settings, encoder: Encoder) -> None:
-    seeds = sorted(load_current(settings, encoder).documents)[:2]
-    writers = [threading.Thread(target=delete_documents, args=(settings, encoder, [doc_id])) for doc_id in seeds]
+def test_concurrent_writers_do_not_lose_each_others_changes(settings: Settings, encoders: Encoders) -> None:
+    seeds = sorted(load_current(settings, encoders).documents)[:2]
+    writers = [threading.Thread(target=delete_documents, args=(settings, encoders, [doc_id])) for doc_id in seeds]
     for writer in writers:
         writer.start()
     for writer in writers:
         writer.join()
-    assert not set(seeds) & load_current(settings, encoder).documents.keys()
+    assert not set(seeds) & load_current(settings, encoders).documents.keys()
 
 
 def test_stale_staging_folder_is_removed_by_the_next_writer(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     stale = settings.index_dir / "versions" / ".staging-20240101T000000-deadbeef"
     stale.mkdir()
     (stale / "manifest.json").write_text("{", encoding="utf-8")
-    add_files(settings, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     assert not stale.exists()
-    assert "fever" in load_current(settings, encoder).documents
+    assert "fever" in load_current(settings, encoders).documents
 
 
 def test_cli_add_reports_each_file_and_docs_lists_them(settings: Settings, tmp_path: Path) -> None:
@@ -248,10 +252,10 @@ def test_cli_add_without_an_index_names_the_fix(tmp_path: Path, settings: Settin
 
 
 def test_add_to_an_index_built_with_other_settings_is_refused(
-    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     before = current_version(settings.index_dir)
     changed = settings.model_copy(update={"embed_context": not settings.embed_context})
     with pytest.raises(IndexUnavailable, match="make index"):
-        add_files(changed, encoder, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+        add_files(changed, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     assert current_version(settings.index_dir) == before

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
+from service.embed import Encoders
 from service.engine import load_current
 from service.tokenize import WordTokenizer
 from service.update import add_files
@@ -67,9 +67,9 @@ def kill_at_marker(process: subprocess.Popen[bytes], marker: Path) -> None:
     process.wait()
 
 
-def doc_ids(settings: Settings, encoder: Encoder) -> set[str]:
-    index = load_current(settings, encoder)
-    assert index.vectors.ntotal == sum(len(units) for units in index.unit_ids)
+def doc_ids(settings: Settings, encoders: Encoders) -> set[str]:
+    index = load_current(settings, encoders)
+    assert all(vectors.ntotal == sum(len(units) for units in index.unit_ids) for vectors in index.vectors.values())
     assert index.bm25.scores["num_docs"] == len(index.passages) == index.manifest["passage_count"]
     return set(index.documents)
 
@@ -85,46 +85,46 @@ def test_add_killed_while_saving_leaves_the_old_or_the_new_index(
     settings: Settings,
     new_files: list[Path],
     tmp_path: Path,
-    encoder: Encoder,
+    encoders: Encoders,
     tokenizer: WordTokenizer,
     moment: str,
     lands_on_new: bool,
 ) -> None:
-    old = doc_ids(settings, encoder)
+    old = doc_ids(settings, encoders)
     marker = tmp_path / "stopped"
     writer = start(settings, "tests.crash_writer", moment, str(marker), "add", *map(str, new_files))
     kill_at_marker(writer, marker)
-    assert doc_ids(settings, encoder) == (old | NEW_DOCS.keys() if lands_on_new else old)
+    assert doc_ids(settings, encoders) == (old | NEW_DOCS.keys() if lands_on_new else old)
     assert bool(staging_folders(settings)) == (moment == "staged")
 
     # The next writer finds the debris, removes it and completes its own change.
-    add_files(settings, encoder, tokenizer, new_files)
-    assert doc_ids(settings, encoder) == old | NEW_DOCS.keys()
+    add_files(settings, encoders, tokenizer, new_files)
+    assert doc_ids(settings, encoders) == old | NEW_DOCS.keys()
     assert staging_folders(settings) == []
 
 
 def test_remove_killed_before_current_is_replaced_leaves_the_document(
-    settings: Settings, tmp_path: Path, encoder: Encoder
+    settings: Settings, tmp_path: Path, encoders: Encoders
 ) -> None:
-    old = doc_ids(settings, encoder)
+    old = doc_ids(settings, encoders)
     victim = sorted(old)[0]
     marker = tmp_path / "stopped"
     kill_at_marker(start(settings, "tests.crash_writer", "before-current", str(marker), "remove", victim), marker)
-    assert doc_ids(settings, encoder) == old
+    assert doc_ids(settings, encoders) == old
 
 
 def test_add_killed_after_random_delays_leaves_the_old_or_the_new_index(
-    seed_settings: Settings, new_files: list[Path], tmp_path: Path, encoder: Encoder
+    seed_settings: Settings, new_files: list[Path], tmp_path: Path, encoders: Encoders
 ) -> None:
     rng = random.Random(5)
     for attempt, delay in enumerate(sorted(rng.uniform(0.5, 5.0) for _ in range(3))):
         settings = seed_settings.model_copy(update={"index_dir": tmp_path / f"index-{attempt}"})
         shutil.copytree(seed_settings.index_dir, settings.index_dir)
-        old = doc_ids(settings, encoder)
+        old = doc_ids(settings, encoders)
         writer = start(settings, "service.cli", "add", *map(str, new_files))
         time.sleep(delay)
         finished = writer.poll() is not None
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-        after = doc_ids(settings, encoder)
+        after = doc_ids(settings, encoders)
         assert after == old | NEW_DOCS.keys() if finished else after in (old, old | NEW_DOCS.keys()), delay

@@ -18,9 +18,9 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embeddings.encoder import Encoder
 from service.config import Settings
-from service.engine import open_encoder, open_tokenizer
+from service.embed import Encoders
+from service.engine import open_encoders, open_tokenizer
 from service.http.errors import ApiError, on_api_error, on_http_error, on_unexpected_error, on_validation_error
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
@@ -32,9 +32,9 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 WARM_UP_QUESTION = "党建工作如何开展"
 
 
-def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
+def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
     """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used)."""
-    live = LiveIndex(settings, encoder or open_encoder(settings), tokenizer or open_tokenizer(settings))
+    live = LiveIndex(settings, encoders or open_encoders(settings), tokenizer or open_tokenizer(settings))
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
     app = FastAPI(

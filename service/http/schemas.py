@@ -49,6 +49,12 @@ class RankEvidence(BaseModel):
     score: float = Field(description="该检索器的原始得分（语义为余弦相似度，关键词为 BM25）")
 
 
+class ModelRank(BaseModel):
+    model: str = Field(description="向量模型名")
+    rank: int = Field(description="在该模型结果中的名次（从 1 开始）")
+    score: float = Field(description="问题与段落（整段或其中一句）的最高余弦相似度")
+
+
 class PassageContext(BaseModel):
     before: str = Field(description="同一文档中段落前的文字（约 150 字以内，在句子边界截断）")
     after: str = Field(description="同一文档中段落后的文字（约 150 字以内，在句子边界截断）")
@@ -71,7 +77,11 @@ class SearchResult(BaseModel):
     end: int = Field(description="段落在文档全文中的结束字符位置（不含）")
     highlights: list[tuple[int, int]] = Field(description="命中词在 text 中的位置 [起, 止)")
     matched_terms: list[str] = Field(description="段落中出现的问题词语")
-    dense: RankEvidence | None = Field(description="语义检索的名次和得分；未召回为 null")
+    dense: RankEvidence | None = Field(
+        description="语义检索的名次和得分（一个模型时为余弦相似度，多个模型时为各模型归一化得分的加权平均）"
+        "；未召回为 null"
+    )
+    models: list[ModelRank] = Field(description="每个向量模型的名次和余弦相似度（各模型的余弦不可直接比较）")
     lexical: RankEvidence | None = Field(description="关键词检索的名次和得分；未召回为 null")
     context: PassageContext = Field(description="段落前后的上下文")
 
@@ -154,12 +164,18 @@ class DocumentDetail(BaseModel):
     passages: list[PassageSpan] = Field(description="段落在全文中的位置")
 
 
+class ModelInfo(BaseModel):
+    name: str = Field(description="向量模型名")
+    weights_sha256: str = Field(description="模型权重的 sha256")
+    licence: str = Field(description="模型许可：MIT、non-commercial（仅限非商业用途）或 unknown")
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     documents: int = Field(description="文档数")
     passages: int = Field(description="段落数")
-    model: str = Field(description="向量模型名")
-    weights_sha256: str = Field(description="模型权重的 sha256")
+    model: str = Field(description="向量模型名，多个以 「 + 」 连接")
+    models: list[ModelInfo] = Field(description="各向量模型")
     built_at: str | None = Field(description="索引构建时间（ISO 8601）")
     index_version: str = Field(description="当前索引版本（data/index/CURRENT）")
 

@@ -197,7 +197,8 @@
     if (!ok) setSearchStatus(search.reason.message, 'error');
     else if (!results.length) setSearchStatus('没有找到相关段落，换个说法试试', 'empty');
     else if (ask.status === 'fulfilled' && ask.value.found === false) {
-      setSearchStatus(`没有找到直接相关的内容，以下 ${results.length} 条是最接近的段落，仅供参考`, 'empty');
+      // One message: the server's not-found text, then what the cards below are.
+      setSearchStatus(`${ask.value.answer}以下 ${results.length} 条是最接近的段落，仅供参考。`, 'empty');
     } else setSearchStatus(`找到 ${results.length} 条相关段落 · 用时 ${Math.round(search.value.took_ms || 0)} 毫秒`, 'info');
   }
 
@@ -209,10 +210,9 @@
   function renderAnswer(data, results) {
     const box = $('#answer');
     box.replaceChildren();
-    if (!data || !data.answer) { box.hidden = true; return; }
+    // Not found: the status line says so (once); the answer box stays empty.
+    if (!data || !data.answer || !data.found) { box.hidden = true; return; }
     box.hidden = false;
-    box.classList.toggle('not-found', !data.found);
-    if (!data.found) { box.append(el('p', { class: 'answer-text' }, data.answer)); return; } // plain message only
     const head = el('div', { class: 'answer-head' }, el('h2', {}, '参考答案'));
     box.append(head);
     if (typeof data.confidence === 'number') {
@@ -311,7 +311,9 @@
 
   function whyLine(r, mode) {
     const parts = [];
-    if (r.dense) parts.push(`语义第${r.dense.rank}名`);
+    const models = r.models || [];
+    const byModel = models.length > 1 ? `（${models.map((m) => `${m.model} 第${m.rank}`).join('，')}）` : '';
+    if (r.dense) parts.push(`语义第${r.dense.rank}名${byModel}`);
     else if (mode === 'hybrid') parts.push('语义未召回');
     if (r.lexical) parts.push(`关键词第${r.lexical.rank}名`);
     else if (mode === 'hybrid') parts.push('关键词未召回');

@@ -2,9 +2,10 @@
 
 from fastapi import APIRouter
 
+from embeddings.model import licence_of
 from service.config import DEFAULT_MODE, MODES
 from service.http.deps import SettingsDep, SnapshotDep
-from service.http.schemas import ClientConfig, Health
+from service.http.schemas import ClientConfig, Health, ModelInfo
 
 system_routes = APIRouter(prefix="/api")
 
@@ -16,8 +17,13 @@ def health(snapshot: SnapshotDep) -> Health:
     return Health(
         documents=manifest["document_count"],
         passages=manifest["passage_count"],
-        model=manifest["model_name"],
-        weights_sha256=manifest["weights_sha256"],
+        model=" + ".join(model["name"] for model in manifest["models"]),
+        models=[
+            ModelInfo(
+                name=model["name"], weights_sha256=model["weights_sha256"], licence=licence_of(model["weights_sha256"])
+            )
+            for model in manifest["models"]
+        ],
         built_at=manifest.get("built_at"),
         index_version=snapshot.version,
     )
