@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -94,6 +95,49 @@ def encode_through_cache(
     return np.stack([cached[text] for text in texts]).astype(np.float32)
 
 
+class QueryBatcher:
+    """Questions that arrive while the model is busy are encoded together, in one run.
+
+    The first caller becomes the leader and runs batches until nobody waits; the others only wait
+    for their vector. A lone question runs at once (no added delay); under load one model run serves
+    many requests, which costs far less than running them one by one on two cores.
+    """
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], max_batch: int = 32) -> None:
+        self.embed = embed
+        self.max_batch = max_batch
+        self.lock = threading.Lock()
+        self.waiting: list[tuple[str, Future]] = []
+        self.leading = False
+
+    def __call__(self, text: str) -> np.ndarray:
+        future: Future = Future()
+        with self.lock:
+            self.waiting.append((text, future))
+            lead = not self.leading
+            self.leading = True
+        if lead:
+            self.run_until_empty()
+        return future.result()
+
+    def run_until_empty(self) -> None:
+        while True:
+            with self.lock:
+                batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch :]
+                if not batch:
+                    self.leading = False
+                    return
+            try:
+                vectors = self.embed([text for text, _ in batch])
+            except BaseException as error:  # every waiter hears of it, not only the leader
+                for _, future in batch:
+                    future.set_exception(error)
+                continue
+            for (_, future), vector in zip(batch, vectors, strict=True):
+                vector.setflags(write=False)
+                future.set_result(vector)
+
+
 class Encoder:
     """A sentence-embedding model directory run in onnxruntime (exported once, see export.py)."""
 
@@ -123,6 +167,7 @@ class Encoder:
         self.cache = VectorCache(cache_dir / "vectors.sqlite", self.weights_sha256)
         # One run already uses every core; concurrent runs only thrash, so requests queue here instead.
         self.run_lock = threading.Lock()
+        self.query_batcher = QueryBatcher(self.embed_batch)
         # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
         self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
 
@@ -143,9 +188,7 @@ class Encoder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query vector (read-only: it may be shared through the query cache)."""
-        vector = self.embed_batch([text])[0]
-        vector.setflags(write=False)
-        return vector
+        return self.query_batcher(text)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Vectors for texts in order, from the cache where possible, in length-sorted batches."""
@@ -186,6 +229,7 @@ class E5Encoder:
         self.cache = VectorCache(cache_dir / "vectors.sqlite", self.weights_sha256)
         # As with Encoder: one run already uses every core, so concurrent runs queue instead of thrashing.
         self.run_lock = threading.Lock()
+        self.query_batcher = QueryBatcher(lambda texts: self.run(texts, is_query=True))
         self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
 
     def run(self, texts: list[str], is_query: bool) -> np.ndarray:
@@ -201,9 +245,7 @@ class E5Encoder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query vector (the `query: ` side; read-only: it may be shared through the query cache)."""
-        vector = self.run([text], is_query=True)[0]
-        vector.setflags(write=False)
-        return vector
+        return self.query_batcher(text)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Passage vectors for texts in order, from the cache where possible."""
