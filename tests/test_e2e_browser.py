@@ -68,10 +68,16 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.extend(csp_violations([message.text])))
     page.goto(base_url)
     yield page
     context.close()
-    assert not errors, f"页面脚本出错：{errors}"
+    assert not errors, f"页面脚本出错或违反内容安全策略：{errors}"
+
+
+def csp_violations(messages: list[str]) -> list[str]:
+    """Console messages in which Chromium reports a Content-Security-Policy violation."""
+    return [text for text in messages if "Content Security Policy" in text]
 
 
 def shot(page: Page, name: str) -> None:
@@ -214,3 +220,34 @@ def test_limits_come_from_one_setting_for_api_cli_and_page(
             patch.setenv(name, value)
         assert run_cli(seed_settings, "search", "党建", "-k", "8").returncode == 2
         assert run_cli(seed_settings, "search", "党建", "-k", "7").returncode == 0
+
+
+def test_api_docs_render_offline_with_an_authorize_button(browser: Browser, base_url: str) -> None:
+    """/docs needs nothing beyond 127.0.0.1 (every other request is refused) and keeps the strict CSP."""
+    context = browser.new_context(locale="zh-CN")
+    page = context.new_page()
+    requested: list[str] = []
+    console: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("console", lambda message: console.append(message.text))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base_url) else route.abort())
+    try:
+        page.goto(f"{base_url}/docs")
+        page.locator(".swagger-ui .info .title").wait_for(timeout=20_000)
+        assert "党建问答 API" in page.inner_text(".swagger-ui .info .title")
+        page.locator(".opblock-summary-path", has_text="/api/search").first.wait_for()
+        page.click("button.authorize")
+        dialog = page.locator(".modal-ux")
+        dialog.wait_for()
+        assert "BearerKey" in dialog.inner_text() and "X-API-Key" in dialog.inner_text()
+        shot(page, "api-docs")
+    finally:
+        context.close()
+    outside = [url for url in requested if not url.startswith((base_url, "data:"))]
+    assert outside == [] and csp_violations(console) == []
+
+
+def test_server_sends_security_headers_and_no_server_header(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/api/health")
+    assert "server" not in response.headers
+    assert "default-src 'self'" in response.headers["content-security-policy"]

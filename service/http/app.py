@@ -22,6 +22,7 @@ from embeddings.encoder import Encoder
 from service.config import Settings
 from service.engine import open_encoder, open_tokenizer
 from service.http.errors import ApiError, on_api_error, on_http_error, on_unexpected_error, on_validation_error
+from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
 from service.http.routes.system import system_routes
@@ -41,7 +42,10 @@ def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: Wo
         title="党建问答 API",
         description='卫健系统党建文献检索与问答。所有错误均返回 `{"error": {"code": …, "message": …}}`。',
         version="1.0",
+        docs_url=None,  # FastAPI's own /docs and /redoc load their files from a CDN; ours are local
+        redoc_url=None,
     )
+    app.add_middleware(SecurityHeaders)
     app.state.live = live
     app.state.settings = settings
     app.add_exception_handler(ApiError, on_api_error)
@@ -51,9 +55,14 @@ def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: Wo
     for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html")
 
     return app

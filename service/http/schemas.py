@@ -7,7 +7,7 @@ made per app by `request_models`; responses are plain module-level models.
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, StrictStr
 
 from service.config import DEFAULT_MODE, MODES, Settings
 
@@ -15,6 +15,21 @@ Mode = Literal[MODES]  # type: ignore[valid-type]
 MODE_HELP = "检索方式：hybrid 混合（默认）、dense 语义、lexical 关键词"
 EXAMPLE_QUERY = "如何推动党建与医疗业务深度融合"
 EXAMPLE_QUESTION = "党风廉政建设主体责任怎么落实"
+
+
+def whole_number(value: object) -> object:
+    """1.0 is the integer 1 (JSON Schema agrees); 1.5, "1" and true stay errors of a strict integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON integer, also when written 5.0; strings and booleans are refused (JSON is strict).
+WHOLE_NUMBER = BeforeValidator(whole_number)
+
+
+def query_length(settings: Settings) -> dict[str, int]:
+    """The question's length bounds as JSON Schema states them; checked by the routes (400 empty_query /
+    query_too_long after stripping white space), so they are declared here, not enforced by pydantic."""
+    return {"minLength": 1, "maxLength": settings.max_query_chars}
 
 
 @dataclass(frozen=True)
@@ -26,19 +41,26 @@ class RequestModels:
 def request_models(settings: Settings) -> RequestModels:
     """The JSON request bodies with this app's limits; JSON is strict (「5」 is not a number)."""
     top_k_help = f"返回条数，1 到 {settings.max_top_k}"
-    TopK = Annotated[StrictInt, Field(ge=1, le=settings.max_top_k, description=top_k_help, examples=[5])]
+    TopK = Annotated[StrictInt, Field(ge=1, le=settings.max_top_k, description=top_k_help, examples=[5]), WHOLE_NUMBER]
     length = f"不超过 {settings.max_query_chars} 字"
+    bounds = query_length(settings)
 
     class SearchRequest(BaseModel):
-        query: StrictStr = Field(description=f"问题或关键词，{length}", examples=[EXAMPLE_QUERY])
+        query: StrictStr = Field(
+            description=f"问题或关键词，{length}", examples=[EXAMPLE_QUERY], json_schema_extra=bounds
+        )
         top_k: TopK = settings.default_top_k
         mode: Mode = Field(default=DEFAULT_MODE, description=MODE_HELP)
         doc_ids: list[StrictStr] | None = Field(default=None, description="只在这些文档中检索（文档 ID 列表）")
         doc_type: StrictStr | None = Field(default=None, description="只检索此类型的文档，如 讲话、经验交流、工作总结")
-        year: StrictInt | None = Field(default=None, description="只检索此年份的文档", examples=[2023])
+        year: Annotated[StrictInt, WHOLE_NUMBER] | None = Field(
+            default=None, description="只检索此年份的文档", examples=[2023]
+        )
 
     class AskRequest(BaseModel):
-        question: StrictStr = Field(description=f"问题，{length}", examples=[EXAMPLE_QUESTION])
+        question: StrictStr = Field(
+            description=f"问题，{length}", examples=[EXAMPLE_QUESTION], json_schema_extra=bounds
+        )
         top_k: TopK = settings.default_top_k
 
     return RequestModels(search=SearchRequest, ask=AskRequest)
