@@ -7,6 +7,8 @@ Layout of the index directory (every version complete before it becomes current)
     versions/<name>/        manifest.json, vectors.faiss, bm25/, passages.jsonl, documents.jsonl
 
 A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
+The manifest lists every other file of its version with its size and a checksum, verified at load
+(see file_checksums), so a damaged or truncated file refuses to load instead of serving garbage.
 """
 
 import fcntl
@@ -30,6 +32,12 @@ from service.records import Document, Passage
 
 FORMAT_VERSION = 1
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
+# Checksums at load must stay cheap for a million-passage index (gigabytes of vectors): files up to
+# FULL_HASH_BYTES are hashed whole; larger ones by SAMPLE_BLOCKS blocks spread evenly over the file
+# (first and last included), which catches truncation, zeroed or overwritten regions of any size
+# above one block gap, in about 4 MB of reads per file. Sizes are always compared.
+FULL_HASH_BYTES = 64 * 2**20
+SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 64 * 1024
 
 
 class IndexUnavailable(Exception):
@@ -109,23 +117,69 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def file_digest(path: Path, size: int) -> str:
+    """sha256 of the whole file up to FULL_HASH_BYTES, else of SAMPLE_BLOCKS evenly spread blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+            return digest.hexdigest()
+        step = (size - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1)
+        for number in range(SAMPLE_BLOCKS):
+            handle.seek(round(number * step))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return "sampled:" + digest.hexdigest()
+
+
+def file_checksums(version_dir: Path) -> dict[str, dict]:
+    """Size and file_digest of every file of a version but the manifest, by path inside the version."""
+    checksums = {}
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        size = path.stat().st_size
+        checksums[path.relative_to(version_dir).as_posix()] = {"bytes": size, "sha256": file_digest(path, size)}
+    return checksums
+
+
+def verify_files(version_dir: Path, manifest: dict) -> None:
+    """IndexUnavailable unless every file the manifest lists has its size and checksum.
+
+    Indexes written before checksums existed have no "files" entry and are loaded as before.
+    """
+    for name, expected in manifest.get("files", {}).items():
+        path = version_dir / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != expected["bytes"] or file_digest(path, size) != expected["sha256"]:
+            found = "文件缺失" if size is None else f"大小 {size} 字节，应为 {expected['bytes']} 字节，或内容已变"
+            raise IndexUnavailable(f"索引已损坏（{version_dir}：{name} 校验失败，{found}）。{REBUILD_HINT}")
+
+
 def save_index(index: SearchIndex, index_dir: Path) -> Path:
-    """Write a new complete version, then point CURRENT at it; returns the version directory."""
+    """Write a new complete version, then point CURRENT at it; returns the version directory.
+
+    A failure before the switch (a full disk) removes the half-written version: CURRENT, and the
+    index it names, are untouched.
+    """
     versions = index_dir / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = versions / f".staging-{name}"
     staging.mkdir()
-    faiss.write_index(index.vectors, str(staging / "vectors.faiss"))
-    index.bm25.save(str(staging / "bm25"), show_progress=False)
-    passage_rows = [
-        {**asdict(p), "unit_ids": u, "tokens": t}
-        for p, u, t in zip(index.passages, index.unit_ids, index.tokens, strict=True)
-    ]
-    write_jsonl(staging / "passages.jsonl", passage_rows)
-    write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
-    (staging / "manifest.json").write_text(json.dumps(index.manifest, ensure_ascii=False, indent=2))
-    fsync_tree(staging)
+    try:
+        faiss.write_index(index.vectors, str(staging / "vectors.faiss"))
+        index.bm25.save(str(staging / "bm25"), show_progress=False)
+        passage_rows = [
+            {**asdict(p), "unit_ids": u, "tokens": t}
+            for p, u, t in zip(index.passages, index.unit_ids, index.tokens, strict=True)
+        ]
+        write_jsonl(staging / "passages.jsonl", passage_rows)
+        write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
+        manifest = {**index.manifest, "files": file_checksums(staging)}
+        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
+        fsync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     version_dir = versions / name
     staging.rename(version_dir)
     fsync_directory(versions)
@@ -223,6 +277,7 @@ def load_index(index_dir: Path, model: dict, settings_note: str) -> SearchIndex:
     try:
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         check_manifest(manifest, model, settings_note)
+        verify_files(version_dir, manifest)
         rows = read_jsonl(version_dir / "passages.jsonl")
         documents = [
             Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
@@ -238,6 +293,8 @@ def load_index(index_dir: Path, model: dict, settings_note: str) -> SearchIndex:
     unit_count = sum(len(row["unit_ids"]) for row in rows)
     if not (len(rows) == manifest["passage_count"] == bm25.scores["num_docs"] and unit_count == vectors.ntotal):
         raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")
+    if len(documents) != manifest["document_count"]:
+        raise IndexUnavailable(f"索引已损坏（{version_dir}：文档数与清单不一致）。{REBUILD_HINT}")
     return SearchIndex(
         manifest=manifest,
         documents={document.doc_id: document for document in documents},
