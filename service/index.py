@@ -4,20 +4,27 @@ Layout of the index directory (every version complete before it becomes current)
 
     CURRENT                 name of the live version, replaced atomically (os.replace)
     .lock                   flock held by writers (build, add, remove) so they never interleave
-    versions/<name>/        manifest.json, vectors.faiss, bm25/, passages.jsonl, documents.jsonl
+    versions/<name>/        manifest.json, vectors.faiss, bm25/, passages.jsonl, documents.jsonl,
+                            pending.json (file moves outside the index that belong to this version)
 
 A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
+Files that belong to a change but live elsewhere (users' kept originals) are staged before the
+switch and moved into place after it, as listed in the version's pending.json; a writer killed in
+between leaves them to the next writer (complete_pending, run under the lock), so the change is
+applied whole once CURRENT names it, and not at all before.
 The manifest lists every other file of its version with its size and a checksum, verified at load
 (see file_checksums), so a damaged or truncated file refuses to load instead of serving garbage.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -38,6 +45,7 @@ REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建�
 # above one block gap, in about 4 MB of reads per file. Sizes are always compared.
 FULL_HASH_BYTES = 64 * 2**20
 SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 64 * 1024
+PENDING = "pending.json"
 
 
 class IndexUnavailable(Exception):
@@ -154,11 +162,15 @@ def verify_files(version_dir: Path, manifest: dict) -> None:
             raise IndexUnavailable(f"索引已损坏（{version_dir}：{name} 校验失败，{found}）。{REBUILD_HINT}")
 
 
-def save_index(index: SearchIndex, index_dir: Path) -> Path:
+def save_index(
+    index: SearchIndex, index_dir: Path, moves: Sequence[tuple[Path, Path]] = (), removals: Sequence[Path] = ()
+) -> Path:
     """Write a new complete version, then point CURRENT at it; returns the version directory.
 
-    A failure before the switch (a full disk) removes the half-written version: CURRENT, and the
-    index it names, are untouched.
+    `moves` (staged file -> its place) and `removals` are files outside the index that belong to the
+    change: recorded in the version's pending.json and carried out just after the switch (see
+    complete_pending). A failure before the switch (a full disk) removes the half-written version:
+    CURRENT, and the index it names, are untouched.
     """
     versions = index_dir / "versions"
     versions.mkdir(parents=True, exist_ok=True)
@@ -174,6 +186,9 @@ def save_index(index: SearchIndex, index_dir: Path) -> Path:
         ]
         write_jsonl(staging / "passages.jsonl", passage_rows)
         write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
+        if moves or removals:
+            pending = {"moves": [[str(a), str(b)] for a, b in moves], "removals": [str(path) for path in removals]}
+            (staging / PENDING).write_text(json.dumps(pending, ensure_ascii=False, indent=2), encoding="utf-8")
         manifest = {**index.manifest, "files": file_checksums(staging)}
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
         fsync_tree(staging)
@@ -186,7 +201,36 @@ def save_index(index: SearchIndex, index_dir: Path) -> Path:
     previous = current_version(index_dir)
     write_atomic(index_dir / "CURRENT", f"{name}\n".encode())
     prune_versions(index_dir, keep={name, previous or ""})
+    complete_pending(index_dir)
     return version_dir
+
+
+def complete_pending(index_dir: Path) -> None:
+    """Carry out the live version's pending.json: move staged files into place, delete removed ones.
+
+    Idempotent (a staged file already moved is gone), so every writer runs it under the lock: the
+    one that switched CURRENT, and the next one after a writer killed between switch and moves.
+    """
+    name = current_version(index_dir)
+    plan_path = index_dir / "versions" / (name or "-") / PENDING
+    if name is None or not plan_path.is_file():
+        return
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    folders = set()
+    for staged, target in plan["moves"]:
+        if Path(staged).exists():
+            os.replace(staged, target)
+            folders.add(Path(target).parent)
+    for removed in map(Path, plan["removals"]):
+        try:
+            removed.unlink(missing_ok=True)
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:  # such a name cannot exist, so it is gone
+                raise
+        folders.add(removed.parent)
+    for folder in folders:
+        if folder.is_dir():
+            fsync_directory(folder)
 
 
 def prune_versions(index_dir: Path, keep: set[str]) -> None:
@@ -211,6 +255,7 @@ def writer_lock(index_dir: Path, create: bool = False) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             remove_stale_staging(index_dir)
+            complete_pending(index_dir)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

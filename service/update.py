@@ -9,8 +9,11 @@ A writer holds an exclusive flock on index_dir/.lock from loading the index to p
 the new version, so two writers never interleave; readers never take it. Any `.staging-*` folder
 found under the lock was left by a killed writer and is removed; CURRENT never names one.
 
-The bytes of each added file are kept as settings.uploads_dir/<doc_id><suffix> (service/originals.py)
-once the new version is saved, so `dangjian-qa index` rebuilds users' documents with the seeds.
+The bytes of each added file are kept as settings.uploads_dir/<doc_id><suffix> (service/originals.py),
+so `dangjian-qa index` rebuilds users' documents with the seeds. Keeping them is part of the change:
+they are staged before the new version is saved and moved into place by its pending moves, so a
+failure to store them (a full disk) leaves the index untouched, and a kill after the switch leaves
+the moves to the next writer.
 """
 
 import filecmp
@@ -36,12 +39,13 @@ from service.index import (
     SearchIndex,
     build_bm25,
     corpus_fingerprint,
+    current_version,
     save_index,
     writer_lock,
 )
 from service.ingest import doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, ReadError, UnsupportedFileType
-from service.originals import keep_original, kept_original, remove_incoming, remove_originals
+from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
 from service.records import Document, Passage
 from service.tokenize import WordTokenizer
 
@@ -253,17 +257,31 @@ def add_files(
     """Add files to the index on disk and save the new version before returning.
 
     For uploads pass (original name, temp path): the name gives the doc id and the messages only.
-    The files' bytes are kept as originals after the version is saved (see service/originals.py).
-    Raises IndexUnavailable when there is no usable index; per-file problems are in the report.
+    The files' bytes are kept as originals by the same change (see service/originals.py).
+    Raises IndexUnavailable when there is no usable index, OSError when the change cannot be stored
+    (nothing changed then); per-file problems are in the report.
     """
     with writer_lock(settings.index_dir):
         remove_incoming(settings.uploads_dir)
         index = load_current(settings, encoder)
         new_index, report = add_documents(index, files, settings, encoder, tokenizer, progress)
         if report.changed:
-            report.version_dir = save_index(new_index, settings.index_dir)
+            moves: list[tuple[Path, Path]] = []
+            removals: list[Path] = []
+            previous = current_version(settings.index_dir)
+            try:
+                for outcome in report.having(ADDED, REPLACED):
+                    staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
+                    moves += staged
+                    removals += others
+                report.version_dir = save_index(new_index, settings.index_dir, moves, removals)
+            except BaseException:
+                if current_version(settings.index_dir) == previous:  # never live: its copies are debris
+                    for staged_copy, _ in moves:
+                        staged_copy.unlink(missing_ok=True)
+                raise
         for outcome in report.outcomes:
-            if outcome.status in (ADDED, REPLACED) or missing_original(settings, outcome):
+            if missing_original(settings, outcome):
                 keep_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
     return report
 
@@ -284,7 +302,6 @@ def delete_documents(settings: Settings, encoder: Encoder, doc_ids: Sequence[str
     """remove_documents on the index on disk, saved as a new version before returning it."""
     with writer_lock(settings.index_dir):
         new_index = remove_documents(load_current(settings, encoder), doc_ids)
-        save_index(new_index, settings.index_dir)
-        for doc_id in doc_ids:
-            remove_originals(settings.uploads_dir, doc_id)
+        removals = [path for doc_id in dict.fromkeys(doc_ids) for path in originals_of(settings.uploads_dir, doc_id)]
+        save_index(new_index, settings.index_dir, removals=removals)
     return new_index

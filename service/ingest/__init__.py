@@ -11,6 +11,10 @@ from service.records import Document, Passage
 
 __all__ = ["Corpus", "ReadError", "doc_id_for", "ingest_file", "ingest_paths"]
 
+# A doc id names the kept original (<doc_id><suffix>), and file names are at most 255 bytes. 240
+# keeps every id of 80 BMP characters (3 bytes each in UTF-8) as it was; 4-byte characters get 60.
+MAX_DOC_ID_BYTES = 240
+
 
 @dataclass
 class Corpus:
@@ -25,8 +29,11 @@ def doc_id_for(path: Path) -> str:
     """A stable id from the file name: the same name always maps to the same document.
 
     Applied to `<doc_id>.txt` it gives back doc_id, so kept originals (service/originals.py) keep their id.
+    At most 80 characters and MAX_DOC_ID_BYTES bytes of UTF-8, cut between characters.
     """
-    return re.sub(r"[^\w\-]+", "_", path.stem)[:80].strip("_") or "document"
+    stem = re.sub(r"[^\w\-]+", "_", path.stem)[:80]
+    stem = stem.encode("utf-8")[:MAX_DOC_ID_BYTES].decode("utf-8", errors="ignore")
+    return stem.strip("_") or "document"
 
 
 def ingest_file(
