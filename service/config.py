@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # Ask for the key on searches and document reads too (the page and /api/health stay open).
     read_requires_key: bool = False
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    # What one added document may expand to (ingest.read.Limits): a small .docx can hold a gigabyte of
+    # XML or ten thousand paragraphs. Past a limit the file is refused (413 document_too_large).
+    max_unpacked_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    max_document_chars: int = Field(default=1_000_000, ge=1)
+    max_document_passages: int = Field(default=5_000, ge=1)
+    max_pdf_pages: int = Field(default=2_000, ge=1)
 
     @model_validator(mode="after")
     def default_within_limit(self) -> "Settings":

@@ -43,16 +43,17 @@ from service.index import (
     save_index,
     writer_lock,
 )
-from service.ingest import doc_id_for, ingest_file
-from service.ingest.read import FileTooLarge, ReadError, UnsupportedFileType
+from service.ingest import Limits, doc_id_for, ingest_file
+from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
 from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
 from service.records import Document, Passage
 from service.tokenize import WordTokenizer
 
-# What happened to each file; the API maps them to 201 / 409 / 415 / 413 / 422.
-ADDED, REPLACED, DUPLICATE, UNSUPPORTED, TOO_LARGE, FAILED = (
-    "added", "replaced", "duplicate", "unsupported", "too_large", "failed",
+# What happened to each file; the API maps them to 201 / 409 / 415 / 413 / 413 / 422.
+ADDED, REPLACED, DUPLICATE, UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED = (
+    "added", "replaced", "duplicate", "unsupported", "too_large", "over_limit", "failed",
 )  # fmt: skip
+NOT_ADDED = (UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED)  # the file itself is the problem
 
 
 class UpdateError(Exception):
@@ -113,19 +114,32 @@ def as_named(files: Sequence[Path | tuple[str, Path]]) -> list[tuple[str, Path]]
     return [(user_file_name(item[0]), item[1]) if isinstance(item, tuple) else (item.name, item) for item in files]
 
 
+def ingest_limits(settings: Settings) -> Limits:
+    """What one user's document may cost (size, unpacked size, characters, passages, PDF pages)."""
+    return Limits(
+        file_bytes=settings.max_upload_bytes,
+        unpacked_bytes=settings.max_unpacked_bytes,
+        characters=settings.max_document_chars,
+        passages=settings.max_document_passages,
+        pdf_pages=settings.max_pdf_pages,
+    )
+
+
 def read_files(
-    files: Sequence[tuple[str, Path]], max_bytes: int, progress: bool = False
+    files: Sequence[tuple[str, Path]], limits: Limits, progress: bool = False
 ) -> tuple[list[tuple[str, Path, Document, list[Passage]]], list[FileOutcome]]:
-    """Ingest each file; failures become outcomes with the reason (type, size, unreadable)."""
+    """Ingest each file; failures become outcomes with the reason (type, size, limits, unreadable)."""
     read: list[tuple[str, Path, Document, list[Passage]]] = []
     failed: list[FileOutcome] = []
     for name, path in tqdm(files, desc="读取文件", unit="个", disable=not progress or len(files) < 2):
         try:
-            document, passages = ingest_file(path, name=name, max_bytes=max_bytes)
+            document, passages = ingest_file(path, name=name, limits=limits)
         except UnsupportedFileType as error:
             failed.append(FileOutcome(name, UNSUPPORTED, reason=str(error)))
         except FileTooLarge as error:
             failed.append(FileOutcome(name, TOO_LARGE, reason=str(error)))
+        except OverLimit as error:
+            failed.append(FileOutcome(name, OVER_LIMIT, reason=str(error)))
         except ReadError as error:
             failed.append(FileOutcome(name, FAILED, reason=str(error)))
         else:
@@ -199,7 +213,7 @@ def add_documents(
     if encoder.weights_sha256 != index.manifest.get("weights_sha256"):
         raise IndexUnavailable(f"索引不是用当前模型 {encoder.model_name} 构建的，{REBUILD_HINT}")
     started = time.perf_counter()
-    read, failed = read_files(as_named(files), settings.max_upload_bytes, progress)
+    read, failed = read_files(as_named(files), ingest_limits(settings), progress)
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
     accepted: dict[str, tuple[Document, list[Passage]]] = {}

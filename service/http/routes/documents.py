@@ -34,6 +34,8 @@ from service.update import (
     ADDED,
     DUPLICATE,
     FAILED,
+    NOT_ADDED,
+    OVER_LIMIT,
     REPLACED,
     TOO_LARGE,
     UNSUPPORTED,
@@ -93,6 +95,7 @@ FAILURE_CODES = {
     DUPLICATE: (409, "duplicate_document"),
     UNSUPPORTED: (415, "unsupported_file_type"),
     TOO_LARGE: (413, "file_too_large"),
+    OVER_LIMIT: (413, "document_too_large"),
     FAILED: (422, "unreadable_file"),
 }
 
@@ -158,7 +161,7 @@ def upload_report(report: AddReport) -> UploadReport:
         added=uploaded(ADDED),
         replaced=uploaded(REPLACED),
         skipped=problems(DUPLICATE),
-        failed=problems(UNSUPPORTED, TOO_LARGE, FAILED),
+        failed=problems(*NOT_ADDED),
     )
 
 
