@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.
     uploads_dir: Path = PROJECT_ROOT / "data" / "uploads"
+    # Upload jobs and uploads being received (service/jobs.py); unset: beside the index (data/jobs).
+    jobs_dir: Path | None = None
     user_dict: Path = PROJECT_ROOT / "service" / "resources" / "domain_terms.txt"
     stopwords: Path = PROJECT_ROOT / "service" / "resources" / "stopwords.txt"
     # jieba words rarer than this are left out of its dictionary: 3x faster start-up (tokenize.py).
@@ -53,12 +55,18 @@ class Settings(BaseSettings):
     # Ask for the key on searches and document reads too (the page and /api/health stay open).
     read_requires_key: bool = False
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_upload_files: int = Field(default=50, ge=1)  # per request: each file costs a stored copy and a parse
     # What one added document may expand to (ingest.read.Limits): a small .docx can hold a gigabyte of
     # XML or ten thousand paragraphs. Past a limit the file is refused (413 document_too_large).
     max_unpacked_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     max_document_chars: int = Field(default=1_000_000, ge=1)
     max_document_passages: int = Field(default=5_000, ge=1)
     max_pdf_pages: int = Field(default=2_000, ge=1)
+
+    @property
+    def jobs_path(self) -> Path:
+        """Where upload jobs live: jobs_dir, else a `jobs` folder beside the index folder."""
+        return self.jobs_dir or self.index_dir.parent / "jobs"
 
     @model_validator(mode="after")
     def default_within_limit(self) -> "Settings":

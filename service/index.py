@@ -192,8 +192,11 @@ def save_index(
         manifest = {**index.manifest, "files": file_checksums(staging)}
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
         fsync_tree(staging)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, RuntimeError) and os.strerror(errno.ENOSPC) in str(error):
+            # FAISS reports a failed write as RuntimeError with the OS's words: a full disk is still one.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging)) from error
         raise
     version_dir = versions / name
     staging.rename(version_dir)

@@ -20,7 +20,7 @@ import filecmp
 import itertools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +54,9 @@ ADDED, REPLACED, DUPLICATE, UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED = (
     "added", "replaced", "duplicate", "unsupported", "too_large", "over_limit", "failed",
 )  # fmt: skip
 NOT_ADDED = (UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED)  # the file itself is the problem
+EMBED_BATCH = 64  # passages embedded between two progress reports
+APPLIED_JOBS_KEPT = 100  # ids of the last upload jobs whose change a manifest holds
+Progress = Callable[[int, int], None]  # (passages embedded, passages in all)
 
 
 class UpdateError(Exception):
@@ -196,23 +199,15 @@ def changed_index(
     )
 
 
-def add_documents(
-    index: SearchIndex,
-    files: Sequence[Path | tuple[str, Path]],
-    settings: Settings,
-    encoder: Encoder,
-    tokenizer: WordTokenizer,
-    progress: bool = False,
-) -> tuple[SearchIndex, AddReport]:
-    """A new index with the files added; `files` are paths or (user's file name, path on disk).
+def classify_files(
+    index: SearchIndex, files: Sequence[Path | tuple[str, Path]], settings: Settings, progress: bool = False
+) -> tuple[dict[str, tuple[Document, list[Passage]]], AddReport]:
+    """Read the files and sort them against `index`, embedding nothing: the accepted documents by doc id
+    (ADDED or REPLACED) and a report with every file's outcome.
 
-    Content already in the index (same cleaned-text hash) is skipped as DUPLICATE; a file whose doc id
-    (from its name) exists with other content REPLACES that document. Returns `index` itself when
-    nothing changed.
+    Content already in the index (same cleaned-text hash) is DUPLICATE; a file whose doc id (from its
+    name) exists with other content REPLACES that document.
     """
-    if encoder.weights_sha256 != index.manifest.get("weights_sha256"):
-        raise IndexUnavailable(f"索引不是用当前模型 {encoder.model_name} 构建的，{REBUILD_HINT}")
-    started = time.perf_counter()
     read, failed = read_files(as_named(files), ingest_limits(settings), progress)
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
@@ -234,13 +229,54 @@ def add_documents(
         status = REPLACED if document.doc_id in index.documents else ADDED
         report.outcomes.append(FileOutcome(name, status, document.doc_id, len(passages), path=path))
     report.outcomes += failed
+    return accepted, report
+
+
+def embed_in_batches(
+    passages: list[Passage],
+    settings: Settings,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    progress: bool = False,
+    on_progress: Progress | None = None,
+) -> tuple[list[np.ndarray], list[list[str]]]:
+    """embed_and_tokenize in batches of EMBED_BATCH passages, reporting (done, total) after each."""
+    unit_vectors: list[np.ndarray] = []
+    tokens: list[list[str]] = []
+    with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
+        for start in range(0, len(passages), EMBED_BATCH):
+            batch = passages[start : start + EMBED_BATCH]
+            vectors, batch_tokens = embed_and_tokenize(batch, encoder, tokenizer, settings.embed_context)
+            unit_vectors += vectors
+            tokens += batch_tokens
+            bar.update(len(batch))
+            if on_progress:
+                on_progress(len(tokens), len(passages))
+    return unit_vectors, tokens
+
+
+def add_documents(
+    index: SearchIndex,
+    files: Sequence[Path | tuple[str, Path]],
+    settings: Settings,
+    encoder: Encoder,
+    tokenizer: WordTokenizer,
+    progress: bool = False,
+    on_progress: Progress | None = None,
+) -> tuple[SearchIndex, AddReport]:
+    """A new index with the files added (see classify_files); `files` are paths or (user's file name,
+    path on disk). Returns `index` itself when nothing changed."""
+    if encoder.weights_sha256 != index.manifest.get("weights_sha256"):
+        raise IndexUnavailable(f"索引不是用当前模型 {encoder.model_name} 构建的，{REBUILD_HINT}")
+    started = time.perf_counter()
+    accepted, report = classify_files(index, files, settings, progress)
     if not accepted:
         report.seconds = time.perf_counter() - started
         return index, report
 
     documents = [document for document, _ in accepted.values()]
     passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
-    unit_vectors, tokens = embed_and_tokenize(passages, encoder, tokenizer, settings.embed_context, progress)
+    unit_vectors, tokens = embed_in_batches(passages, settings, encoder, tokenizer, progress, on_progress)
     report.encoded_texts = sum(len(vectors) for vectors in unit_vectors)
     new_index = changed_index(index, set(accepted) & set(index.documents), documents, passages, unit_vectors, tokens)
     report.index = new_index
@@ -267,19 +303,30 @@ def add_files(
     tokenizer: WordTokenizer,
     files: Sequence[Path | tuple[str, Path]],
     progress: bool = False,
+    on_progress: Progress | None = None,
+    job_id: str | None = None,
+    before_save: Callable[[AddReport], None] | None = None,
 ) -> AddReport:
     """Add files to the index on disk and save the new version before returning.
 
     For uploads pass (original name, temp path): the name gives the doc id and the messages only.
     The files' bytes are kept as originals by the same change (see service/originals.py).
+    `on_progress(done, total)` follows the passages being embedded. A `job_id` is recorded in the new
+    version's manifest (applied_jobs), and `before_save` sees the report just before the switch, so a
+    job killed around the switch can tell afterwards whether its change went live (service/jobs.py).
     Raises IndexUnavailable when there is no usable index, OSError when the change cannot be stored
     (nothing changed then); per-file problems are in the report.
     """
     with writer_lock(settings.index_dir):
         remove_incoming(settings.uploads_dir)
         index = load_current(settings, encoder)
-        new_index, report = add_documents(index, files, settings, encoder, tokenizer, progress)
+        new_index, report = add_documents(index, files, settings, encoder, tokenizer, progress, on_progress)
         if report.changed:
+            if job_id is not None:
+                applied = [*new_index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
+                new_index.manifest["applied_jobs"] = applied
+            if before_save is not None:
+                before_save(report)
             moves: list[tuple[Path, Path]] = []
             removals: list[Path] = []
             previous = current_version(settings.index_dir)

@@ -1,5 +1,7 @@
 """The page in a real headless Chromium against a real server on the seed index (plus one hostile file)."""
 
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -175,15 +177,23 @@ def test_markup_in_documents_is_shown_as_text(page: Page) -> None:
 
 
 def test_manage_view_uploads_lists_and_deletes_a_document(page: Page, base_url: str, tmp_path: Path) -> None:
+    """The upload runs as a job: a progress bar while its passages are encoded, then the result."""
     document = tmp_path / "病理科主题党日.txt"
-    document.write_text(
-        "病理科党支部开展“显微镜下的初心”主题党日活动，党员轮流讲述疑难病例诊断故事。\n", encoding="utf-8"
-    )
+    mark = uuid.uuid4().hex[:8]  # text no vector cache has seen, so the job takes a few seconds
+    lines = [
+        f"病理科党支部第{n}次“显微镜下的初心”主题党日（{mark}），党员轮流讲述疑难病例诊断故事。" for n in range(60)
+    ]
+    document.write_text("\n".join(lines) + "\n", encoding="utf-8")
     page.goto(f"{base_url}/?view=manage")
     page.locator("#doc-table tbody tr").first.wait_for(timeout=10_000)
+    limits = page.inner_text("#upload-limits")
+    assert "20 MB" in limits and "1,000,000 字" in limits and "2,000 页" in limits
     page.fill("#api-key", API_KEY)
     page.set_input_files("#upload-files", str(document))
     page.click("#upload-btn")
+    page.locator(".job-label", has_text=re.compile(r"已编码 [1-9]\d* / 60 个段落")).wait_for(timeout=30_000)
+    assert page.locator(".job-progress progress").is_visible()
+    shot(page, "upload-progress")
     row = page.locator("#doc-table tbody tr", has_text="病理科主题党日.txt")
     row.wait_for(timeout=60_000)
     assert "新增 1" in page.inner_text("#status") and "病理科" in page.inner_text("#upload-result")

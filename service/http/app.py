@@ -10,6 +10,8 @@ Adding and removing documents needs settings.api_key, sent as `Authorization: Be
 /api/health, /api/config and the page stay open in every case.
 """
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -26,6 +28,7 @@ from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
 from service.http.routes.system import system_routes
+from service.jobs import JobStore, JobWorker
 from service.live import LiveIndex
 from service.tokenize import WordTokenizer
 
@@ -34,11 +37,23 @@ WARM_UP_QUESTION = "党建工作如何开展"
 
 
 def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
-    """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used)."""
+    """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used).
+
+    Its upload-job worker runs while the app does (started and stopped by the lifespan).
+    """
     live = LiveIndex(settings, encoder or open_encoder(settings), tokenizer or open_tokenizer(settings))
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
+    jobs = JobWorker(JobStore(settings.jobs_path), live)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        yield
+        jobs.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="党建问答 API",
         description='卫健系统党建文献检索与问答。所有错误均返回 `{"error": {"code": …, "message": …}}`。',
         version="1.0",
@@ -47,6 +62,7 @@ def create_app(settings: Settings, encoder: Encoder | None = None, tokenizer: Wo
     )
     app.add_middleware(SecurityHeaders)
     app.state.live = live
+    app.state.jobs = jobs
     app.state.settings = settings
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

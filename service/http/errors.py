@@ -4,6 +4,7 @@ Every error is `{"error": {"code": ..., "message": <Chinese>}}`: our own ApiErro
 validation and HTTP errors, and anything unexpected (500, logged).
 """
 
+import errno
 import json
 import logging
 import sys
@@ -214,5 +215,8 @@ async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        logger.error("磁盘空间不足：%s %s：%s", request.method, request.url.path, error)
+        return error_response(507, "insufficient_storage", "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试")
     logger.exception("未处理的错误：%s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "服务内部错误，请稍后重试")

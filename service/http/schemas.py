@@ -66,6 +66,15 @@ def request_models(settings: Settings) -> RequestModels:
     return RequestModels(search=SearchRequest, ask=AskRequest)
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="错误代码，如 empty_query、invalid_parameter", examples=["empty_query"])
+    message: str = Field(description="中文错误说明", examples=["问题不能为空"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
 class RankEvidence(BaseModel):
     rank: int = Field(description="在该检索器结果中的名次（从 1 开始）")
     score: float = Field(description="该检索器的原始得分（语义为余弦相似度，关键词为 BM25）")
@@ -151,6 +160,24 @@ class UploadReport(BaseModel):
     failed: list[FileProblem] = Field(description="无法添加的文件及原因")
 
 
+class UploadJob(BaseModel):
+    job_id: str = Field(description="任务 ID，用于 GET /api/jobs/{job_id}")
+    state: Literal["queued", "running", "done", "failed"] = Field(
+        description="queued 排队中、running 正在建立索引、done 已完成、failed 未添加任何文档（原因见 error）"
+    )
+    created_at: str = Field(description="提交时间（ISO 8601）")
+    started_at: str | None = Field(description="开始处理的时间")
+    finished_at: str | None = Field(description="结束时间")
+    files: list[str] = Field(description="本任务要收录的文件")
+    passages_done: int = Field(description="已编码的段落数")
+    passages_total: int = Field(description="要编码的段落总数（开始编码后才知道）")
+    status: int | None = Field(description="完成后相当于同步上传的状态码：201 有新增，200 仅替换，或错误的状态码")
+    result: UploadReport | None = Field(description="各文件的结果；完成前只列出上传时已被跳过或拒绝的文件")
+    error: ErrorDetail | None = Field(
+        description="没有添加任何文档时的原因，如 duplicate_document、insufficient_storage（磁盘空间不足）"
+    )
+
+
 class RemovedDocument(BaseModel):
     removed: str = Field(description="已删除的文档 ID")
 
@@ -194,12 +221,9 @@ class ClientConfig(BaseModel):
     max_top_k: int = Field(description="返回条数上限")
     default_top_k: int
     max_query_chars: int = Field(description="问题长度上限（字）")
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="错误代码，如 empty_query、invalid_parameter", examples=["empty_query"])
-    message: str = Field(description="中文错误说明", examples=["问题不能为空"])
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    max_upload_files: int = Field(description="一次上传的文件数上限")
+    max_upload_bytes: int = Field(description="单个文件的大小上限（字节）")
+    max_unpacked_bytes: int = Field(description="Word 文件解压后的大小上限（字节）")
+    max_document_chars: int = Field(description="每篇文档的字数上限")
+    max_document_passages: int = Field(description="每篇文档的段落数上限")
+    max_pdf_pages: int = Field(description="PDF 的页数上限")
