@@ -17,7 +17,11 @@ import pytest
 from embeddings.encoder import Encoder
 from service.config import Settings
 from service.engine import load_current
+from service.jobs import RUNNING, JobStore, JobWorker
+from service.live import LiveIndex
 from service.originals import original_files
+from service.tokenize import WordTokenizer
+from service.update import AddReport, add_files
 from tests.conftest import start_server, stop_server
 from tests.make_documents import make_blank_pdf, make_docx_bomb
 
@@ -188,3 +192,34 @@ def test_bombs_are_refused_with_bounded_memory_and_time(
         assert time.monotonic() - started < 10, f"{path.name} took {time.monotonic() - started:.1f}s"
         assert peak - before < 150, f"{path.name}: server memory {before} MB -> {peak} MB"
     assert httpx.get(f"{url}/api/health").json()["documents"] == 5
+
+
+def test_job_whose_version_went_live_before_the_kill_is_done_at_restart(
+    settings: Settings, tmp_path: Path, encoder: Encoder, tokenizer: WordTokenizer
+) -> None:
+    """Killed after the switch, before the job said so: the manifest's applied_jobs tells, the result is kept."""
+    store = JobStore(settings.jobs_path)
+    folder = store.receiving_folder()
+    (folder / "upload-0").write_text("口腔科党支部组建“微笑护齿”服务队。\n", encoding="utf-8")
+    job = store.create(folder, [{"name": "护齿.txt", "path": "upload-0"}], {"skipped": [], "failed": []})
+    files = [("护齿.txt", settings.jobs_path / job.job_id / "upload-0")]
+    live = LiveIndex(settings, encoder, tokenizer)
+    worker = JobWorker(store, live)
+
+    def killed_after_commit(report: AddReport) -> None:
+        worker.commit(job, report)  # state running, result written, CURRENT not yet switched
+
+    job.state = RUNNING
+    add_files(settings, encoder, tokenizer, files, job_id=job.job_id, before_save=killed_after_commit)
+    assert JobStore(settings.jobs_path).load(job.job_id).state == RUNNING  # as a killed server left it
+
+    restarted = JobWorker(JobStore(settings.jobs_path), LiveIndex(settings, encoder, tokenizer))
+    restarted.start()
+    try:
+        recovered = restarted.store.load(job.job_id)
+    finally:
+        restarted.stop()
+    assert recovered.state == "done" and recovered.status == 201, recovered
+    assert recovered.result["added"][0]["doc_id"] == "护齿"
+    assert not (settings.jobs_path / job.job_id / "upload-0").exists()
+    assert sum(1 for p in load_current(settings, encoder).passages if p.doc_id == "护齿") == 1, "applied once"
