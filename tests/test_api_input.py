@@ -146,3 +146,13 @@ def test_docs_page_and_its_assets_are_local(client: TestClient) -> None:
     for asset in re.findall(r'(?:src|href)="(/[^"]+)"', page):
         assert client.get(asset).status_code == 200, asset
     assert client.get("/redoc").status_code == 404
+
+
+def test_get_search_requires_q_as_its_schema_says(client: TestClient) -> None:
+    q = next(
+        p for p in client.get("/openapi.json").json()["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "q"
+    )
+    assert q["required"] is True
+    response = client.get("/api/search", params={"mode": "hybrid"})
+    assert error_code(response, 422) == "invalid_parameter" and "（q）" in response.json()["error"]["message"]
+    assert error_code(client.get("/api/search", params={"q": " "}), 400) == "empty_query"

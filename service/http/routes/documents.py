@@ -47,6 +47,7 @@ UPLOAD_FORM = {  # the body as /docs shows it; the route reads the stream itself
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                             "description": "一个或多个 .txt、.md、.docx、.pdf 文件",
                         }
                     },

@@ -46,7 +46,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
                 examples=[EXAMPLE_QUERY],
                 json_schema_extra=query_length(settings),
             ),
-        ] = "",
+        ],
         top_k: Annotated[
             int, Query(ge=1, le=settings.max_top_k, description=f"返回条数，1 到 {settings.max_top_k}")
         ] = settings.default_top_k,
