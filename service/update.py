@@ -54,7 +54,7 @@ ADDED, REPLACED, DUPLICATE, UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED = (
     "added", "replaced", "duplicate", "unsupported", "too_large", "over_limit", "failed",
 )  # fmt: skip
 NOT_ADDED = (UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED)  # the file itself is the problem
-EMBED_BATCH = 64  # passages embedded between two progress reports
+EMBED_BATCH = 16  # passages embedded between two progress reports (a few seconds of encoding)
 APPLIED_JOBS_KEPT = 100  # ids of the last upload jobs whose change a manifest holds
 Progress = Callable[[int, int], None]  # (passages embedded, passages in all)
 
