@@ -326,6 +326,7 @@ class JobWorker:
         self.store.save(job)
 
     def finish(self, job: Job, state: str) -> None:
+        """Delete the job's files, then record its end: a job seen finished has nothing left on disk."""
+        self.store.remove_files(job)
         job.state, job.finished_at, job.committing = state, now(), False
         self.store.save(job)
-        self.store.remove_files(job)
