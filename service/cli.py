@@ -25,9 +25,8 @@ from service.serve import serve
 from service.update import (
     ADDED,
     DUPLICATE,
-    FAILED,
+    NOT_ADDED,
     REPLACED,
-    TOO_LARGE,
     UNSUPPORTED,
     AddReport,
     UpdateError,
@@ -117,7 +116,7 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{verb}：{outcome.name} → {outcome.doc_id}（{outcome.passages} 个段落）")
     for outcome in report.having(DUPLICATE):
         print(f"跳过：{outcome.reason}")
-    failures = [outcome.reason for outcome in report.having(UNSUPPORTED, TOO_LARGE, FAILED)] + missing
+    failures = [outcome.reason for outcome in report.having(*NOT_ADDED)] + missing
     for reason in failures:
         print(f"失败：{reason}", file=sys.stderr)
     counts = [len(report.having(status)) for status in (ADDED, REPLACED, DUPLICATE)]

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.
     uploads_dir: Path = PROJECT_ROOT / "data" / "uploads"
+    # Upload jobs and uploads being received (service/jobs.py); unset: beside the index (data/jobs).
+    jobs_dir: Path | None = None
     user_dict: Path = PROJECT_ROOT / "service" / "resources" / "domain_terms.txt"
     stopwords: Path = PROJECT_ROOT / "service" / "resources" / "stopwords.txt"
     # A file of spoken words and the official terms a question containing them also searches for
@@ -65,6 +67,18 @@ class Settings(BaseSettings):
     # Ask for the key on searches and document reads too (the page and /api/health stay open).
     read_requires_key: bool = False
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_upload_files: int = Field(default=50, ge=1)  # per request: each file costs a stored copy and a parse
+    # What one added document may expand to (ingest.read.Limits): a small .docx can hold a gigabyte of
+    # XML or ten thousand paragraphs. Past a limit the file is refused (413 document_too_large).
+    max_unpacked_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    max_document_chars: int = Field(default=1_000_000, ge=1)
+    max_document_passages: int = Field(default=5_000, ge=1)
+    max_pdf_pages: int = Field(default=2_000, ge=1)
+
+    @property
+    def jobs_path(self) -> Path:
+        """Where upload jobs live: jobs_dir, else a `jobs` folder beside the index folder."""
+        return self.jobs_dir or self.index_dir.parent / "jobs"
 
     @field_validator("models", mode="before")
     @classmethod

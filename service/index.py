@@ -5,18 +5,27 @@ Layout of the index directory (every version complete before it becomes current)
     CURRENT                 name of the live version, replaced atomically (os.replace)
     .lock                   flock held by writers (build, add, remove) so they never interleave
     versions/<name>/        manifest.json, vectors-<i>.faiss (one per model, in manifest order), bm25/,
-                            passages.jsonl, documents.jsonl
+                            passages.jsonl, documents.jsonl,
+                            pending.json (file moves outside the index that belong to this version)
 
 A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
+Files that belong to a change but live elsewhere (users' kept originals) are staged before the
+switch and moved into place after it, as listed in the version's pending.json; a writer killed in
+between leaves them to the next writer (complete_pending, run under the lock), so the change is
+applied whole once CURRENT names it, and not at all before.
+The manifest lists every other file of its version with its size and a checksum, verified at load
+(see file_checksums), so a damaged or truncated file refuses to load instead of serving garbage.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -31,6 +40,13 @@ from service.records import Document, Passage
 
 FORMAT_VERSION = 2  # 2: one vector file per embedding model
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
+# Checksums at load must stay cheap for a million-passage index (gigabytes of vectors): files up to
+# FULL_HASH_BYTES are hashed whole; larger ones by SAMPLE_BLOCKS blocks spread evenly over the file
+# (first and last included), which catches truncation, zeroed or overwritten regions of any size
+# above one block gap, in about 4 MB of reads per file. Sizes are always compared.
+FULL_HASH_BYTES = 64 * 2**20
+SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 64 * 1024
+PENDING = "pending.json"
 
 
 class IndexUnavailable(Exception):
@@ -116,31 +132,116 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def save_index(index: SearchIndex, index_dir: Path) -> Path:
-    """Write a new complete version, then point CURRENT at it; returns the version directory."""
+def file_digest(path: Path, size: int) -> str:
+    """sha256 of the whole file up to FULL_HASH_BYTES, else of SAMPLE_BLOCKS evenly spread blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+            return digest.hexdigest()
+        step = (size - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1)
+        for number in range(SAMPLE_BLOCKS):
+            handle.seek(round(number * step))
+            digest.update(handle.read(SAMPLE_BYTES))
+    return "sampled:" + digest.hexdigest()
+
+
+def file_checksums(version_dir: Path) -> dict[str, dict]:
+    """Size and file_digest of every file of a version but the manifest, by path inside the version."""
+    checksums = {}
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        size = path.stat().st_size
+        checksums[path.relative_to(version_dir).as_posix()] = {"bytes": size, "sha256": file_digest(path, size)}
+    return checksums
+
+
+def verify_files(version_dir: Path, manifest: dict) -> None:
+    """IndexUnavailable unless every file the manifest lists has its size and checksum.
+
+    Indexes written before checksums existed have no "files" entry and are loaded as before.
+    """
+    for name, expected in manifest.get("files", {}).items():
+        path = version_dir / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != expected["bytes"] or file_digest(path, size) != expected["sha256"]:
+            found = "文件缺失" if size is None else f"大小 {size} 字节，应为 {expected['bytes']} 字节，或内容已变"
+            raise IndexUnavailable(f"索引已损坏（{version_dir}：{name} 校验失败，{found}）。{REBUILD_HINT}")
+
+
+def save_index(
+    index: SearchIndex, index_dir: Path, moves: Sequence[tuple[Path, Path]] = (), removals: Sequence[Path] = ()
+) -> Path:
+    """Write a new complete version, then point CURRENT at it; returns the version directory.
+
+    `moves` (staged file -> its place) and `removals` are files outside the index that belong to the
+    change: recorded in the version's pending.json and carried out just after the switch (see
+    complete_pending). A failure before the switch (a full disk) removes the half-written version:
+    CURRENT, and the index it names, are untouched.
+    """
     versions = index_dir / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     staging = versions / f".staging-{name}"
     staging.mkdir()
-    for position, model in enumerate(index.manifest["models"]):
-        faiss.write_index(index.vectors[model["name"]], str(staging / vector_file(position)))
-    index.bm25.save(str(staging / "bm25"), show_progress=False)
-    passage_rows = [
-        {**asdict(p), "unit_ids": u, "tokens": t}
-        for p, u, t in zip(index.passages, index.unit_ids, index.tokens, strict=True)
-    ]
-    write_jsonl(staging / "passages.jsonl", passage_rows)
-    write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
-    (staging / "manifest.json").write_text(json.dumps(index.manifest, ensure_ascii=False, indent=2))
-    fsync_tree(staging)
+    try:
+        for position, model in enumerate(index.manifest["models"]):
+            faiss.write_index(index.vectors[model["name"]], str(staging / vector_file(position)))
+        index.bm25.save(str(staging / "bm25"), show_progress=False)
+        passage_rows = [
+            {**asdict(p), "unit_ids": u, "tokens": t}
+            for p, u, t in zip(index.passages, index.unit_ids, index.tokens, strict=True)
+        ]
+        write_jsonl(staging / "passages.jsonl", passage_rows)
+        write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
+        if moves or removals:
+            pending = {"moves": [[str(a), str(b)] for a, b in moves], "removals": [str(path) for path in removals]}
+            (staging / PENDING).write_text(json.dumps(pending, ensure_ascii=False, indent=2), encoding="utf-8")
+        manifest = {**index.manifest, "files": file_checksums(staging)}
+        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
+        fsync_tree(staging)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, RuntimeError) and os.strerror(errno.ENOSPC) in str(error):
+            # FAISS reports a failed write as RuntimeError with the OS's words: a full disk is still one.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging)) from error
+        raise
     version_dir = versions / name
     staging.rename(version_dir)
     fsync_directory(versions)
     previous = current_version(index_dir)
     write_atomic(index_dir / "CURRENT", f"{name}\n".encode())
     prune_versions(index_dir, keep={name, previous or ""})
+    complete_pending(index_dir)
     return version_dir
+
+
+def complete_pending(index_dir: Path) -> None:
+    """Carry out the live version's pending.json: move staged files into place, delete removed ones.
+
+    Idempotent (a staged file already moved is gone), so every writer runs it under the lock: the
+    one that switched CURRENT, and the next one after a writer killed between switch and moves.
+    """
+    name = current_version(index_dir)
+    plan_path = index_dir / "versions" / (name or "-") / PENDING
+    if name is None or not plan_path.is_file():
+        return
+    plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    folders = set()
+    for staged, target in plan["moves"]:
+        if Path(staged).exists():
+            os.replace(staged, target)
+            folders.add(Path(target).parent)
+    for removed in map(Path, plan["removals"]):
+        try:
+            removed.unlink(missing_ok=True)
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:  # such a name cannot exist, so it is gone
+                raise
+        folders.add(removed.parent)
+    for folder in folders:
+        if folder.is_dir():
+            fsync_directory(folder)
 
 
 def prune_versions(index_dir: Path, keep: set[str]) -> None:
@@ -165,6 +266,7 @@ def writer_lock(index_dir: Path, create: bool = False) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             remove_stale_staging(index_dir)
+            complete_pending(index_dir)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -236,6 +338,7 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
     try:
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         check_manifest(manifest, models, settings_note)
+        verify_files(version_dir, manifest)
         rows = read_jsonl(version_dir / "passages.jsonl")
         documents = [
             Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
@@ -255,6 +358,8 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
     counts_agree = len(rows) == manifest["passage_count"] == bm25.scores["num_docs"]
     if not counts_agree or any(unit_count != model_vectors.ntotal for model_vectors in vectors.values()):
         raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")
+    if len(documents) != manifest["document_count"]:
+        raise IndexUnavailable(f"索引已损坏（{version_dir}：文档数与清单不一致）。{REBUILD_HINT}")
     return SearchIndex(
         manifest=manifest,
         documents={document.doc_id: document for document in documents},

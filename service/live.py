@@ -3,7 +3,7 @@
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from service.engine import open_searcher
 from service.index import IndexUnavailable, current_version
 from service.search import Searcher
 from service.tokenize import WordTokenizer
-from service.update import AddReport, add_files, delete_documents
+from service.update import AddReport, Progress, add_files, delete_documents
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -59,9 +59,23 @@ class LiveIndex:
             self.checked_at = time.monotonic()
         return self.snapshot
 
-    def add_files(self, files: Sequence[tuple[str, Path]]) -> AddReport:
+    def add_files(
+        self,
+        files: Sequence[tuple[str, Path]],
+        on_progress: Progress | None = None,
+        job_id: str | None = None,
+        before_save: Callable[[AddReport], None] | None = None,
+    ) -> AddReport:
         """update.add_files on the served index; the new version is served before this returns."""
-        report = add_files(self.settings, self.encoders, self.tokenizer, files)
+        report = add_files(
+            self.settings,
+            self.encoders,
+            self.tokenizer,
+            files,
+            on_progress=on_progress,
+            job_id=job_id,
+            before_save=before_save,
+        )
         if report.changed:
             self.reload()
         return report

@@ -1,13 +1,17 @@
 """The kept originals of users' documents, so that `dangjian-qa index` rebuilds them with the seeds.
 
 An original lives at uploads_dir/<doc_id><suffix>: the doc id is already reduced to letters, digits,
-`_` and `-`, so the user's file name never becomes a path. Writers call these under the index's
-writer lock, after the index version holding the change is saved. Each original is written to a
-hidden `.incoming-*` file and moved into place with os.replace, so a crash leaves the old file or
-the new one; a leftover `.incoming-*` belongs to a killed writer and the next writer removes it.
+`_` and `-` and to at most ingest.MAX_DOC_ID_BYTES, so the user's file name never becomes a path and
+the name always fits the file system. Writers call these under the index's writer lock. A change's
+originals are part of its index version: each is first copied to a hidden `.incoming-*` file
+(stage_original), and the version's pending moves put it in place once the version is live
+(index.complete_pending). A leftover `.incoming-*` that no live version names belongs to a change
+that never went live, and the next writer removes it.
 """
 
+import os
 import re
+import uuid
 from pathlib import Path
 
 from service.atomic import copy_atomic, fsync_directory
@@ -33,6 +37,30 @@ def originals_of(uploads_dir: Path, doc_id: str) -> list[Path]:
     return [original_path(uploads_dir, doc_id, suffix) for suffix in SUPPORTED_SUFFIXES]
 
 
+def stage_original(
+    uploads_dir: Path, doc_id: str, source: Path, name: str
+) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """Copy `source` (the user's file `name`) beside the document's original place, synced.
+
+    Returns the moves and removals that make it the document's original (for index.save_index):
+    the staged copy replaces the original of this suffix; originals of other suffixes go.
+    """
+    target = original_path(uploads_dir, doc_id, Path(name).suffix)
+    uploads_dir.mkdir(parents=True, exist_ok=True)
+    staged = uploads_dir / f"{INCOMING_PREFIX}{uuid.uuid4().hex}{target.suffix}"
+    with source.open("rb") as data, staged.open("xb") as handle:
+        try:
+            while block := data.read(2**20):
+                handle.write(block)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+    others = [path for path in originals_of(uploads_dir, doc_id) if path != target]
+    return [(staged, target)], others
+
+
 def keep_original(uploads_dir: Path, doc_id: str, source: Path, name: str) -> Path:
     """Copy `source` (the user's file `name`) to the document's original, replacing any older one."""
     target = original_path(uploads_dir, doc_id, Path(name).suffix)
@@ -42,14 +70,6 @@ def keep_original(uploads_dir: Path, doc_id: str, source: Path, name: str) -> Pa
             older.unlink(missing_ok=True)
     fsync_directory(uploads_dir)
     return target
-
-
-def remove_originals(uploads_dir: Path, doc_id: str) -> None:
-    """Delete the document's kept original (any suffix); nothing happens when there is none."""
-    for path in originals_of(uploads_dir, doc_id):
-        path.unlink(missing_ok=True)
-    if uploads_dir.is_dir():
-        fsync_directory(uploads_dir)
 
 
 def original_files(uploads_dir: Path) -> list[Path]:

@@ -39,4 +39,5 @@ def serve(settings: Settings, build_missing: bool) -> None:
         f"（用时 {time.perf_counter() - started:.1f} 秒）→ http://{settings.host}:{settings.port}",
         flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    # No `server: uvicorn` header: what runs behind the port is nobody's business.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", server_header=False)

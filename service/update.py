@@ -9,15 +9,18 @@ A writer holds an exclusive flock on index_dir/.lock from loading the index to p
 the new version, so two writers never interleave; readers never take it. Any `.staging-*` folder
 found under the lock was left by a killed writer and is removed; CURRENT never names one.
 
-The bytes of each added file are kept as settings.uploads_dir/<doc_id><suffix> (service/originals.py)
-once the new version is saved, so `dangjian-qa index` rebuilds users' documents with the seeds.
+The bytes of each added file are kept as settings.uploads_dir/<doc_id><suffix> (service/originals.py),
+so `dangjian-qa index` rebuilds users' documents with the seeds. Keeping them is part of the change:
+they are staged before the new version is saved and moved into place by its pending moves, so a
+failure to store them (a full disk) leaves the index untouched, and a kill after the switch leaves
+the moves to the next writer.
 """
 
 import filecmp
 import itertools
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,19 +36,24 @@ from service.index import (
     SearchIndex,
     build_bm25,
     corpus_fingerprint,
+    current_version,
     save_index,
     writer_lock,
 )
-from service.ingest import doc_id_for, ingest_file
-from service.ingest.read import FileTooLarge, ReadError, UnsupportedFileType
-from service.originals import keep_original, kept_original, remove_incoming, remove_originals
+from service.ingest import Limits, doc_id_for, ingest_file
+from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
+from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
 from service.records import Document, Passage
 from service.tokenize import WordTokenizer
 
-# What happened to each file; the API maps them to 201 / 409 / 415 / 413 / 422.
-ADDED, REPLACED, DUPLICATE, UNSUPPORTED, TOO_LARGE, FAILED = (
-    "added", "replaced", "duplicate", "unsupported", "too_large", "failed",
+# What happened to each file; the API maps them to 201 / 409 / 415 / 413 / 413 / 422.
+ADDED, REPLACED, DUPLICATE, UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED = (
+    "added", "replaced", "duplicate", "unsupported", "too_large", "over_limit", "failed",
 )  # fmt: skip
+NOT_ADDED = (UNSUPPORTED, TOO_LARGE, OVER_LIMIT, FAILED)  # the file itself is the problem
+EMBED_BATCH = 16  # passages embedded between two progress reports (a few seconds of encoding)
+APPLIED_JOBS_KEPT = 100  # ids of the last upload jobs whose change a manifest holds
+Progress = Callable[[int, int], None]  # (passages embedded, passages in all)
 
 
 class UpdateError(Exception):
@@ -106,19 +114,32 @@ def as_named(files: Sequence[Path | tuple[str, Path]]) -> list[tuple[str, Path]]
     return [(user_file_name(item[0]), item[1]) if isinstance(item, tuple) else (item.name, item) for item in files]
 
 
+def ingest_limits(settings: Settings) -> Limits:
+    """What one user's document may cost (size, unpacked size, characters, passages, PDF pages)."""
+    return Limits(
+        file_bytes=settings.max_upload_bytes,
+        unpacked_bytes=settings.max_unpacked_bytes,
+        characters=settings.max_document_chars,
+        passages=settings.max_document_passages,
+        pdf_pages=settings.max_pdf_pages,
+    )
+
+
 def read_files(
-    files: Sequence[tuple[str, Path]], max_bytes: int, progress: bool = False
+    files: Sequence[tuple[str, Path]], limits: Limits, progress: bool = False
 ) -> tuple[list[tuple[str, Path, Document, list[Passage]]], list[FileOutcome]]:
-    """Ingest each file; failures become outcomes with the reason (type, size, unreadable)."""
+    """Ingest each file; failures become outcomes with the reason (type, size, limits, unreadable)."""
     read: list[tuple[str, Path, Document, list[Passage]]] = []
     failed: list[FileOutcome] = []
     for name, path in tqdm(files, desc="读取文件", unit="个", disable=not progress or len(files) < 2):
         try:
-            document, passages = ingest_file(path, name=name, max_bytes=max_bytes)
+            document, passages = ingest_file(path, name=name, limits=limits)
         except UnsupportedFileType as error:
             failed.append(FileOutcome(name, UNSUPPORTED, reason=str(error)))
         except FileTooLarge as error:
             failed.append(FileOutcome(name, TOO_LARGE, reason=str(error)))
+        except OverLimit as error:
+            failed.append(FileOutcome(name, OVER_LIMIT, reason=str(error)))
         except ReadError as error:
             failed.append(FileOutcome(name, FAILED, reason=str(error)))
         else:
@@ -178,22 +199,16 @@ def changed_index(
     )
 
 
-def add_documents(
-    index: SearchIndex,
-    files: Sequence[Path | tuple[str, Path]],
-    settings: Settings,
-    encoders: Encoders,
-    tokenizer: WordTokenizer,
-    progress: bool = False,
-) -> tuple[SearchIndex, AddReport]:
-    """A new index with the files added; `files` are paths or (user's file name, path on disk).
+def classify_files(
+    index: SearchIndex, files: Sequence[Path | tuple[str, Path]], settings: Settings, progress: bool = False
+) -> tuple[dict[str, tuple[Document, list[Passage]]], AddReport]:
+    """Read the files and sort them against `index`, embedding nothing: the accepted documents by doc id
+    (ADDED or REPLACED) and a report with every file's outcome.
 
-    Content already in the index (same cleaned-text hash) is skipped as DUPLICATE; a file whose doc id
-    (from its name) exists with other content REPLACES that document. Returns `index` itself when
-    nothing changed.
+    Content already in the index (same cleaned-text hash) is DUPLICATE; a file whose doc id (from its
+    name) exists with other content REPLACES that document.
     """
-    started = time.perf_counter()
-    read, failed = read_files(as_named(files), settings.max_upload_bytes, progress)
+    read, failed = read_files(as_named(files), ingest_limits(settings), progress)
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
     accepted: dict[str, tuple[Document, list[Passage]]] = {}
@@ -214,14 +229,54 @@ def add_documents(
         status = REPLACED if document.doc_id in index.documents else ADDED
         report.outcomes.append(FileOutcome(name, status, document.doc_id, len(passages), path=path))
     report.outcomes += failed
+    return accepted, report
+
+
+def embed_in_batches(
+    passages: list[Passage],
+    settings: Settings,
+    encoders: Encoders,
+    tokenizer: WordTokenizer,
+    progress: bool = False,
+    on_progress: Progress | None = None,
+) -> tuple[dict[str, list[np.ndarray]], list[list[str]]]:
+    """embed_and_tokenize in batches of EMBED_BATCH passages, reporting (done, total) after each."""
+    unit_vectors: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
+    tokens: list[list[str]] = []
+    with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
+        for start in range(0, len(passages), EMBED_BATCH):
+            batch = passages[start : start + EMBED_BATCH]
+            vectors, batch_tokens = embed_and_tokenize(batch, encoders, tokenizer, settings.embed_context)
+            for name, model_vectors in vectors.items():
+                unit_vectors[name] += model_vectors
+            tokens += batch_tokens
+            bar.update(len(batch))
+            if on_progress:
+                on_progress(len(tokens), len(passages))
+    return unit_vectors, tokens
+
+
+def add_documents(
+    index: SearchIndex,
+    files: Sequence[Path | tuple[str, Path]],
+    settings: Settings,
+    encoders: Encoders,
+    tokenizer: WordTokenizer,
+    progress: bool = False,
+    on_progress: Progress | None = None,
+) -> tuple[SearchIndex, AddReport]:
+    """A new index with the files added (see classify_files); `files` are paths or (user's file name,
+    path on disk). Returns `index` itself when nothing changed."""
+    started = time.perf_counter()
+    accepted, report = classify_files(index, files, settings, progress)
     if not accepted:
         report.seconds = time.perf_counter() - started
         return index, report
 
     documents = [document for document, _ in accepted.values()]
     passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
-    unit_vectors, tokens = embed_and_tokenize(passages, encoders, tokenizer, settings.embed_context, progress)
-    report.encoded_texts = sum(len(vectors) for vectors in unit_vectors)
+    unit_vectors, tokens = embed_in_batches(passages, settings, encoders, tokenizer, progress, on_progress)
+    report.encoded_texts = sum(len(vectors) for vectors in next(iter(unit_vectors.values()), []))
     new_index = changed_index(index, set(accepted) & set(index.documents), documents, passages, unit_vectors, tokens)
     report.index = new_index
     report.seconds = time.perf_counter() - started
@@ -247,21 +302,46 @@ def add_files(
     tokenizer: WordTokenizer,
     files: Sequence[Path | tuple[str, Path]],
     progress: bool = False,
+    on_progress: Progress | None = None,
+    job_id: str | None = None,
+    before_save: Callable[[AddReport], None] | None = None,
 ) -> AddReport:
     """Add files to the index on disk and save the new version before returning.
 
     For uploads pass (original name, temp path): the name gives the doc id and the messages only.
-    The files' bytes are kept as originals after the version is saved (see service/originals.py).
-    Raises IndexUnavailable when there is no usable index; per-file problems are in the report.
+    The files' bytes are kept as originals by the same change (see service/originals.py).
+    `on_progress(done, total)` follows the passages being embedded. A `job_id` is recorded in the new
+    version's manifest (applied_jobs), and `before_save` sees the report just before the switch, so a
+    job killed around the switch can tell afterwards whether its change went live (service/jobs.py).
+    Raises IndexUnavailable when there is no usable index, OSError when the change cannot be stored
+    (nothing changed then); per-file problems are in the report.
     """
     with writer_lock(settings.index_dir):
         remove_incoming(settings.uploads_dir)
         index = load_current(settings, encoders)
-        new_index, report = add_documents(index, files, settings, encoders, tokenizer, progress)
+        new_index, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
         if report.changed:
-            report.version_dir = save_index(new_index, settings.index_dir)
+            if job_id is not None:
+                applied = [*new_index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
+                new_index.manifest["applied_jobs"] = applied
+            if before_save is not None:
+                before_save(report)
+            moves: list[tuple[Path, Path]] = []
+            removals: list[Path] = []
+            previous = current_version(settings.index_dir)
+            try:
+                for outcome in report.having(ADDED, REPLACED):
+                    staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
+                    moves += staged
+                    removals += others
+                report.version_dir = save_index(new_index, settings.index_dir, moves, removals)
+            except BaseException:
+                if current_version(settings.index_dir) == previous:  # never live: its copies are debris
+                    for staged_copy, _ in moves:
+                        staged_copy.unlink(missing_ok=True)
+                raise
         for outcome in report.outcomes:
-            if outcome.status in (ADDED, REPLACED) or missing_original(settings, outcome):
+            if missing_original(settings, outcome):
                 keep_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
     return report
 
@@ -282,7 +362,6 @@ def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[s
     """remove_documents on the index on disk, saved as a new version before returning it."""
     with writer_lock(settings.index_dir):
         new_index = remove_documents(load_current(settings, encoders), doc_ids)
-        save_index(new_index, settings.index_dir)
-        for doc_id in doc_ids:
-            remove_originals(settings.uploads_dir, doc_id)
+        removals = [path for doc_id in dict.fromkeys(doc_ids) for path in originals_of(settings.uploads_dir, doc_id)]
+        save_index(new_index, settings.index_dir, removals=removals)
     return new_index

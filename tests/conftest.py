@@ -60,9 +60,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@contextlib.contextmanager
-def live_server(settings: Settings, log: Path, **extra_env: str) -> Iterator[str]:
-    """A real `dangjian-qa serve` on a free port and the settings' folders; yields its base URL."""
+def start_server(settings: Settings, log: Path, **extra_env: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a real `dangjian-qa serve` on a free port and the settings' folders; returns its URL once healthy."""
     env = {
         **os.environ,
         "DJQA_INDEX_DIR": str(settings.index_dir),
@@ -71,30 +70,42 @@ def live_server(settings: Settings, log: Path, **extra_env: str) -> Iterator[str
         **extra_env,
     }
     port = free_port()
-    with log.open("wb") as output:
+    with log.open("ab") as output:
         command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
         server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"服务启动失败（退出码 {server.returncode}）：\n{log.read_text(errors='replace')}")
+        if time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"服务 90 秒内未就绪：\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+                if response.status == 200:
+                    return url, server
+        except OSError:
+            time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"服务启动失败（退出码 {server.returncode}）：\n{log.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"服务 90 秒内未就绪：\n{log.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@contextlib.contextmanager
+def live_server(settings: Settings, log: Path, **extra_env: str) -> Iterator[str]:
+    """A real `dangjian-qa serve` on a free port and the settings' folders; yields its base URL."""
+    url, server = start_server(settings, log, **extra_env)
+    try:
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 @pytest.fixture

@@ -142,3 +142,46 @@ def make_docx(
             document.add_paragraph(text, style=style)
     document.save(str(path))
     return path
+
+
+WORD_MAIN = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+PACKAGE_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+    '<Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" '
+    'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+PACKAGE_RELATIONSHIPS = (
+    '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/'
+    'relationships"><Relationship Id="rId1" Target="word/document.xml" Type="http://schemas.openxmlformats.org/'
+    'officeDocument/2006/relationships/officeDocument"/></Relationships>'
+)
+
+
+def make_docx_bomb(path: Path, xml_megabytes: int, paragraph: str = "党建工作要抓实抓细。") -> Path:
+    """A real .docx whose main part is `xml_megabytes` MB of one repeated paragraph: it deflates ~300:1."""
+    import zipfile
+
+    body = f"<w:p><w:r><w:t>{paragraph}</w:t></w:r></w:p>".encode()
+    chunk = body * (2**20 // len(body))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as package:
+        package.writestr("[Content_Types].xml", PACKAGE_TYPES)
+        package.writestr("_rels/.rels", PACKAGE_RELATIONSHIPS)
+        with package.open("word/document.xml", "w", force_zip64=True) as main:
+            main.write(f'<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="{WORD_MAIN}"><w:body>'.encode())
+            for _ in range(xml_megabytes):
+                main.write(chunk)
+            main.write(b"</w:body></w:document>")
+    return path
+
+
+def make_blank_pdf(path: Path, pages: int) -> Path:
+    """A PDF of `pages` empty A4 pages (pypdf)."""
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(width=595, height=842)
+    with path.open("wb") as handle:
+        writer.write(handle)
+    return path

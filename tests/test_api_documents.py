@@ -1,7 +1,6 @@
-"""Uploading and deleting documents over HTTP: the key, the limits, one status per upload, the originals."""
+"""Uploading and deleting documents over HTTP: the key, the limits, upload jobs, the originals."""
 
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +76,25 @@ def app_settings(client: TestClient, **update: object) -> Iterator[None]:
         client.app.state.settings = original
 
 
+def finished(client: TestClient | httpx.Client, response: httpx.Response, headers: dict[str, str] = WRITE) -> dict:
+    """The upload's job once it is done or failed (the upload answered 202 with its location)."""
+    assert response.status_code == 202, response.text
+    location = response.headers["location"]
+    assert location == f"/api/jobs/{response.json()['job_id']}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(location, headers=headers).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"the job did not finish: {job}")
+
+
+def uploaded(client: TestClient, *files: tuple[str, bytes], headers: dict[str, str] = WRITE) -> dict:
+    """Upload and wait for the job: its state, status and result."""
+    return finished(client, upload(client, *files, headers=headers), headers)
+
+
 def error_of(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     payload = response.json()
@@ -133,8 +151,8 @@ def test_missing_or_wrong_key_is_401_and_changes_nothing(
 
 
 def test_bearer_and_x_api_key_both_work(client: TestClient) -> None:
-    added = upload(client, ("bearer.txt", NIGHT_SHIFT.encode()), headers={"Authorization": f"Bearer {KEY}"})
-    assert added.status_code == 201, added.text
+    added = uploaded(client, ("bearer.txt", NIGHT_SHIFT.encode()), headers={"Authorization": f"Bearer {KEY}"})
+    assert added["state"] == "done" and added["status"] == 201, added
     removed = client.delete("/api/documents/bearer", headers={"X-API-Key": KEY})
     assert removed.status_code == 200 and removed.json() == {"removed": "bearer"}
 
@@ -160,14 +178,16 @@ def test_uploaded_txt_docx_and_pdf_are_found_by_search(
     plan = make_docx(
         tmp_path / "plan.docx", "信息中心党支部工作计划", [("Heading 1", "重点任务"), [["任务", "责任人"], PLAN_ROW]]
     )
-    response = upload(
+    job = uploaded(
         client,
         ("发热门诊突击队.txt", FEVER_CLINIC.encode()),
         ("支部工作计划.docx", plan.read_bytes()),
         ("银龄课堂.pdf", pdf_bytes),
     )
-    assert response.status_code == 201, response.text
-    report = response.json()
+    assert job["state"] == "done" and job["status"] == 201 and job["error"] is None, job
+    assert job["files"] == ["发热门诊突击队.txt", "支部工作计划.docx", "银龄课堂.pdf"]
+    assert job["passages_done"] == job["passages_total"] >= 3
+    report = job["result"]
     assert [(d["file"], d["doc_id"]) for d in report["added"]] == [
         ("发热门诊突击队.txt", "发热门诊突击队"),
         ("支部工作计划.docx", "支部工作计划"),
@@ -175,7 +195,7 @@ def test_uploaded_txt_docx_and_pdf_are_found_by_search(
     ]
     assert all(d["title"] and d["passages"] >= 1 for d in report["added"])
     assert report["replaced"] == report["skipped"] == report["failed"] == []
-    # Served at once: the answer came after the app switched to the new index version.
+    # Served at once: the job was done after the app switched to the new index version.
     assert top_doc(client, "发热门诊党员突击队轮值") == "发热门诊突击队"
     assert top_doc(client, "互联网医院党员先锋岗") == "支部工作计划"
     assert top_doc(client, "银龄课堂 防跌倒") == "银龄课堂"
@@ -187,7 +207,7 @@ def test_uploaded_txt_docx_and_pdf_are_found_by_search(
 
 
 def test_same_content_again_is_409_under_any_name(client: TestClient) -> None:
-    assert upload(client, ("duplicate.txt", "党员先锋岗每月开展一次义诊进社区活动。\n".encode())).status_code == 201
+    assert uploaded(client, ("duplicate.txt", "党员先锋岗每月开展一次义诊进社区活动。\n".encode()))["status"] == 201
     message = error_of(
         upload(client, ("duplicate.txt", "党员先锋岗每月开展一次义诊进社区活动。\n".encode())),
         409,
@@ -200,12 +220,12 @@ def test_same_content_again_is_409_under_any_name(client: TestClient) -> None:
 
 
 def test_same_name_with_changed_content_replaces_the_document(client: TestClient, settings: Settings) -> None:
-    assert upload(client, ("值班制度.txt", FEVER_CLINIC.replace("二十四", "十二").encode())).status_code == 201
-    response = upload(
+    assert uploaded(client, ("值班制度.txt", FEVER_CLINIC.replace("二十四", "十二").encode()))["status"] == 201
+    job = uploaded(
         client, ("值班制度.txt", "行政后勤党支部推行“首问负责制”，群众来电来访一律登记、限时回复。\n".encode())
     )
-    assert response.status_code == 200, response.text
-    assert [d["doc_id"] for d in response.json()["replaced"]] == ["值班制度"] and response.json()["added"] == []
+    assert job["state"] == "done" and job["status"] == 200, job
+    assert [d["doc_id"] for d in job["result"]["replaced"]] == ["值班制度"] and job["result"]["added"] == []
     assert top_doc(client, "首问负责制 限时回复") == "值班制度"
     assert "首问负责制" in (settings.uploads_dir / "值班制度.txt").read_text(encoding="utf-8")
 
@@ -252,7 +272,7 @@ def test_scanned_pdf_is_422_asking_for_ocr(client: TestClient, tmp_path: Path) -
 
 
 def test_mixed_upload_adds_the_good_files_and_lists_the_others(client: TestClient) -> None:
-    assert upload(client, ("mixed-old.txt", "药学部党支部开展合理用药宣讲。\n".encode())).status_code == 201
+    assert uploaded(client, ("mixed-old.txt", "药学部党支部开展合理用药宣讲。\n".encode()))["status"] == 201
     response = upload(
         client,
         ("mixed-new.txt", "检验科党支部推行报告时限承诺制。\n".encode()),
@@ -260,8 +280,11 @@ def test_mixed_upload_adds_the_good_files_and_lists_the_others(client: TestClien
         ("notes.xlsx", b"PK"),
         ("bad.docx", b"PK\x03\x04"),
     )
-    assert response.status_code == 201, response.text
-    report = response.json()
+    assert response.json()["files"] == ["mixed-new.txt"], "only the file to add is queued"
+    assert [f["file"] for f in response.json()["result"]["failed"]] == ["notes.xlsx", "bad.docx"], "known at once"
+    job = finished(client, response)
+    assert job["status"] == 201, job
+    report = job["result"]
     assert [d["doc_id"] for d in report["added"]] == ["mixed-new"]
     assert [(f["file"], f["doc_id"]) for f in report["skipped"]] == [("mixed-copy.txt", "mixed-old")]
     assert [(f["file"], f["reason"][:2]) for f in report["failed"]] == [("notes.xlsx", "不支"), ("bad.docx", "文件")]
@@ -301,20 +324,22 @@ def test_file_names_with_paths_never_write_outside_the_uploads_folder(
     if doc_id is None:
         error_of(response, 415, "unsupported_file_type")
     else:
-        assert response.status_code == 201, response.text
-        assert response.json()["added"][0]["doc_id"] == doc_id
+        job = finished(client, response)
+        assert job["status"] == 201, job
+        assert job["result"]["added"][0]["doc_id"] == doc_id
         assert (settings.uploads_dir / f"{doc_id}.txt").read_bytes() == text
-    assert {p.name for p in module_folder.iterdir()} == {"index", "uploads"}
+    assert {p.name for p in module_folder.iterdir()} == {"index", "uploads", "jobs"}
     assert not (module_folder.parent / "evil.txt").exists() and not Path("/tmp/absolute.txt").exists()
     assert all(p.parent == settings.uploads_dir and p.is_file() for p in settings.uploads_dir.rglob("*"))
-    assert not list(Path(tempfile.gettempdir()).glob("djqa-upload-*")), "the upload's temp files are deleted"
+    assert not list(settings.jobs_path.glob(".receiving-*")), "the upload's received files are deleted or queued"
+    assert not list(settings.jobs_path.glob("*/upload-*")), "a finished job's files are deleted"
 
 
 # ---------- delete ----------
 
 
 def test_deleted_document_is_gone_from_search_list_and_uploads(client: TestClient, settings: Settings) -> None:
-    assert upload(client, ("待删除.txt", "麻醉科党支部设立“无痛诊疗”党员示范岗。\n".encode())).status_code == 201
+    assert uploaded(client, ("待删除.txt", "麻醉科党支部设立“无痛诊疗”党员示范岗。\n".encode()))["status"] == 201
     assert top_doc(client, "无痛诊疗 示范岗") == "待删除" and (settings.uploads_dir / "待删除.txt").is_file()
     response = client.delete("/api/documents/待删除", headers=WRITE)
     assert response.status_code == 200 and response.json() == {"removed": "待删除"}
@@ -409,48 +434,73 @@ def server(tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings) ->
     settings = seed_settings.model_copy(
         update={"index_dir": folder / "index", "cache_dir": cache, "uploads_dir": folder / "uploads"}
     )
-    with live_server(settings, folder / "server.log", DJQA_API_KEY=KEY) as url:
+    # The test's document is padded with a megabyte of spaces, which count as characters.
+    with live_server(settings, folder / "server.log", DJQA_API_KEY=KEY, DJQA_MAX_DOCUMENT_CHARS="2000000") as url:
         yield url, folder / "uploads"
 
 
-def test_searches_keep_answering_while_an_upload_is_indexed(server: tuple[str, Path]) -> None:
+def test_searches_keep_answering_while_an_upload_job_runs(server: tuple[str, Path]) -> None:
+    """The upload answers 202 once its file is stored and checked; the job reports its progress."""
     url, uploads = server
     document = long_document(150).encode()
     assert len(document) > 1024 * 1024
-    uploading = threading.Event()
-    uploaded = threading.Event()
-    answers: list[tuple[int, float]] = []  # (status, when) of searches sent while the upload ran
+    indexing = threading.Event()
+    indexed = threading.Event()
+    answers: list[tuple[int, float]] = []  # (status, when) of searches sent while the job ran
 
-    def search_until_uploaded() -> None:
-        uploading.wait(timeout=30)
+    def search_until_indexed() -> None:
+        indexing.wait(timeout=30)
         with httpx.Client(base_url=url, timeout=30) as http:
             deadline = time.monotonic() + 120
-            while not uploaded.is_set() and time.monotonic() < deadline:
+            while not indexed.is_set() and time.monotonic() < deadline:
                 response = http.post("/api/search", json={"query": "如何推动党建与医疗业务深度融合", "top_k": 3})
                 answers.append((response.status_code, time.monotonic()))
 
-    searchers = [threading.Thread(target=search_until_uploaded) for _ in range(2)]
+    searchers = [threading.Thread(target=search_until_indexed) for _ in range(2)]
     for searcher in searchers:
         searcher.start()
+    progress: list[tuple[int, int]] = []
+    headers = {"Authorization": f"Bearer {KEY}"}
     try:
-        uploading.set()
-        started = time.monotonic()
-        response = httpx.post(
-            f"{url}/api/documents",
-            files={"files": ("口腔科党建材料.txt", document)},
-            headers={"Authorization": f"Bearer {KEY}"},
-            timeout=180,
-        )
-        finished = time.monotonic()
+        with httpx.Client(base_url=url, timeout=180, headers=headers) as http:
+            response = http.post("/api/documents", files={"files": ("口腔科党建材料.txt", document)})
+            assert response.status_code == 202, response.text
+            indexing.set()
+            started = time.monotonic()
+            job = response.json()
+            while job["state"] in ("queued", "running") and time.monotonic() - started < 150:
+                progress.append((job["passages_done"], job["passages_total"]))
+                time.sleep(0.2)
+                job = http.get(response.headers["location"]).json()
+            ended = time.monotonic()
     finally:
-        uploaded.set()
+        indexed.set()
         for searcher in searchers:
             searcher.join(timeout=60)
-    assert response.status_code == 201, response.text
-    assert response.json()["added"][0]["passages"] >= 150
-    during = [status for status, when in answers if started <= when <= finished]
-    assert len(during) >= 3, f"upload took {finished - started:.1f}s, searches answered meanwhile: {len(during)}"
+    assert job["state"] == "done" and job["status"] == 201, job
+    assert job["result"]["added"][0]["passages"] >= 150 == min(150, job["passages_total"])
+    assert any(0 < done < total for done, total in progress), f"no progress seen between start and end: {progress}"
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    during = [status for status, when in answers if started <= when <= ended]
+    assert len(during) >= 3, f"the job took {ended - started:.1f}s, searches answered meanwhile: {len(during)}"
     assert set(status for status, _ in answers) == {200}
     found = httpx.post(f"{url}/api/search", json={"query": "微笑护齿 龋齿筛查", "top_k": 1, "mode": "lexical"}).json()
     assert found["results"][0]["doc_id"] == "口腔科党建材料"
     assert (uploads / "口腔科党建材料.txt").stat().st_size == len(document)
+
+
+def test_upload_with_a_name_of_320_bytes_is_added_kept_and_deleted(client: TestClient, settings: Settings) -> None:
+    name = "𠀀" * 80 + ".txt"  # 80 four-byte characters: once a doc id too long to be a file name
+    job = uploaded(client, (name, "眼科党支部开展“光明行”白内障义诊。\n".encode()))
+    assert job["state"] == "done" and job["status"] == 201, job
+    doc_id = job["result"]["added"][0]["doc_id"]
+    assert len(doc_id.encode()) <= 240 and (settings.uploads_dir / f"{doc_id}.txt").is_file()
+    response = client.delete(f"/api/documents/{doc_id}", headers=WRITE)
+    assert response.status_code == 200, response.text
+    assert not (settings.uploads_dir / f"{doc_id}.txt").exists()
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    error_of(client.get("/api/jobs/0123456789abcdef", headers=WRITE), 404, "job_not_found")
+    error_of(client.get("/api/jobs/../../etc", headers=WRITE), 404, "not_found")
+    error_of(client.get("/api/jobs/0123456789abcdef"), 401, "unauthorized")

@@ -1,5 +1,7 @@
 """The page in a real headless Chromium against a real server on the seed index (plus one hostile file)."""
 
+import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -68,10 +70,16 @@ def page(browser: Browser, base_url: str) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.extend(csp_violations([message.text])))
     page.goto(base_url)
     yield page
     context.close()
-    assert not errors, f"页面脚本出错：{errors}"
+    assert not errors, f"页面脚本出错或违反内容安全策略：{errors}"
+
+
+def csp_violations(messages: list[str]) -> list[str]:
+    """Console messages in which Chromium reports a Content-Security-Policy violation."""
+    return [text for text in messages if "Content Security Policy" in text]
 
 
 def shot(page: Page, name: str) -> None:
@@ -175,15 +183,23 @@ def test_markup_in_documents_is_shown_as_text(page: Page) -> None:
 
 
 def test_manage_view_uploads_lists_and_deletes_a_document(page: Page, base_url: str, tmp_path: Path) -> None:
+    """The upload runs as a job: a progress bar while its passages are encoded, then the result."""
     document = tmp_path / "病理科主题党日.txt"
-    document.write_text(
-        "病理科党支部开展“显微镜下的初心”主题党日活动，党员轮流讲述疑难病例诊断故事。\n", encoding="utf-8"
-    )
+    mark = uuid.uuid4().hex[:8]  # text no vector cache has seen, so the job takes a few seconds
+    lines = [
+        f"病理科党支部第{n}次“显微镜下的初心”主题党日（{mark}），党员轮流讲述疑难病例诊断故事。" for n in range(60)
+    ]
+    document.write_text("\n".join(lines) + "\n", encoding="utf-8")
     page.goto(f"{base_url}/?view=manage")
     page.locator("#doc-table tbody tr").first.wait_for(timeout=10_000)
+    limits = page.inner_text("#upload-limits")
+    assert "20 MB" in limits and "1,000,000 字" in limits and "2,000 页" in limits
     page.fill("#api-key", API_KEY)
     page.set_input_files("#upload-files", str(document))
     page.click("#upload-btn")
+    page.locator(".job-label", has_text=re.compile(r"已编码 [1-9]\d* / 60 个段落")).wait_for(timeout=30_000)
+    assert page.locator(".job-progress progress").is_visible()
+    shot(page, "upload-progress")
     row = page.locator("#doc-table tbody tr", has_text="病理科主题党日.txt")
     row.wait_for(timeout=60_000)
     assert "新增 1" in page.inner_text("#status") and "病理科" in page.inner_text("#upload-result")
@@ -220,3 +236,34 @@ def test_limits_come_from_one_setting_for_api_cli_and_page(
             patch.setenv(name, value)
         assert run_cli(seed_settings, "search", "党建", "-k", "8").returncode == 2
         assert run_cli(seed_settings, "search", "党建", "-k", "7").returncode == 0
+
+
+def test_api_docs_render_offline_with_an_authorize_button(browser: Browser, base_url: str) -> None:
+    """/docs needs nothing beyond 127.0.0.1 (every other request is refused) and keeps the strict CSP."""
+    context = browser.new_context(locale="zh-CN")
+    page = context.new_page()
+    requested: list[str] = []
+    console: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("console", lambda message: console.append(message.text))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(base_url) else route.abort())
+    try:
+        page.goto(f"{base_url}/docs")
+        page.locator(".swagger-ui .info .title").wait_for(timeout=20_000)
+        assert "党建问答 API" in page.inner_text(".swagger-ui .info .title")
+        page.locator(".opblock-summary-path", has_text="/api/search").first.wait_for()
+        page.click("button.authorize")
+        dialog = page.locator(".modal-ux")
+        dialog.wait_for()
+        assert "BearerKey" in dialog.inner_text() and "X-API-Key" in dialog.inner_text()
+        shot(page, "api-docs")
+    finally:
+        context.close()
+    outside = [url for url in requested if not url.startswith((base_url, "data:"))]
+    assert outside == [] and csp_violations(console) == []
+
+
+def test_server_sends_security_headers_and_no_server_header(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/api/health")
+    assert "server" not in response.headers
+    assert "default-src 'self'" in response.headers["content-security-policy"]

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import build_index, load_current, open_searcher
-from service.index import IndexUnavailable, current_version
+from service.index import FULL_HASH_BYTES, IndexUnavailable, current_version, file_digest, verify_files
 from service.tokenize import WordTokenizer
 from tests.conftest import make_settings, write
 
@@ -65,6 +66,7 @@ def test_interrupted_build_leaves_the_old_index_live(
         build_index([write(tmp_path / "docs", "b.txt", DOC_B)], small_settings, encoders, tokenizer)
     assert current_version(small_settings.index_dir) == before
     assert load_current(small_settings, encoders).manifest["document_count"] == 1
+    assert not list((small_settings.index_dir / "versions").glob(".staging-*")), "the half-written version is removed"
 
 
 def test_missing_index_names_the_fix(small_settings: Settings, encoders: Encoders) -> None:
@@ -132,3 +134,52 @@ def test_index_built_with_other_settings_is_refused_with_the_fix(
     with pytest.raises(IndexUnavailable, match=r"设置.*make index"):
         load_current(changed, encoders)
     assert load_current(small_settings, encoders).manifest["document_count"] == 1
+
+
+def test_bytes_overwritten_inside_the_vectors_are_refused(
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
+    vectors = report.version_dir / "vectors-0.faiss"
+    data = bytearray(vectors.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = b"\xff" * 8  # a NaN inside a vector: FAISS would load it and serve NaN scores
+    vectors.write_bytes(bytes(data))
+    with pytest.raises(IndexUnavailable, match=r"vectors-0\.faiss 校验失败.*make index"):
+        load_current(small_settings, encoders)
+
+
+@pytest.mark.parametrize("name", ["documents.jsonl", "passages.jsonl"])
+def test_emptied_store_file_is_refused(
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, name: str
+) -> None:
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
+    (report.version_dir / name).write_bytes(b"")
+    with pytest.raises(IndexUnavailable, match=re.escape(f"{name} 校验失败")):
+        load_current(small_settings, encoders)
+
+
+def test_manifest_lists_every_file_with_size_and_checksum(
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
+    files = json.loads((report.version_dir / "manifest.json").read_text())["files"]
+    on_disk = {p.relative_to(report.version_dir).as_posix() for p in report.version_dir.rglob("*") if p.is_file()}
+    assert set(files) == on_disk - {"manifest.json"}
+    assert {"vectors-0.faiss", "passages.jsonl", "documents.jsonl"} <= set(files)
+    assert all(entry["bytes"] > 0 and len(entry["sha256"]) == 64 for entry in files.values())
+
+
+def test_large_files_are_checked_by_sampled_blocks(tmp_path: Path) -> None:
+    """Files past FULL_HASH_BYTES: 64 blocks of 64 KB; a damaged block or a changed size is seen."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * (FULL_HASH_BYTES // 256 + 4096))
+    size = big.stat().st_size
+    manifest = {"files": {"big.bin": {"bytes": size, "sha256": file_digest(big, size)}}}
+    assert manifest["files"]["big.bin"]["sha256"].startswith("sampled:")
+    verify_files(tmp_path, manifest)
+    with big.open("r+b") as handle:  # zero the last block, where a torn write would show
+        handle.seek(size - 1000)
+        handle.write(b"\0" * 1000)
+    with pytest.raises(IndexUnavailable, match=r"big\.bin 校验失败"):
+        verify_files(tmp_path, manifest)

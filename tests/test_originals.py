@@ -1,15 +1,20 @@
 """Users' originals are kept beside the index, so a rebuild (`dangjian-qa index`) keeps their documents."""
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from service.config import Settings
+from service.config import PROJECT_ROOT, Settings
 from service.embed import Encoders
 from service.engine import build_index, load_current, source_files
 from service.index import current_version, writer_lock
+from service.ingest import MAX_DOC_ID_BYTES, doc_id_for
 from service.originals import INCOMING_PREFIX, original_files, original_path
 from service.tokenize import WordTokenizer
 from service.update import ADDED, DUPLICATE, REPLACED, add_files, delete_documents
@@ -123,3 +128,59 @@ def test_a_build_waits_for_a_writer_holding_the_lock(
     build.join(timeout=60)
     assert finished and finished[0] >= released
     assert list(load_current(settings, encoders).documents) == ["fever"]
+
+
+LONG_NAME = "𠀀" * 80 + ".txt"  # 80 four-byte characters: a 320-byte stem, past the 255-byte limit of a file name
+
+
+def test_doc_id_of_a_long_name_is_bounded_in_bytes_and_stable() -> None:
+    doc_id = doc_id_for(Path(LONG_NAME))
+    assert len(doc_id.encode("utf-8")) <= MAX_DOC_ID_BYTES and doc_id == "𠀀" * 60
+    assert doc_id_for(Path(f"{doc_id}.docx")) == doc_id, "a kept original maps back to its id"
+    assert doc_id_for(Path("党" * 80 + ".txt")) == "党" * 80, "ids of 80 BMP characters are unchanged"
+
+
+def test_file_with_a_long_name_is_added_kept_and_removed(
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    upload = write(tmp_path, "upload-0", FEVER_CLINIC)
+    report = add_files(settings, encoders, tokenizer, [(LONG_NAME, upload)])
+    assert [o.status for o in report.outcomes] == [ADDED]
+    doc_id = report.outcomes[0].doc_id
+    assert original_files(settings.uploads_dir) == [settings.uploads_dir / f"{doc_id}.txt"]
+    delete_documents(settings, encoders, [doc_id])
+    assert original_files(settings.uploads_dir) == []
+
+
+def test_an_original_that_cannot_be_stored_leaves_the_index_untouched(
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    settings.uploads_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings.uploads_dir.write_text("a file where the uploads folder should be")  # every write below it fails
+    version = current_version(settings.index_dir)
+    with pytest.raises(OSError):
+        add_files(settings, encoders, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
+    assert current_version(settings.index_dir) == version
+    assert "fever" not in load_current(settings, encoders).documents
+
+
+def test_writer_killed_after_the_switch_leaves_the_originals_to_the_next_writer(
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    """kill -9 after CURRENT names the new version, before its originals are in place: a rebuild keeps them."""
+    fever = write(tmp_path / "mine", "fever.txt", FEVER_CLINIC)
+    marker = tmp_path / "stopped"
+    env = {**os.environ, "DJQA_INDEX_DIR": str(settings.index_dir), "DJQA_UPLOADS_DIR": str(settings.uploads_dir)}
+    command = [sys.executable, "-m", "tests.crash_writer", "after-current", str(marker), "add", str(fever)]
+    writer = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not marker.exists():
+        assert writer.poll() is None and time.monotonic() < deadline, "the writer never reached the switch"
+        time.sleep(0.02)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert "fever" in load_current(settings, encoders).documents and original_files(settings.uploads_dir) == []
+    build_index(source_files(settings.seeds_dir), settings, encoders, tokenizer, with_uploads=True)
+    assert original_files(settings.uploads_dir) == [settings.uploads_dir / "fever.txt"]
+    assert "fever" in load_current(settings, encoders).documents
+    assert not list(settings.uploads_dir.glob(f"{INCOMING_PREFIX}*"))

@@ -10,6 +10,8 @@ Adding and removing documents needs settings.api_key, sent as `Authorization: Be
 /api/health, /api/config and the page stay open in every case.
 """
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,9 +24,11 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_encoders, open_tokenizer
 from service.http.errors import ApiError, on_api_error, on_http_error, on_unexpected_error, on_validation_error
+from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
 from service.http.routes.system import system_routes
+from service.jobs import JobStore, JobWorker
 from service.live import LiveIndex
 from service.tokenize import WordTokenizer
 
@@ -33,16 +37,32 @@ WARM_UP_QUESTION = "党建工作如何开展"
 
 
 def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
-    """The app with model, tokenizer and index loaded (IndexUnavailable if the index cannot be used)."""
+    """The app with models, tokenizer and index loaded (IndexUnavailable if the index cannot be used).
+
+    Its upload-job worker runs while the app does (started and stopped by the lifespan).
+    """
     live = LiveIndex(settings, encoders or open_encoders(settings), tokenizer or open_tokenizer(settings))
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
+    jobs = JobWorker(JobStore(settings.jobs_path), live)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        jobs.start()
+        yield
+        jobs.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="党建问答 API",
         description='卫健系统党建文献检索与问答。所有错误均返回 `{"error": {"code": …, "message": …}}`。',
         version="1.0",
+        docs_url=None,  # FastAPI's own /docs and /redoc load their files from a CDN; ours are local
+        redoc_url=None,
     )
+    app.add_middleware(SecurityHeaders)
     app.state.live = live
+    app.state.jobs = jobs
     app.state.settings = settings
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
@@ -51,9 +71,14 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html")
 
     return app

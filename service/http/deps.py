@@ -3,7 +3,8 @@
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.http.errors import ApiError
@@ -50,7 +51,21 @@ def require_key(request: Request, settings: Settings, code: str, unconfigured: s
     check_key(request, settings)
 
 
-def require_write_key(request: Request, settings: SettingsDep) -> None:
+# Declared for openapi.json, so that /docs has an Authorize button; presented_key reads the headers.
+BEARER_KEY = HTTPBearer(
+    auto_error=False, scheme_name="BearerKey", description="API 密钥（DJQA_API_KEY）：Authorization: Bearer <密钥>"
+)
+HEADER_KEY = APIKeyHeader(
+    name="X-API-Key", auto_error=False, scheme_name="ApiKeyHeader", description="API 密钥（DJQA_API_KEY）"
+)
+
+
+def require_write_key(
+    request: Request,
+    settings: SettingsDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_KEY)],
+    _header: Annotated[str | None, Security(HEADER_KEY)],
+) -> None:
     """Adding and removing documents: only with the configured key; disabled when none is configured."""
     message = "本服务未开启文档上传和删除：请设置环境变量 DJQA_API_KEY 后重启服务，并在请求中提供该密钥"
     require_key(request, settings, "writes_disabled", message)

@@ -4,8 +4,10 @@ Every error is `{"error": {"code": ..., "message": <Chinese>}}`: our own ApiErro
 validation and HTTP errors, and anything unexpected (500, logged).
 """
 
+import errno
 import json
 import logging
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,12 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.http.schemas import ErrorResponse
 
 logger = logging.getLogger("dangjian_qa")
 
 MAX_JSON_BYTES = 1024 * 1024
+# Our bodies are flat objects with one list; deeper nesting is only ever an attack on the parser.
+MAX_JSON_DEPTH = 32
 FIELD_NAMES = {
     "query": "问题（query）",
     "q": "问题（q）",
@@ -84,11 +89,41 @@ async def read_json_body(request: Request) -> bytes:
             400, "invalid_encoding", f"请求体不是合法的 UTF-8 文本（第 {error.start + 1} 个字节）"
         ) from error
     try:
-        json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as error:
         where = f"第 {error.lineno} 行第 {error.colno} 列" if text.strip() else "请求体为空"
         raise ApiError(400, "invalid_json", f"请求体不是合法的 JSON（{where}）") from error
+    except ValueError as error:  # an integer past sys.get_int_max_str_digits() (4300 digits)
+        limit = sys.get_int_max_str_digits()
+        raise ApiError(400, "invalid_json", f"请求体中的整数过长（不能超过 {limit} 位）") from error
+    except RecursionError as error:
+        raise ApiError(400, "invalid_json", f"请求体的 JSON 嵌套层数不能超过 {MAX_JSON_DEPTH}") from error
+    check_json_value(value)
     return body
+
+
+def check_json_value(value: Any) -> None:
+    """400 when the parsed body nests deeper than MAX_JSON_DEPTH or holds a lone surrogate.
+
+    JSON's `\\ud800` escape decodes to a str that no UTF-8 encoder (the tokenizer, the response)
+    accepts; it is refused here, once, for every route. The walk is iterative, so depth costs no stack.
+    """
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, "invalid_json", f"请求体的 JSON 嵌套层数不能超过 {MAX_JSON_DEPTH}")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                code_point = f"U+{ord(item[error.start]):04X}"
+                message = f"请求中含有无效的 Unicode 字符（孤立的代理项 {code_point}），请删除后重试"
+                raise ApiError(400, "invalid_encoding", message) from error
+        elif isinstance(item, dict):
+            pending += [(part, depth + 1) for pair in item.items() for part in pair]
+        elif isinstance(item, list):
+            pending += [(part, depth + 1) for part in item]
 
 
 class JsonBodyRoute(APIRoute):
@@ -127,6 +162,8 @@ def parameter_message(error: dict[str, Any]) -> str:
         return f"缺少参数{name}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"参数{name}必须是整数"
+    if kind == "int_parsing_size":
+        return f"参数{name}的数值过大"
     if kind in ("string_type", "str_type"):
         return f"参数{name}必须是字符串"
     if kind == "list_type":
@@ -148,12 +185,28 @@ async def on_validation_error(request: Request, error: RequestValidationError) -
     return error_response(422, "invalid_parameter", "；".join(dict.fromkeys(map(parameter_message, errors))))
 
 
-async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the first route's)."""
+    served = [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+    ]
+    return [*served, "OPTIONS"]
+
+
+async def on_http_error(request: Request, error: StarletteHTTPException) -> Response:
     if error.status_code == 404:
         return error_response(404, "not_found", f"接口或文件不存在：{request.url.path}")
     if error.status_code == 405:
-        message = f"{request.url.path} 不支持 {request.method} 请求"
-        return error_response(405, "method_not_allowed", message, headers=error.headers)
+        allow = {"Allow": ", ".join(allowed_methods(request))}
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers=allow)
+        message = f"{request.url.path} 不支持 {request.method} 请求，可用的方法：{allow['Allow']}"
+        return error_response(405, "method_not_allowed", message, headers=allow)
     return error_response(error.status_code, f"http_{error.status_code}", str(error.detail), headers=error.headers)
 
 
@@ -162,5 +215,8 @@ async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        logger.error("磁盘空间不足：%s %s：%s", request.method, request.url.path, error)
+        return error_response(507, "insufficient_storage", "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试")
     logger.exception("未处理的错误：%s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "服务内部错误，请稍后重试")

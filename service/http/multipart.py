@@ -12,6 +12,8 @@ from typing import BinaryIO
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
 
+from service.ingest.read import size_text
+
 # After a file passes the limit the rest of the body is read and dropped up to this many bytes, so
 # that an ordinary client gets the 413 answer instead of a reset connection; beyond it we stop reading.
 DRAIN_BYTES = 32 * 1024 * 1024
@@ -26,7 +28,7 @@ class FileOverLimit(FormError):
 
     def __init__(self, name: str, limit: int) -> None:
         self.name, self.limit = name, limit
-        super().__init__(f"{name}：文件超过大小上限 {limit_text(limit)}，已停止接收")
+        super().__init__(f"{name}：文件超过大小上限 {size_text(limit)}，已停止接收")
 
 
 class TooManyFiles(FormError):
@@ -42,12 +44,6 @@ class ReceivedFile:
     name: str  # as the client sent it: text for messages and the doc id, never a path
     path: Path  # the generated temp file holding its bytes
     size: int
-
-
-def limit_text(limit: int) -> str:
-    if limit >= 2**20:
-        return f"{limit / 2**20:g} MB"
-    return f"{limit / 2**10:g} KB" if limit >= 2**10 else f"{limit} 字节"
 
 
 def decode_header(raw: bytes) -> str:

@@ -7,7 +7,7 @@ made per app by `request_models`; responses are plain module-level models.
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, StrictStr
 
 from service.config import DEFAULT_MODE, MODES, Settings
 
@@ -15,6 +15,21 @@ Mode = Literal[MODES]  # type: ignore[valid-type]
 MODE_HELP = "检索方式：hybrid 混合（默认）、dense 语义、lexical 关键词"
 EXAMPLE_QUERY = "如何推动党建与医疗业务深度融合"
 EXAMPLE_QUESTION = "党风廉政建设主体责任怎么落实"
+
+
+def whole_number(value: object) -> object:
+    """1.0 is the integer 1 (JSON Schema agrees); 1.5, "1" and true stay errors of a strict integer."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# A JSON integer, also when written 5.0; strings and booleans are refused (JSON is strict).
+WHOLE_NUMBER = BeforeValidator(whole_number)
+
+
+def query_length(settings: Settings) -> dict[str, int]:
+    """The question's length bounds as JSON Schema states them; checked by the routes (400 empty_query /
+    query_too_long after stripping white space), so they are declared here, not enforced by pydantic."""
+    return {"minLength": 1, "maxLength": settings.max_query_chars}
 
 
 @dataclass(frozen=True)
@@ -26,22 +41,38 @@ class RequestModels:
 def request_models(settings: Settings) -> RequestModels:
     """The JSON request bodies with this app's limits; JSON is strict (「5」 is not a number)."""
     top_k_help = f"返回条数，1 到 {settings.max_top_k}"
-    TopK = Annotated[StrictInt, Field(ge=1, le=settings.max_top_k, description=top_k_help, examples=[5])]
+    TopK = Annotated[StrictInt, Field(ge=1, le=settings.max_top_k, description=top_k_help, examples=[5]), WHOLE_NUMBER]
     length = f"不超过 {settings.max_query_chars} 字"
+    bounds = query_length(settings)
 
     class SearchRequest(BaseModel):
-        query: StrictStr = Field(description=f"问题或关键词，{length}", examples=[EXAMPLE_QUERY])
+        query: StrictStr = Field(
+            description=f"问题或关键词，{length}", examples=[EXAMPLE_QUERY], json_schema_extra=bounds
+        )
         top_k: TopK = settings.default_top_k
         mode: Mode = Field(default=DEFAULT_MODE, description=MODE_HELP)
         doc_ids: list[StrictStr] | None = Field(default=None, description="只在这些文档中检索（文档 ID 列表）")
         doc_type: StrictStr | None = Field(default=None, description="只检索此类型的文档，如 讲话、经验交流、工作总结")
-        year: StrictInt | None = Field(default=None, description="只检索此年份的文档", examples=[2023])
+        year: Annotated[StrictInt, WHOLE_NUMBER] | None = Field(
+            default=None, description="只检索此年份的文档", examples=[2023]
+        )
 
     class AskRequest(BaseModel):
-        question: StrictStr = Field(description=f"问题，{length}", examples=[EXAMPLE_QUESTION])
+        question: StrictStr = Field(
+            description=f"问题，{length}", examples=[EXAMPLE_QUESTION], json_schema_extra=bounds
+        )
         top_k: TopK = settings.default_top_k
 
     return RequestModels(search=SearchRequest, ask=AskRequest)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="错误代码，如 empty_query、invalid_parameter", examples=["empty_query"])
+    message: str = Field(description="中文错误说明", examples=["问题不能为空"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 class RankEvidence(BaseModel):
@@ -139,6 +170,24 @@ class UploadReport(BaseModel):
     failed: list[FileProblem] = Field(description="无法添加的文件及原因")
 
 
+class UploadJob(BaseModel):
+    job_id: str = Field(description="任务 ID，用于 GET /api/jobs/{job_id}")
+    state: Literal["queued", "running", "done", "failed"] = Field(
+        description="queued 排队中、running 正在建立索引、done 已完成、failed 未添加任何文档（原因见 error）"
+    )
+    created_at: str = Field(description="提交时间（ISO 8601）")
+    started_at: str | None = Field(description="开始处理的时间")
+    finished_at: str | None = Field(description="结束时间")
+    files: list[str] = Field(description="本任务要收录的文件")
+    passages_done: int = Field(description="已编码的段落数")
+    passages_total: int = Field(description="要编码的段落总数（开始编码后才知道）")
+    status: int | None = Field(description="完成后相当于同步上传的状态码：201 有新增，200 仅替换，或错误的状态码")
+    result: UploadReport | None = Field(description="各文件的结果；完成前只列出上传时已被跳过或拒绝的文件")
+    error: ErrorDetail | None = Field(
+        description="没有添加任何文档时的原因，如 duplicate_document、insufficient_storage（磁盘空间不足）"
+    )
+
+
 class RemovedDocument(BaseModel):
     removed: str = Field(description="已删除的文档 ID")
 
@@ -188,12 +237,9 @@ class ClientConfig(BaseModel):
     max_top_k: int = Field(description="返回条数上限")
     default_top_k: int
     max_query_chars: int = Field(description="问题长度上限（字）")
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(description="错误代码，如 empty_query、invalid_parameter", examples=["empty_query"])
-    message: str = Field(description="中文错误说明", examples=["问题不能为空"])
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    max_upload_files: int = Field(description="一次上传的文件数上限")
+    max_upload_bytes: int = Field(description="单个文件的大小上限（字节）")
+    max_unpacked_bytes: int = Field(description="Word 文件解压后的大小上限（字节）")
+    max_document_chars: int = Field(description="每篇文档的字数上限")
+    max_document_passages: int = Field(description="每篇文档的段落数上限")
+    max_pdf_pages: int = Field(description="PDF 的页数上限")

@@ -6,10 +6,14 @@ from pathlib import Path
 
 from service.ingest.clean import clean_blocks
 from service.ingest.passages import build_document
-from service.ingest.read import ReadError, read_blocks
+from service.ingest.read import NO_LIMITS, Limits, OverLimit, ReadError, read_blocks
 from service.records import Document, Passage
 
-__all__ = ["Corpus", "ReadError", "doc_id_for", "ingest_file", "ingest_paths"]
+__all__ = ["Corpus", "Limits", "OverLimit", "ReadError", "doc_id_for", "ingest_file", "ingest_paths"]
+
+# A doc id names the kept original (<doc_id><suffix>), and file names are at most 255 bytes. 240
+# keeps every id of 80 BMP characters (3 bytes each in UTF-8) as it was; 4-byte characters get 60.
+MAX_DOC_ID_BYTES = 240
 
 
 @dataclass
@@ -25,23 +29,31 @@ def doc_id_for(path: Path) -> str:
     """A stable id from the file name: the same name always maps to the same document.
 
     Applied to `<doc_id>.txt` it gives back doc_id, so kept originals (service/originals.py) keep their id.
+    At most 80 characters and MAX_DOC_ID_BYTES bytes of UTF-8, cut between characters.
     """
-    return re.sub(r"[^\w\-]+", "_", path.stem)[:80].strip("_") or "document"
+    stem = re.sub(r"[^\w\-]+", "_", path.stem)[:80]
+    stem = stem.encode("utf-8")[:MAX_DOC_ID_BYTES].decode("utf-8", errors="ignore")
+    return stem.strip("_") or "document"
 
 
 def ingest_file(
-    path: Path, doc_id: str | None = None, name: str | None = None, max_bytes: int | None = None
+    path: Path, doc_id: str | None = None, name: str | None = None, limits: Limits = NO_LIMITS
 ) -> tuple[Document, list[Passage]]:
-    """Read, clean and cut one file; raises ReadError when it holds no usable text.
+    """Read, clean and cut one file; raises ReadError when it holds no usable text, OverLimit past `limits`.
 
     `name` is the user's file name when `path` is a temporary copy (an upload): it gives the doc id,
     the source and the messages; the path itself is never derived from it.
     """
     name = name or path.name
-    blocks = clean_blocks(read_blocks(path, name, max_bytes))
+    blocks = clean_blocks(read_blocks(path, name, limits))
     document, passages = build_document(doc_id or doc_id_for(Path(name)), name, blocks)
     if not passages:
         raise ReadError(f"{name}：没有可检索的正文")
+    if limits.passages is not None and len(passages) > limits.passages:
+        raise OverLimit(
+            f"{name}：切分后有 {len(passages):,} 个段落，超过 {limits.passages:,} 个的上限"
+            "（DJQA_MAX_DOCUMENT_PASSAGES），请拆分后再添加"
+        )
     return document, passages
 
 

@@ -8,6 +8,7 @@ numbers dropped, lines broken by the layout joined back into paragraphs).
 import logging
 import math
 import re
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,42 @@ class UnsupportedFileType(ReadError):
     """The file's type is not one we read; the message lists the supported types."""
 
 
-class FileTooLarge(ReadError):
+class OverLimit(ReadError):
+    """The file or what it expands to is over one of the configured Limits; the message names it."""
+
+
+class FileTooLarge(OverLimit):
     """The file is over the configured size limit (settings.max_upload_bytes)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one document may cost, checked while reading so that memory and time stay bounded.
+
+    A 3.8 MB .docx can hold a gigabyte of XML and a 40 KB one fourteen thousand paragraphs; the
+    file size alone bounds neither. None means unlimited (the seeds an administrator indexes).
+    """
+
+    file_bytes: int | None = None  # the file itself
+    unpacked_bytes: int | None = None  # a .docx's members once decompressed (declared sizes, which zipfile enforces)
+    characters: int | None = None  # text read from the file
+    passages: int | None = None  # passages it is cut into (each one is embedded: time)
+    pdf_pages: int | None = None  # pages of a PDF (each page is parsed: time)
+
+
+NO_LIMITS = Limits()
+
+
+def size_text(size: int) -> str:
+    """Bytes as the limits are written in messages (20 MB, 64 KB)."""
+    if size >= 2**20:
+        return f"{size / 2**20:g} MB"
+    return f"{size / 2**10:g} KB" if size >= 2**10 else f"{size} 字节"
+
+
+def check_characters(count: int, limits: Limits, name: str) -> None:
+    if limits.characters is not None and count > limits.characters:
+        raise OverLimit(f"{name}：文字超过 {limits.characters:,} 字的上限（DJQA_MAX_DOCUMENT_CHARS），请拆分后再添加")
 
 
 def decode_text(raw: bytes, name: str) -> str:
@@ -109,7 +144,49 @@ def table_blocks(table) -> list[Block]:  # a docx Table
     return [*blocks, Block("")]
 
 
-def docx_blocks(path: Path, name: str) -> list[Block]:
+WORD_NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+MAIN_PART = "word/document.xml"
+
+
+def check_docx_size(path: Path, name: str, limits: Limits) -> None:
+    """OverLimit when a .docx unpacks past limits.unpacked_bytes or its text past limits.characters.
+
+    Both are known before python-docx builds its tree (which costs ~10x the XML in memory and a
+    fraction of a millisecond per paragraph). The sizes are the declared ones, read from the zip's
+    directory; zipfile stops every member at its declared size (and fails its CRC), so a package
+    that lies about them cannot expand further. The text is counted by a streaming parse of the
+    main part that keeps one paragraph in memory at a time.
+    """
+    if limits.unpacked_bytes is None and limits.characters is None:
+        return
+    from lxml import etree
+
+    try:
+        with zipfile.ZipFile(path) as package:
+            unpacked = sum(member.file_size for member in package.infolist())
+            if limits.unpacked_bytes is not None and unpacked > limits.unpacked_bytes:
+                raise OverLimit(
+                    f"{name}：解压后的内容（{size_text(unpacked)}）超过 {size_text(limits.unpacked_bytes)} 的上限"
+                    "（DJQA_MAX_UNPACKED_BYTES），可能是压缩炸弹或内嵌了过大的图片"
+                )
+            if limits.characters is None or MAIN_PART not in package.namelist():
+                return
+            characters = 0
+            with package.open(MAIN_PART) as xml:
+                for _, element in etree.iterparse(xml, events=("end",), resolve_entities=False, no_network=True):
+                    if element.tag == f"{WORD_NS}t":
+                        characters += len(element.text or "")
+                    elif element.tag == f"{WORD_NS}p":
+                        characters += 1
+                        check_characters(characters, limits, name)
+                        element.clear()
+                        while element.getprevious() is not None:
+                            del element.getparent()[0]
+    except (zipfile.BadZipFile, etree.XMLSyntaxError, OSError, ValueError, KeyError) as error:
+        raise ReadError(f"{name}：文件已损坏或不是有效的 Word 文档") from error
+
+
+def docx_blocks(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[Block]:
     """Paragraphs and table rows in body order."""
     import docx
     from docx.table import Table
@@ -117,11 +194,18 @@ def docx_blocks(path: Path, name: str) -> list[Block]:
     with path.open("rb") as handle:
         if handle.read(4) == OLE_MAGIC:
             raise ReadError(f"{name}：文件已加密或是旧版 Word（.doc）格式，请另存为 .docx 后再添加")
+    check_docx_size(path, name, limits)
     try:
         document = docx.Document(str(path))
         blocks: list[Block] = []
+        characters = 0
         for item in document.iter_inner_content():
-            blocks += table_blocks(item) if isinstance(item, Table) else paragraph_blocks(item)
+            new_blocks = table_blocks(item) if isinstance(item, Table) else paragraph_blocks(item)
+            characters += sum(len(block.text) + 1 for block in new_blocks)
+            check_characters(characters, limits, name)
+            blocks += new_blocks
+    except OverLimit:
+        raise
     # python-docx surfaces a damaged package as zip, XML, key or value errors of several libraries.
     except Exception as error:
         raise ReadError(f"{name}：文件已损坏或不是有效的 Word 文档") from error
@@ -165,7 +249,7 @@ def layout_line(raw: str) -> Line:
     return Line(text, len(raw) - len(raw.lstrip()))
 
 
-def pdf_pages(path: Path, name: str) -> list[list[Line]]:
+def pdf_pages(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[list[Line]]:
     """Non-empty lines of each page's text layer, with their indentation."""
     import pypdf
     from pypdf.errors import DependencyError, FileNotDecryptedError
@@ -175,8 +259,20 @@ def pdf_pages(path: Path, name: str) -> list[list[Line]]:
         reader = pypdf.PdfReader(str(path))
         if reader.is_encrypted and not reader.decrypt(""):
             raise ReadError(f"{name}：PDF 已加密，需要先解除密码保护")
-        # Layout mode keeps horizontal positions, which is how a first-line indent shows.
-        texts = [page.extract_text(extraction_mode="layout") or "" for page in reader.pages]
+        if limits.pdf_pages is not None:
+            # The page tree's declared /Count costs nothing; counting the pages walks the whole tree
+            # (4 s for 32,768 empty pages), so that comes second, for a file whose /Count lies.
+            for count in (lambda: int(reader.trailer["/Root"]["/Pages"]["/Count"]), lambda: len(reader.pages)):
+                if (page_count := count()) > limits.pdf_pages:
+                    limit = f"{limits.pdf_pages:,} 页的上限（DJQA_MAX_PDF_PAGES）"
+                    raise OverLimit(f"{name}：PDF 共 {page_count:,} 页，超过 {limit}")
+        texts: list[str] = []
+        characters = 0
+        for page in reader.pages:
+            # Layout mode keeps horizontal positions, which is how a first-line indent shows.
+            texts.append(page.extract_text(extraction_mode="layout") or "")
+            characters += len(texts[-1].strip())
+            check_characters(characters, limits, name)
     except ReadError:
         raise
     except (DependencyError, FileNotDecryptedError) as error:
@@ -251,9 +347,9 @@ def join_lines(pages: list[list[Line]]) -> list[Block]:
     return blocks
 
 
-def pdf_blocks(path: Path, name: str) -> list[Block]:
+def pdf_blocks(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[Block]:
     """Paragraph blocks of a PDF's text layer; a PDF without one (a scan) needs OCR first."""
-    pages = pdf_pages(path, name)
+    pages = pdf_pages(path, name, limits)
     if not any(re.search(r"\w", line.text) for lines in pages for line in lines):
         raise ReadError(f"{name}：PDF 中没有可提取的文字（可能是扫描件），需要先做 OCR")
     return join_lines(strip_page_edges(pages))
@@ -278,18 +374,22 @@ def check_file(path: Path, name: str, max_bytes: int | None = None) -> None:
         raise FileTooLarge(f"{name}：文件大小 {size / 2**20:.1f} MB 超过上限 {max_bytes / 2**20:.0f} MB")
 
 
-def read_blocks(path: Path, name: str | None = None, max_bytes: int | None = None) -> list[Block]:
-    """Read a supported file into blocks; `name` is the user's file name (the path may be a temp file)."""
+def read_blocks(path: Path, name: str | None = None, limits: Limits = NO_LIMITS) -> list[Block]:
+    """Read a supported file into blocks; `name` is the user's file name (the path may be a temp file).
+
+    OverLimit (a ReadError) as soon as the file passes one of `limits`.
+    """
     name = name or path.name
-    check_file(path, name, max_bytes)
+    check_file(path, name, limits.file_bytes)
     suffix = Path(name).suffix.lower()
     if suffix == ".docx":
-        return docx_blocks(path, name)
+        return docx_blocks(path, name, limits)
     if suffix == ".pdf":
-        return pdf_blocks(path, name)
+        return pdf_blocks(path, name, limits)
     try:
         raw = path.read_bytes()
     except OSError as error:
         raise ReadError(f"{name}：无法读取文件（{error.strerror}）") from error
     text = decode_text(raw, name)
+    check_characters(len(text), limits, name)
     return markdown_blocks(text) if suffix == ".md" else text_blocks(text)

@@ -486,15 +486,37 @@
     files.forEach((f) => form.append('files', f, f.name));
     const btn = $('#upload-btn');
     btn.disabled = true;
-    setStatus(`正在上传并建立索引（${files.length} 个文件），请稍候…`, 'info', true);
+    setStatus(`正在上传并检查（${files.length} 个文件）…`, 'info', true);
     try {
-      const res = await api('/api/documents', { method: 'POST', body: form, headers });
+      const accepted = await api('/api/documents', { method: 'POST', body: form, headers });
       input.value = '';
-      const summary = renderUploadResult(res);
+      const job = await followJob(accepted, headers);
+      const summary = renderUploadResult(job.result || {});
       await loadDocuments();
-      setStatus(summary, (res.failed || []).length ? 'warn' : 'ok');
+      if (job.state === 'failed') setStatus(job.error ? job.error.message : '没有添加任何文档', 'error');
+      else setStatus(summary, (job.result.failed || []).length ? 'warn' : 'ok');
       loadHealth();
     } catch (e) { handleWriteError(e); } finally { btn.disabled = false; }
+  }
+
+  // An upload is indexed by a job on the server (POST answered 202); poll it and show its progress.
+  async function followJob(job, headers) {
+    const bar = el('progress', { max: '1', value: '0', 'aria-label': '建立索引进度' });
+    const label = el('span', { class: 'job-label' }, '排队中…');
+    const box = $('#upload-result');
+    box.replaceChildren(el('h3', {}, '正在建立索引'), el('div', { class: 'job-progress' }, bar, label));
+    box.hidden = false;
+    while (job.state === 'queued' || job.state === 'running') {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      job = await api(`/api/jobs/${encodeURIComponent(job.job_id)}`, { headers });
+      const total = job.passages_total || 0;
+      bar.max = Math.max(total, 1);
+      bar.value = job.passages_done || 0;
+      label.textContent = job.state === 'queued' ? '排队中…'
+        : total ? `已编码 ${job.passages_done} / ${total} 个段落` : '正在读取文件…';
+      setStatus(`正在建立索引：${label.textContent}（检索不受影响）`, 'info', true);
+    }
+    return job;
   }
 
   function renderUploadResult(res) {
@@ -544,6 +566,13 @@
     for (const k of [config.default_top_k, config.max_top_k]) if (!choices.includes(k)) choices.push(k);
     $('#top-k').replaceChildren(...choices.sort((a, b) => a - b).map((k) => el('option', { value: k }, k)));
     $('#top-k').value = String(config.default_top_k);
+    if (config.max_upload_bytes) {
+      const mb = (n) => `${Math.round((n / 1048576) * 10) / 10} MB`;
+      const num = (n) => Number(n).toLocaleString('zh-CN');
+      $('#upload-limits').textContent = `上限：每个文件 ${mb(config.max_upload_bytes)}，一次 ${config.max_upload_files} 个；`
+        + `每篇文档 ${num(config.max_document_chars)} 字、${num(config.max_document_passages)} 个段落；`
+        + `Word 文件解压后 ${mb(config.max_unpacked_bytes)}；PDF ${num(config.max_pdf_pages)} 页。`;
+    }
   }
 
   async function loadConfig() {

@@ -1,13 +1,13 @@
 """Documents: list and read them (read key, when required); upload and delete them (write key).
 
-Uploads and deletes run the change in a worker thread, so searches go on answering from the
-current index version; the new version is served before the answer is sent. Uploads are read by
-service/http/multipart.py (per-file size limit while streaming), never through the 1 MB JSON body
-limit of the search routes.
+An upload is received into the jobs folder (service/http/multipart.py: per-file size limit while
+streaming, never the 1 MB JSON body limit of the search routes), read and checked against the live
+index (types, sizes, content limits, duplicates: errors answered at once), and then indexed by the
+job worker (service/jobs.py): the request answers 202 with the job. A delete runs in a worker
+thread and the new version is served before it answers. Searches go on answering meanwhile.
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,34 +15,23 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.config import Settings
 from service.http.deps import SettingsDep, SnapshotDep, require_read_key, require_write_key
 from service.http.errors import ApiError
-from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles, receive_files
+from service.http.multipart import FileOverLimit, FormError, NotAForm, ReceivedFile, TooManyFiles, receive_files
 from service.http.schemas import (
     DocumentDetail,
     DocumentList,
     DocumentSummary,
     ErrorResponse,
-    FileProblem,
     PassageSpan,
     RemovedDocument,
-    UploadedDocument,
-    UploadReport,
+    UploadJob,
 )
 from service.index import IndexUnavailable, document_rows
-from service.update import (
-    ADDED,
-    DUPLICATE,
-    FAILED,
-    REPLACED,
-    TOO_LARGE,
-    UNSUPPORTED,
-    AddReport,
-    UnknownDocuments,
-    WouldEmptyIndex,
-)
+from service.jobs import Job, nothing_added, problem_rows
+from service.update import ADDED, REPLACED, UnknownDocuments, WouldEmptyIndex, classify_files
 
-MAX_UPLOAD_FILES = 50  # per request: each file costs a temp file and a parse
 read_routes = APIRouter(prefix="/api", dependencies=[Depends(require_read_key)])
 write_routes = APIRouter(prefix="/api", dependencies=[Depends(require_write_key)])
 
@@ -58,6 +47,7 @@ UPLOAD_FORM = {  # the body as /docs shows it; the route reads the stream itself
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                             "description": "一个或多个 .txt、.md、.docx、.pdf 文件",
                         }
                     },
@@ -75,25 +65,21 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"model": UploadReport, "description": "没有新文档，但有文档被替换；跳过和失败的文件也列出"},
     **WRITE_RESPONSES,
     **{
         status: {"model": ErrorResponse, "description": description}
         for status, description in (
             (400, "没有文件、文件过多或表单格式错误（no_files、too_many_files、invalid_form）"),
             (409, "所有文件都与已有文档内容相同（duplicate_document）"),
-            (413, "有文件超过大小上限（file_too_large），本次上传的文件都未添加"),
+            (
+                413,
+                "有文件超过大小上限（file_too_large），本次上传的文件都未添加；或文件内容超过上限（document_too_large）",
+            ),
             (415, "文件类型不支持（unsupported_file_type）或请求不是表单（unsupported_media_type）"),
             (422, "文件无法读取：损坏、为空、没有文字或是扫描件（unreadable_file）；原因不一时为 upload_failed"),
+            (507, "磁盘空间不足（insufficient_storage），文档未添加"),
         )
     },
-}
-# When no file of an upload was added and they all failed alike, their common reason is the answer.
-FAILURE_CODES = {
-    DUPLICATE: (409, "duplicate_document"),
-    UNSUPPORTED: (415, "unsupported_file_type"),
-    TOO_LARGE: (413, "file_too_large"),
-    FAILED: (422, "unreadable_file"),
 }
 
 
@@ -134,72 +120,49 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     )
 
 
-def upload_report(report: AddReport) -> UploadReport:
-    """Every file of the upload under what happened to it; reasons without the repeated file name."""
-    documents = report.index.documents if report.index else {}
+def check_upload(request: Request, settings: Settings, received: list[ReceivedFile], folder: Path) -> Job:
+    """Read and check the received files against the live index; a job for those to add, else ApiError.
 
-    def uploaded(status: str) -> list[UploadedDocument]:
-        return [
-            UploadedDocument(file=o.name, doc_id=o.doc_id, title=documents[o.doc_id].title, passages=o.passages)
-            for o in report.having(status)
-        ]
-
-    def problems(*statuses: str) -> list[FileProblem]:
-        return [
-            FileProblem(
-                file=o.name,
-                reason=o.reason.removeprefix(f"{o.name}："),
-                doc_id=o.doc_id if o.status == DUPLICATE else None,
-            )
-            for o in report.having(*statuses)
-        ]
-
-    return UploadReport(
-        added=uploaded(ADDED),
-        replaced=uploaded(REPLACED),
-        skipped=problems(DUPLICATE),
-        failed=problems(UNSUPPORTED, TOO_LARGE, FAILED),
-    )
-
-
-def upload_status(report: AddReport) -> int:
-    """201 when a document was added, 200 when documents were only replaced (other files listed either way).
-
-    When nothing changed the upload is an error: the files' common reason (409 duplicate, 415 type,
-    413 size, 422 unreadable), or 422 upload_failed when their reasons differ; the message lists each.
+    Runs in a worker thread: reading a large Word or PDF file takes a while, searches go on meanwhile.
     """
-    if report.having(ADDED):
-        return 201
-    if report.having(REPLACED):
-        return 200
-    reasons = "；".join(outcome.reason for outcome in report.outcomes)
-    statuses = {outcome.status for outcome in report.outcomes}
-    if len(statuses) == 1:
-        status, code = FAILURE_CODES[statuses.pop()]
-        raise ApiError(status, code, reasons)
-    raise ApiError(422, "upload_failed", f"没有添加任何文档：{reasons}")
+    files = [(upload.name, upload.path) for upload in received]
+    live = request.app.state.live
+    _, report = classify_files(live.current().searcher.index, files, settings)
+    accepted = report.having(ADDED, REPLACED)
+    if not accepted:
+        status, code, message = nothing_added(report)
+        raise ApiError(status, code, message)
+    kept = {outcome.path for outcome in accepted}
+    for upload in received:
+        if upload.path not in kept:
+            upload.path.unlink(missing_ok=True)
+    job_files = [{"name": outcome.name, "path": outcome.path.name} for outcome in accepted]
+    return request.app.state.jobs.store.create(folder, job_files, problem_rows(report))
 
 
 @write_routes.post(
     "/documents",
     summary="上传文档",
-    status_code=201,
-    response_model=UploadReport,
+    status_code=202,
+    response_model=UploadJob,
     responses=UPLOAD_RESPONSES,
     openapi_extra=UPLOAD_FORM,
 )
 async def upload_documents(request: Request, settings: SettingsDep) -> JSONResponse:
-    """上传 .txt、.md、.docx、.pdf 文件（表单字段 files，可多个）并立即收录，需要 API 密钥。
+    """上传 .txt、.md、.docx、.pdf 文件（表单字段 files，可多个），需要 API 密钥。
 
+    文件保存并检查（类型、大小、内容上限、是否重复）后立即返回 202 和任务 ID，由后台建立索引；
+    用 GET /api/jobs/{job_id} 查看进度和结果。没有可收录的文件时立即返回错误。
     文件名决定文档 ID：同名文件内容有变化时替换原文档，内容与已有文档相同时跳过。
-    有新增时返回 201，只有替换时返回 200，并逐个列出跳过和失败的文件。
     """
-    folder = Path(tempfile.mkdtemp(prefix="djqa-upload-"))
+    jobs = request.app.state.jobs
+    folder = jobs.store.receiving_folder()
+    job: Job | None = None
     try:
         content_type = request.headers.get("content-type", "")
         try:
             received = await receive_files(
-                request.stream(), content_type, "files", folder, settings.max_upload_bytes, MAX_UPLOAD_FILES
+                request.stream(), content_type, "files", folder, settings.max_upload_bytes, settings.max_upload_files
             )
         except FileOverLimit as error:
             raise ApiError(413, "file_too_large", f"{error}；本次上传的文件均未添加") from error
@@ -211,16 +174,27 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
             raise ApiError(400, "invalid_form", str(error)) from error
         if not received:
             raise ApiError(400, "no_files", "请选择要上传的文件（表单字段 files）")
-        files = [(upload.name, upload.path) for upload in received]
-        try:
-            # In a worker thread: searches go on answering from the current version meanwhile.
-            report = await run_in_threadpool(request.app.state.live.add_files, files)
-        except IndexUnavailable as error:
-            raise ApiError(503, "index_unavailable", str(error)) from error
+        job = await run_in_threadpool(check_upload, request, settings, received, folder)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    status = upload_status(report)
-    return JSONResponse(upload_report(report).model_dump(), status_code=status)
+        if job is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    jobs.submit(job)
+    location = f"/api/jobs/{job.job_id}"
+    return JSONResponse(job.public(), status_code=202, headers={"Location": location})
+
+
+@write_routes.get(
+    "/jobs/{job_id}",
+    summary="上传任务的进度和结果",
+    response_model=UploadJob,
+    responses={**WRITE_RESPONSES, 404: {"model": ErrorResponse, "description": "任务不存在（job_not_found）"}},
+)
+def upload_job(job_id: str, request: Request) -> UploadJob:
+    """上传任务的状态：queued、running（passages_done / passages_total 为编码进度）、done 或 failed，及各文件的结果。"""
+    job = request.app.state.jobs.store.load(job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"未找到上传任务：{job_id}（已完成的任务保留 7 天）")
+    return UploadJob(**job.public())
 
 
 @write_routes.delete(

@@ -7,7 +7,15 @@ from fastapi import APIRouter, Depends, Query
 from service.config import DEFAULT_MODE, Settings
 from service.http.deps import SettingsDep, SnapshotDep, checked_query, require_read_key
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
-from service.http.schemas import EXAMPLE_QUERY, AskResponse, Mode, SearchResponse, SearchResult, request_models
+from service.http.schemas import (
+    EXAMPLE_QUERY,
+    AskResponse,
+    Mode,
+    SearchResponse,
+    SearchResult,
+    query_length,
+    request_models,
+)
 from service.search import Filters, result_row, search_response
 
 
@@ -32,8 +40,13 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         snapshot: SnapshotDep,
         settings: SettingsDep,
         q: Annotated[
-            str, Query(description=f"问题或关键词，不超过 {settings.max_query_chars} 字", examples=[EXAMPLE_QUERY])
-        ] = "",
+            str,
+            Query(
+                description=f"问题或关键词，不超过 {settings.max_query_chars} 字",
+                examples=[EXAMPLE_QUERY],
+                json_schema_extra=query_length(settings),
+            ),
+        ],
         top_k: Annotated[
             int, Query(ge=1, le=settings.max_top_k, description=f"返回条数，1 到 {settings.max_top_k}")
         ] = settings.default_top_k,

@@ -31,11 +31,17 @@ def health(snapshot: SnapshotDep) -> Health:
 
 @system_routes.get("/config", summary="页面配置", response_model=ClientConfig)
 def client_config(settings: SettingsDep) -> ClientConfig:
-    """检索方式和各项上限（返回条数、问题长度），页面据此设置输入框和选项。"""
+    """检索方式和各项上限（返回条数、问题长度、上传文件），页面据此设置输入框、选项和说明。"""
     return ClientConfig(
         modes=list(MODES),
         default_mode=DEFAULT_MODE,
         max_top_k=settings.max_top_k,
         default_top_k=settings.default_top_k,
         max_query_chars=settings.max_query_chars,
+        max_upload_files=settings.max_upload_files,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_unpacked_bytes=settings.max_unpacked_bytes,
+        max_document_chars=settings.max_document_chars,
+        max_document_passages=settings.max_document_passages,
+        max_pdf_pages=settings.max_pdf_pages,
     )

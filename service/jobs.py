@@ -1,0 +1,332 @@
+"""Upload jobs: files stored and checked by the request, indexed by one worker thread, state on disk.
+
+Layout of settings.jobs_path (beside the index by default, data/jobs):
+
+    .receiving-<pid>-<hex>/     an upload being received; removed at start once its process is gone
+    <job id>/job.json           the job's state, written with service/atomic.py
+    <job id>/upload-<n>         its files until the job has finished (their originals are kept by then)
+
+A job's change is one atomic index version (update.add_files under the writer lock), so a job killed
+at any moment is either applied or not. Just before the switch the job writes its result with
+`committing`; the version's manifest lists the job id (applied_jobs). At start a job found running
+is done if its id is in the live manifest, else it is queued again; a job interrupted
+MAX_ATTEMPTS times is reported failed.
+"""
+
+import errno
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from service.atomic import fsync_directory, write_atomic
+from service.index import IndexUnavailable
+from service.live import LiveIndex
+from service.update import (
+    ADDED,
+    DUPLICATE,
+    FAILED,
+    NOT_ADDED,
+    OVER_LIMIT,
+    REPLACED,
+    TOO_LARGE,
+    UNSUPPORTED,
+    AddReport,
+)
+
+logger = logging.getLogger("dangjian_qa")
+
+QUEUED, RUNNING, DONE, FAILED_STATE = "queued", "running", "done", "failed"
+RECEIVING_PREFIX = ".receiving-"
+MAX_ATTEMPTS = 3  # a job that kills its server every time (too big for memory) must not loop forever
+KEEP_FINISHED = timedelta(days=7)
+PROGRESS_SECONDS = 0.5  # job.json is rewritten at most this often while passages are embedded
+# When no file of an upload was added and they all failed alike, their common reason is the answer.
+FAILURE_CODES = {
+    DUPLICATE: (409, "duplicate_document"),
+    UNSUPPORTED: (415, "unsupported_file_type"),
+    TOO_LARGE: (413, "file_too_large"),
+    OVER_LIMIT: (413, "document_too_large"),
+    FAILED: (422, "unreadable_file"),
+}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_MESSAGE = "磁盘空间不足，文档未添加，索引未改变；请清理磁盘后重试"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def problem_rows(report: AddReport) -> dict[str, list[dict]]:
+    """The files not added: skipped (duplicates, with the doc id they duplicate) and failed, with reasons."""
+
+    def problems(*statuses: str) -> list[dict]:
+        return [
+            {
+                "file": o.name,
+                "reason": o.reason.removeprefix(f"{o.name}："),
+                "doc_id": o.doc_id if o.status == DUPLICATE else None,
+            }
+            for o in report.having(*statuses)
+        ]
+
+    return {"skipped": problems(DUPLICATE), "failed": problems(*NOT_ADDED)}
+
+
+def report_rows(report: AddReport) -> dict[str, list[dict]]:
+    """Every file of a change under what happened to it: added, replaced, skipped, failed."""
+    documents = report.index.documents if report.index else {}
+
+    def uploaded(status: str) -> list[dict]:
+        return [
+            {"file": o.name, "doc_id": o.doc_id, "title": documents[o.doc_id].title, "passages": o.passages}
+            for o in report.having(status)
+        ]
+
+    return {"added": uploaded(ADDED), "replaced": uploaded(REPLACED), **problem_rows(report)}
+
+
+def nothing_added(report: AddReport) -> tuple[int, str, str]:
+    """(status, code, message) of a change that added nothing: the files' common reason (409 duplicate,
+    415 type, 413 size or limits, 422 unreadable), or 422 upload_failed when their reasons differ."""
+    reasons = "；".join(outcome.reason for outcome in report.outcomes)
+    statuses = {outcome.status for outcome in report.outcomes}
+    if len(statuses) == 1:
+        status, code = FAILURE_CODES[statuses.pop()]
+        return status, code, reasons
+    return 422, "upload_failed", f"没有添加任何文档：{reasons}"
+
+
+@dataclass
+class Job:
+    """One upload's indexing, as GET /api/jobs/{id} shows it (plus the files it still has to add)."""
+
+    job_id: str
+    state: str = QUEUED
+    created_at: str = field(default_factory=now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    files: list[dict] = field(default_factory=list)  # {"name": user's file name, "path": name in the job folder}
+    passages_done: int = 0
+    passages_total: int = 0
+    status: int | None = None  # what the upload answers now that it is done: 201, 200, or the error's
+    result: dict | None = None  # report_rows of the change, with the problems found by the request
+    error: dict | None = None  # {"code", "message"} when nothing was added
+    prior: dict = field(default_factory=dict)  # skipped and failed files found by the request
+    attempts: int = 0
+    committing: bool = False  # result written, version being switched (see module docstring)
+
+    def public(self) -> dict:
+        """The job as the API shows it: file names, no internal bookkeeping."""
+        hidden = {"prior", "attempts", "committing"}
+        shown = {key: value for key, value in asdict(self).items() if key not in hidden}
+        return {**shown, "files": [file["name"] for file in self.files]}
+
+
+class JobStore:
+    """Jobs as folders of settings.jobs_path; every state change is one atomic write of job.json."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lock = threading.Lock()
+        # The latest state of each job this process changed: what GET answers even if the disk was
+        # too full to write it (then the job is run again after a restart, which is safe).
+        self.latest: dict[str, Job] = {}
+
+    def receiving_folder(self) -> Path:
+        """A new folder for an upload being received; its name carries this process's id."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        receiving = self.folder / f"{RECEIVING_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        receiving.mkdir()
+        return receiving
+
+    def create(self, receiving: Path, files: list[dict], prior: dict) -> Job:
+        """Turn a received folder into a queued job (job.json first, then one rename)."""
+        job = Job(job_id=uuid.uuid4().hex, files=files, prior=prior)
+        job.result = {"added": [], "replaced": [], "skipped": [], "failed": [], **prior}
+        write_atomic(receiving / "job.json", json.dumps(asdict(job), ensure_ascii=False).encode())
+        receiving.rename(self.folder / job.job_id)
+        fsync_directory(self.folder)
+        return job
+
+    def load(self, job_id: str) -> Job | None:
+        if job_id in self.latest:
+            return Job(**asdict(self.latest[job_id]))
+        path = self.folder / job_id / "job.json"
+        if not job_id.isalnum() or not path.is_file():
+            return None
+        return Job(**json.loads(path.read_text(encoding="utf-8")))
+
+    def save(self, job: Job) -> None:
+        with self.lock:
+            self.latest[job.job_id] = Job(**asdict(job))
+            write_atomic(self.folder / job.job_id / "job.json", json.dumps(asdict(job), ensure_ascii=False).encode())
+
+    def jobs(self) -> list[Job]:
+        """Every job, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [self.load(path.name) for path in self.folder.iterdir() if not path.name.startswith(".")]
+        return sorted((job for job in found if job is not None), key=lambda job: job.created_at)
+
+    def clean(self) -> None:
+        """At start: remove uploads whose receiving process is gone, folders that never became a job,
+        and finished jobs older than KEEP_FINISHED."""
+        if not self.folder.is_dir():
+            return
+        cutoff = (datetime.now(UTC) - KEEP_FINISHED).isoformat(timespec="seconds")
+        for path in self.folder.iterdir():
+            if path.name.startswith(RECEIVING_PREFIX):
+                stale = not process_alive(int(path.name.removeprefix(RECEIVING_PREFIX).split("-")[0] or 0))
+            elif (job := self.load(path.name)) is None:
+                stale = True
+            else:
+                stale = job.state in (DONE, FAILED_STATE) and job.created_at < cutoff
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def remove_files(self, job: Job) -> None:
+        """A finished job's uploaded files (its originals are kept by the index change)."""
+        for file in job.files:
+            (self.folder / job.job_id / file["path"]).unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()  # a receiving folder of this very process at start is from a previous life
+
+
+class JobWorker:
+    """One thread that runs queued jobs in order against the live index; searches go on meanwhile."""
+
+    def __init__(self, store: JobStore, live: LiveIndex) -> None:
+        self.store, self.live = store, live
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, name="upload-jobs", daemon=True)
+
+    def start(self) -> None:
+        """Clean the folder, settle jobs a killed server left running, then start the thread."""
+        self.store.clean()
+        applied = set(self.live.current().searcher.index.manifest.get("applied_jobs", []))
+        for job in self.store.jobs():
+            if job.state == RUNNING:
+                self.recover(job, applied)
+        self.thread.start()
+        self.wake.set()
+
+    def recover(self, job: Job, applied: set[str]) -> None:
+        """A job the previous server was running when it died: done if its change is live, else queued again."""
+        if job.committing and job.job_id in applied:
+            self.finish(job, DONE)
+            logger.info("上传任务 %s 在服务中断前已完成", job.job_id)
+        elif job.attempts >= MAX_ATTEMPTS:
+            message = f"任务已中断 {job.attempts} 次，未添加文档；请检查文件后重新上传"
+            job.error = {"code": "job_interrupted", "message": message}
+            job.status, job.result = 500, None
+            self.finish(job, FAILED_STATE)
+        else:
+            job.state, job.committing, job.passages_done = QUEUED, False, 0
+            self.store.save(job)
+            logger.info("上传任务 %s 因服务中断重新排队", job.job_id)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def submit(self, job: Job) -> None:
+        self.wake.set()
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait()
+            self.wake.clear()
+            while not self.stopping.is_set() and (job := next(self.queued(), None)):
+                try:
+                    self.run(job)
+                except Exception:  # a bug or a broken disk must not stop the worker: the job says so
+                    logger.exception("上传任务 %s 出错", job.job_id)
+                    job.error = {"code": "internal_error", "message": "服务内部错误，文档未添加，请稍后重试"}
+                    job.status, job.result = 500, None
+                    try:
+                        self.finish(job, FAILED_STATE)
+                    except OSError:
+                        logger.exception("上传任务 %s 的状态无法写入", job.job_id)
+
+    def queued(self) -> Iterator[Job]:
+        return (job for job in self.store.jobs() if job.state == QUEUED)
+
+    def run(self, job: Job) -> None:
+        """Index the job's files (update.add_files through the live index) and record the outcome."""
+        job.state, job.started_at, job.attempts = RUNNING, now(), job.attempts + 1
+        self.store.save(job)
+        files = [(file["name"], self.store.folder / job.job_id / file["path"]) for file in job.files]
+        try:
+            report = self.live.add_files(
+                files, on_progress=self.progress(job), job_id=job.job_id, before_save=lambda rep: self.commit(job, rep)
+            )
+        except IndexUnavailable as error:
+            job.error, job.status = {"code": "index_unavailable", "message": str(error)}, 503
+            self.finish(job, FAILED_STATE)
+            return
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            job.error, job.status = {"code": "insufficient_storage", "message": DISK_FULL_MESSAGE}, 507
+            job.result, job.committing = None, False
+            self.finish(job, FAILED_STATE)
+            return
+        self.settle(job, report)
+        self.finish(job, DONE if report.changed else FAILED_STATE)
+
+    def progress(self, job: Job) -> Callable[[int, int], None]:
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            moment = datetime.now(UTC).timestamp()
+            job.passages_done, job.passages_total = done, total
+            if done == total or moment - last[0] >= PROGRESS_SECONDS:
+                last[0] = moment
+                self.store.save(job)
+
+        return report
+
+    def settle(self, job: Job, report: AddReport) -> None:
+        """The job's result: this change's rows plus the files the request already turned away."""
+        rows = report_rows(report)
+        for key in ("skipped", "failed"):
+            rows[key] = job.prior.get(key, []) + rows[key]
+        job.result = rows
+        if report.changed:
+            job.status, job.error = (201 if report.having(ADDED) else 200), None
+        else:
+            status, code, message = nothing_added(report)
+            job.status, job.error = status, {"code": code, "message": message}
+        job.passages_done = job.passages_total = sum(outcome.passages for outcome in report.having(ADDED, REPLACED))
+
+    def commit(self, job: Job, report: AddReport) -> None:
+        """Just before the switch: the result is on disk, so a kill after it loses nothing (see recover)."""
+        self.settle(job, report)
+        job.committing = True
+        self.store.save(job)
+
+    def finish(self, job: Job, state: str) -> None:
+        """Delete the job's files, then record its end: a job seen finished has nothing left on disk."""
+        self.store.remove_files(job)
+        job.state, job.finished_at, job.committing = state, now(), False
+        self.store.save(job)

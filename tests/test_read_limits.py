@@ -1,0 +1,59 @@
+"""Limits on what one document may expand to: unpacked size, characters, passages, PDF pages."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from service.ingest import Limits, OverLimit, ingest_file
+from service.ingest.read import read_blocks
+from tests.make_documents import make_blank_pdf, make_docx, make_docx_bomb
+
+SENTENCE = "各级党组织要认真落实“三会一课”制度，严肃党内政治生活。"
+
+
+def test_docx_bomb_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    bomb = make_docx_bomb(tmp_path / "bomb.docx", xml_megabytes=200)
+    assert bomb.stat().st_size < 2 * 2**20
+    started = time.process_time()
+    with pytest.raises(OverLimit, match=r"bomb\.docx.*200 MB.*32 MB.*DJQA_MAX_UNPACKED_BYTES"):
+        read_blocks(bomb, limits=Limits(unpacked_bytes=32 * 2**20))
+    assert time.process_time() - started < 1.0, "only the zip directory is read"
+
+
+def test_docx_text_over_the_character_limit_is_refused_while_streaming(tmp_path: Path) -> None:
+    bomb = make_docx_bomb(tmp_path / "long.docx", xml_megabytes=30)  # within the unpacked limit, 1.4M characters
+    started = time.process_time()
+    with pytest.raises(OverLimit, match=r"long\.docx.*1,000,000 字.*DJQA_MAX_DOCUMENT_CHARS"):
+        read_blocks(bomb, limits=Limits(unpacked_bytes=32 * 2**20, characters=1_000_000))
+    assert time.process_time() - started < 5.0, "counted by a streaming parse, not by python-docx's tree"
+
+
+def test_docx_within_the_limits_is_read(tmp_path: Path) -> None:
+    plan = make_docx(tmp_path / "plan.docx", "工作计划", [("Normal", SENTENCE)])
+    blocks = read_blocks(plan, limits=Limits(unpacked_bytes=2**20, characters=100))
+    assert [block.text for block in blocks if block.text] == ["工作计划", SENTENCE]
+
+
+def test_text_over_the_character_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_text(SENTENCE * 40, encoding="utf-8")
+    with pytest.raises(OverLimit, match="1,000 字"):
+        ingest_file(path, limits=Limits(characters=1_000))
+    assert ingest_file(path, limits=Limits(characters=2_000))[1]
+
+
+def test_document_cut_into_too_many_passages_is_refused(tmp_path: Path) -> None:
+    """A small file of many short paragraphs (40 KB became 14,000 passages): each one would be embedded."""
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(f"第{n}条：{SENTENCE}" for n in range(60)), encoding="utf-8")
+    with pytest.raises(OverLimit, match=r"many\.txt.*60 个段落.*50 个的上限.*DJQA_MAX_DOCUMENT_PASSAGES"):
+        ingest_file(path, limits=Limits(passages=50))
+
+
+def test_pdf_of_too_many_pages_is_refused_quickly(tmp_path: Path) -> None:
+    pdf = make_blank_pdf(tmp_path / "blank.pdf", 32_768)
+    started = time.process_time()
+    with pytest.raises(OverLimit, match=r"blank\.pdf.*32,768 页.*2,000 页的上限.*DJQA_MAX_PDF_PAGES"):
+        read_blocks(pdf, limits=Limits(pdf_pages=2_000))
+    assert time.process_time() - started < 2.0, "the declared page count is read, not every page"
