@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,export]'
 	touch $@
 
+# Fetch and verify m3e-small, then export it to ONNX beside its weights (the only step that needs torch).
 model: $(VENV)/.installed
 	$(PY) -m embeddings.model $(MODEL_DIR)
+	$(PY) -m embeddings.export $(MODEL_DIR)
 
 # Debian's Chromium and CJK fonts for the browser tests (Playwright's own download is not used).
 browser:

@@ -7,6 +7,7 @@ Two encoders share one interface (`TextEncoder`): `Encoder` runs a sentence-tran
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import onnxruntime
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from embeddings.export import export_onnx
+from embeddings.export import export_dir_for, export_onnx
 from embeddings.model import E5_SMALL, MODELS, ModelError, e5_weights_path, licence_of, verify_weights, weights_sha256
 
 
@@ -95,6 +96,18 @@ def encode_through_cache(
     return np.stack([cached[text] for text in texts]).astype(np.float32)
 
 
+def onnx_export(model_dir: Path, weights_hash: str, cache_dir: Path) -> Path:
+    """The model's ONNX export: beside its weights (`make model`), else in the cache; made now if neither
+    exists (which needs torch: ModelError naming `make model` without the `export` extra)."""
+    beside, cached = export_dir_for(model_dir, weights_hash), cache_dir / "onnx" / weights_hash[:16]
+    for export_dir in (beside, cached):
+        if (export_dir / "encoder.json").is_file():
+            return export_dir
+    target = beside if os.access(model_dir, os.W_OK) else cached
+    export_onnx(model_dir, target)
+    return target
+
+
 class QueryBatcher:
     """Questions that arrive while the model is busy are encoded together, in one run.
 
@@ -149,9 +162,7 @@ class Encoder:
         self.weights_sha256 = weights_sha256(model_dir)
         self.licence = licence_of(self.weights_sha256)
         self.batch_size = batch_size
-        export_dir = cache_dir / "onnx" / self.weights_sha256[:16]
-        if not (export_dir / "encoder.json").is_file():
-            export_onnx(model_dir, export_dir)
+        export_dir = onnx_export(model_dir, self.weights_sha256, cache_dir)
         config = json.loads((export_dir / "encoder.json").read_text())
         self.pooling: str = config["pooling"]
         self.max_length: int = config["max_length"]

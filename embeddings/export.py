@@ -1,17 +1,29 @@
 """Export a sentence-transformers model directory to ONNX, once per weights hash.
 
-Serving imports neither torch nor transformers (they cost ~10 s and ~300 MB at start-up): the same
-weights run in onnxruntime with the fast `tokenizers` tokenizer. This module is the only place that
-imports torch, and only when an export is missing.
+Serving imports neither torch nor transformers (they cost ~10 s and ~300 MB at start-up, and are
+not installed without the `export` extra): the same weights run in onnxruntime with the fast
+`tokenizers` tokenizer. `make model` writes the export beside the weights
+(`python -m embeddings.export models/m3e-small`), so a serving install finds it there. This module
+is the only place that imports torch, and only when an export is made.
 """
 
+import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+from embeddings.model import ModelError, weights_sha256
+
 POOLING_MODES = ("mean", "cls")
+EXPORT_PREFIX = "onnx-"
+
+
+def export_dir_for(model_dir: Path, weights_hash: str) -> Path:
+    """Where `make model` puts the export of these weights: beside them, named by their hash."""
+    return model_dir / f"{EXPORT_PREFIX}{weights_hash[:16]}"
 
 
 def read_pooling(model_dir: Path) -> str:
@@ -34,8 +46,13 @@ def read_max_length(model_dir: Path) -> int:
 def export_onnx(model_dir: Path, export_dir: Path) -> None:
     """Write model.onnx, tokenizer.json and encoder.json into export_dir, atomically."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the directory is all we use
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ModuleNotFoundError as error:
+        raise ModelError(
+            f"模型 {model_dir} 还没有导出为 ONNX，导出需要 torch（`export` 依赖组）：请运行 `make model`"
+        ) from error
 
     class LastHiddenState(torch.nn.Module):
         def __init__(self, model: torch.nn.Module) -> None:
@@ -76,3 +93,22 @@ def export_onnx(model_dir: Path, export_dir: Path) -> None:
         staging.rename(export_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Export a sentence-transformers model to ONNX beside its weights.")
+    parser.add_argument("model_dir", type=Path)
+    args = parser.parse_args()
+    try:
+        target = export_dir_for(args.model_dir, weights_sha256(args.model_dir))
+        if not (target / "encoder.json").is_file():
+            export_onnx(args.model_dir, target)
+    except ModelError as error:
+        print(f"错误：{error}", file=sys.stderr)
+        return 1
+    print(f"ONNX 已就绪：{target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
