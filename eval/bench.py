@@ -59,16 +59,21 @@ def free_port() -> int:
 
 
 class Server:
-    """`dangjian-qa serve` in a subprocess on a free loopback port; a context manager."""
+    """`dangjian-qa serve` in a subprocess on a free loopback port; a context manager.
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    With `tree`, the server is that checkout's code (an earlier commit), run by this venv's Python.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None, tree: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="djqa-bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
         self.started = time.perf_counter()
-        command = [str(CLI), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [sys.executable, "-m", "service.cli", *serve] if tree else [str(CLI), *serve]
+        env = {**os.environ, **(env or {}), **({"PYTHONPATH": str(tree)} if tree else {})}
         self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=PROJECT_ROOT
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=tree or PROJECT_ROOT
         )
 
     def wait_until_answering(self, query: str) -> float:
@@ -199,6 +204,36 @@ def http_benchmarks(questions: Sequence[str], requests: int, duration: float) ->
     return results
 
 
+def previous_commit(revision: str, questions: Sequence[str], requests: int, duration: float) -> dict:
+    """Single-client /api/search latency and 1- and 16-client throughput of an earlier commit's server,
+    on its own index of the seeds, measured in this run so that the two are comparable."""
+    with tempfile.TemporaryDirectory(prefix="djqa-bench-previous-") as scratch:
+        tree = Path(scratch) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=PROJECT_ROOT, check=True)
+        try:
+            (tree / "models").symlink_to(PROJECT_ROOT / "models")
+            env = {
+                "DJQA_INDEX_DIR": str(Path(scratch) / "index"),
+                "DJQA_UPLOADS_DIR": str(Path(scratch) / "uploads"),
+                "DJQA_CACHE_DIR": str(Settings().cache_dir),
+                "DJQA_QUERY_CACHE_SIZE": "0",
+            }
+            subprocess.run(
+                [sys.executable, "-m", "service.cli", "index"],
+                cwd=tree,
+                env={**os.environ, **env, "PYTHONPATH": str(tree)},
+                check=True,
+                capture_output=True,
+            )
+            with Server(env=env, tree=tree) as server:
+                server.wait_until_answering(questions[0])
+                search = single_client(server.url, "/api/search", questions, requests)
+                levels = [asyncio.run(load_level(server.url, "/api/search", questions, n, duration)) for n in (1, 16)]
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=PROJECT_ROOT, check=False)
+    return {"revision": revision, "search": search, "throughput": levels}
+
+
 def index_build() -> dict:
     """`dangjian-qa index` on the seeds with a cold vector cache (ONNX export copied), then warm."""
     settings = Settings()
@@ -263,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="每个并发级别的秒数（默认 5）")
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--compare", metavar="REV", help="同时测一个早先提交的服务（如 c645e5b），结果并列")
     args = parser.parse_args(argv)
 
     questions = [q.question for q in load_questions()]
@@ -271,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     results["cold_start"] = cold_start(questions[0], args.cold_starts)
     print("HTTP latency and throughput …", flush=True)
     results["http"] = http_benchmarks(questions, args.requests, args.duration)
+    if args.compare:
+        print(f"the same against {args.compare} …", flush=True)
+        results["previous"] = previous_commit(args.compare, questions, args.requests, args.duration)
     print("index build …", flush=True)
     results["index_build"] = index_build()
     if not args.quick and args.scale:

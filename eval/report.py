@@ -333,6 +333,8 @@ def bench_markdown(results: dict) -> str:
         ),
         f"Server peak RSS (VmHWM) after the load: **{size(http['server_peak_rss_bytes'])}**.",
     ]
+    if previous := results.get("previous"):
+        parts += previous_markdown(http, previous)
     build = results["index_build"]
     cold, warm = build["cold"], build["warm"]
     rate = (
@@ -350,6 +352,26 @@ def bench_markdown(results: dict) -> str:
     if scale := results.get("scale"):
         parts += scale_markdown(scale)
     return "\n\n".join(parts) + "\n"
+
+
+def previous_markdown(http: dict, previous: dict) -> list[str]:
+    """This commit's server beside an earlier commit's, measured in the same run."""
+    ours = {level["clients"]: level for level in http["throughput"]}
+    theirs = {level["clients"]: level for level in previous["throughput"]}
+    rows = [
+        ["POST /api/search, single client: median / p95 ms"]
+        + [f"{run['search']['median_ms']:.1f} / {run['search']['p95_ms']:.1f}" for run in (http, previous)],
+        *(
+            [f"throughput, {clients} client(s): requests/s"]
+            + [f"{levels[clients]['requests_per_second']:.1f}" for levels in (ours, theirs)]
+            for clients in sorted(theirs)
+            if clients in ours
+        ),
+    ]
+    return [
+        f"## Against commit {previous['revision']} (same run, same machine)",
+        table(["measure", "this commit", previous["revision"]], rows),
+    ]
 
 
 def scale_markdown(scale: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """What the model reads for each passage, and the vectors and BM25 tokens of a batch of passages."""
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,8 +43,11 @@ def embed_and_tokenize(
     texts = [unit_texts(p, with_context) for p in passages]
     flat = [text for units in texts for text in units]
     bounds = list(itertools.pairwise(np.cumsum([0, *(len(units) for units in texts)])))
-    unit_vectors = {}
-    for name, encoder in encoders.items():
-        vectors = encoder.encode(flat, progress=progress)
-        unit_vectors[name] = [vectors[start:end] for start, end in bounds]
+    # The models run side by side, one core each (settings.encoder_threads); the first shows progress.
+    with ThreadPoolExecutor(len(encoders)) as pool:
+        futures = {
+            name: pool.submit(encoder.encode, flat, progress=progress and position == 0)
+            for position, (name, encoder) in enumerate(encoders.items())
+        }
+        unit_vectors = {name: [future.result()[start:end] for start, end in bounds] for name, future in futures.items()}
     return unit_vectors, [tokenizer.tokens(lexical_text(p)) for p in passages]

@@ -34,7 +34,12 @@ def open_encoders(settings: Settings) -> Encoders:
     encoders: Encoders = {}
     for name in settings.models:
         encoder = open_encoder(
-            name, settings.models_dir, settings.cache_dir, settings.batch_size, settings.query_cache_size
+            name,
+            settings.models_dir,
+            settings.cache_dir,
+            settings.batch_size,
+            settings.query_cache_size,
+            settings.encoder_threads,
         )
         encoders[encoder.model_name] = encoder
     return encoders
