@@ -58,3 +58,12 @@ lint: install
 
 clean:
 	rm -rf data tests/artifacts
+
+# The serving image (Dockerfile; needs BuildKit). Local build options go in DOCKER_BUILD_FLAGS, e.g.
+#   make docker DOCKER_BUILD_FLAGS='--build-arg BASE_IMAGE=... --secret id=ca_bundle,src=/path/ca.pem'
+# scripts/docker_smoke.sh builds, runs and queries the image.
+DOCKER ?= docker
+DOCKER_IMAGE ?= dangjian-qa
+.PHONY: docker
+docker:
+	DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) -t $(DOCKER_IMAGE) .
