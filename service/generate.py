@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import httpx
+import httpx2  # the HTTP client of openai>=3 (its own fork of httpx)
 import openai
 
 from service.answer import Answer, Answerer, not_found
@@ -93,7 +93,7 @@ class ModelClient:
         self.client = openai.OpenAI(
             base_url=settings.llm_base_url,
             api_key=self.secret or "unused",  # servers without keys ignore it; the client insists on one
-            timeout=httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
+            timeout=openai.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
             max_retries=0,  # a retry would double the wait; the extractive answer is the fallback
         )
 
@@ -119,7 +119,7 @@ class ModelClient:
                         yield content
         except ModelFailure:
             raise
-        except (openai.APITimeoutError, httpx.TimeoutException) as error:
+        except (openai.APITimeoutError, httpx2.TimeoutException) as error:  # a stall before or within the stream
             raise ModelFailure("llm_timeout", type(error).__name__) from None
         except openai.APIConnectionError as error:
             raise ModelFailure("llm_unreachable", type(error).__name__) from None
@@ -221,13 +221,13 @@ class Generator:
             return
         text = "".join(pieces)
         if not text.strip():
-            logger.warning("语言模型没有给出答案，改用摘编答案")
+            logger.warning("语言模型没有给出答案（llm_empty），改用摘编答案")
             yield self.fallback(question, hits, score, "llm_empty")
             return
         checked = self.checker.check(text, [hit.passage for hit in passages])
         seconds = time.monotonic() - started
         if checked.kept == 0:
-            logger.info("生成答案的 %d 句均未通过核验（%.1f 秒），改用摘编答案", checked.removed, seconds)
+            logger.info("生成答案的 %d 句均未通过核验（ungrounded，%.1f 秒），改用摘编答案", checked.removed, seconds)
             yield self.fallback(question, hits, score, "ungrounded", checked.removed)
             return
         answer_text, citations = renumbered(checked, passages)
