@@ -31,7 +31,9 @@ QUESTION = "如何推动党建与医疗业务深度融合"
 INVENTED = "卫健系统党委决定每年向每名党员发放一千元学习补贴。"
 LLAMA_PYTHON = os.environ.get("DJQA_TEST_LLAMA_PYTHON")
 LLM_MODEL = os.environ.get("DJQA_TEST_LLM_MODEL")
-LLAMA_MISSING = "DJQA_TEST_LLAMA_PYTHON / DJQA_TEST_LLM_MODEL 未设置（运行 scripts/llm_test_server.sh 并导出它打印的变量）"
+LLAMA_MISSING = (
+    "DJQA_TEST_LLAMA_PYTHON / DJQA_TEST_LLM_MODEL 未设置（运行 scripts/llm_test_server.sh 并导出它打印的变量）"
+)
 # The first request on a busy 2-core machine evaluates the whole prompt from scratch: allow minutes.
 LLAMA_TIMEOUT_S = 240
 
@@ -86,7 +88,9 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def base_url(model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings) -> Iterator[str]:
+def base_url(
+    model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings
+) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("llm-page")
     llm = {
         "DJQA_LLM_BASE_URL": model[1],
