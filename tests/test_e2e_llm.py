@@ -18,12 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from service.config import Settings
-from tests.conftest import free_port, live_server
+from tests import test_e2e_browser
+from tests.conftest import free_port, live_server, stop_server
 from tests.llm_stub import StubModelServer, passages_in, reply
-from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, csp_violations, shot
+from tests.test_e2e_browser import CHROMIUM, csp_violations, shot
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
 
@@ -36,6 +37,7 @@ LLAMA_MISSING = (
 )
 # The first request on a busy 2-core machine evaluates the whole prompt from scratch: allow minutes.
 LLAMA_TIMEOUT_S = 240
+browser = test_e2e_browser.browser  # the same headless Chromium fixture
 
 
 def first_statement(text: str) -> str:
@@ -62,12 +64,7 @@ def llama_server(log: Path) -> Iterator[str]:
                 time.sleep(0.3)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_server(server)
 
 
 @pytest.fixture(scope="module", params=["stub", "llama"])
@@ -102,14 +99,6 @@ def base_url(
     }
     with live_server(seed_settings, folder / "server.log", **llm) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_streamed_answer_protocol(base_url: str, model: tuple[str, str]) -> None:
