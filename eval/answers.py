@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from eval.questions import OFFTOPIC_KINDS, ON_TOPIC_KINDS, SPLITS, checked_labels, load_questions
+from eval.questions import KINDS, OFFTOPIC_KINDS, ON_TOPIC_KINDS, SPLITS, checked_labels, load_questions
 from eval.run import ask_outcome
 from service.answer import Answerer
 from service.config import Settings
@@ -27,6 +27,10 @@ from service.grounding import GroundingChecker
 RESULTS_FILE = Path(__file__).resolve().parent / "results" / "answers.json"
 
 
+def share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 3) if flags else None
+
+
 def percentile(values: list[float], share: float) -> float | None:
     if not values:
         return None
@@ -34,22 +38,26 @@ def percentile(values: list[float], share: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3)
 
 
-def run(settings: Settings, split: str, limit: int | None, mode: str | None) -> dict:
+def run(settings: Settings, split: str, limit: int | None, mode: str | None, kinds: list[str] | None = None) -> dict:
     searcher = open_searcher(settings)
     client = ModelClient.from_settings(settings)
     generator = Generator(
         Answerer(searcher, settings.answer_min_confidence), client, GroundingChecker(searcher.encoders)
     )
-    questions = load_questions(split=None if split == "all" else split)[:limit]
+    questions = load_questions(split=None if split == "all" else split)
+    questions = [question for question in questions if not kinds or question.kind in kinds][:limit]
     labels = checked_labels(questions, searcher.index.passages)
     rows = []
     for question in questions:
         started = time.perf_counter()
         first_token = None
         result = None
+        pieces = []
         for event in generator.events(question.question, mode=mode):
             if event.kind == "delta" and first_token is None:
                 first_token = time.perf_counter() - started
+            if event.kind == "delta":
+                pieces.append(event.text)
             if event.kind == "final":
                 result = event.result
         assert result is not None
@@ -69,6 +77,7 @@ def run(settings: Settings, split: str, limit: int | None, mode: str | None) -> 
                 "first_token_s": first_token,
                 "total_s": total,
                 "answer": result.answer.text,
+                "streamed": "".join(pieces),  # what the model wrote, before the check
             }
         )
     return {"model": settings.llm_model if client else None, "split": split, **summary(rows), "rows": rows}
@@ -86,10 +95,12 @@ def summary(rows: list[dict]) -> dict:
     totals = [row["total_s"] for row in called]
     return {
         "questions": len(rows),
-        "answered_on_topic": sum(row["found"] for row in on_topic) / max(1, len(on_topic)),
-        "refused_off_topic": sum(not row["found"] for row in off_topic) / max(1, len(off_topic)),
-        "fact_present": sum(row["fact"] for row in on_topic if row["has_facts"])
-        / max(1, sum(row["has_facts"] for row in on_topic)),
+        "n_on_topic": len(on_topic),
+        "n_off_topic": len(off_topic),
+        "n_with_facts": sum(row["has_facts"] for row in on_topic),
+        "answered_on_topic": share([row["found"] for row in on_topic]),
+        "refused_off_topic": share([not row["found"] for row in off_topic]),
+        "fact_present": share([row["fact"] for row in on_topic if row["has_facts"]]),
         "answers_by_source": dict(Counter(row["fallback"] or row["mode_used"] for row in rows if row["found"])),
         "generated_sentences_kept": kept,
         "sentences_removed": removed,
@@ -105,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.answers", description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=[*SPLITS, "all"], default="test")
     parser.add_argument("--limit", type=int, help="只评测前 N 个问题")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, help="只评测这些类别的问题")
     parser.add_argument("--mode", choices=["generate", "extract"], help="默认：已配置模型时生成")
     parser.add_argument("--out", type=Path, default=RESULTS_FILE)
     args = parser.parse_args(argv)
-    results = run(Settings(), args.split, args.limit, args.mode)
+    results = run(Settings(), args.split, args.limit, args.mode, args.kinds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     json.dump({k: v for k, v in results.items() if k != "rows"}, sys.stdout, ensure_ascii=False, indent=2)
