@@ -6,7 +6,7 @@ MODEL_DIR := models/m3e-small
 INDEX := data/index/CURRENT
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install model browser index run test eval eval-baseline bench lint clean
+.PHONY: install model browser index run test eval eval-baseline bench lint clean llm-test-deps
 
 install: $(VENV)/.installed model
 
@@ -38,6 +38,10 @@ run: install $(INDEX)
 
 test: install browser
 	$(BIN)/pytest
+
+# The real model server the LLM browser test uses (.venv-llm + models/llm/); prints what to export.
+llm-test-deps:
+	scripts/llm_test_server.sh
 
 eval: install $(INDEX)
 	$(PY) -m eval.run

@@ -299,11 +299,19 @@ class Answerer:
 
     def answer(self, question: str, top_k: int = 5) -> Answer:
         """An extractive, cited answer from the best of the top_k passages, or not-found below the bar."""
+        hits, score = self.gated_hits(question, top_k)
+        return self.extract(question, hits, score) if hits else not_found(score)
+
+    def gated_hits(self, question: str, top_k: int = 5) -> tuple[list[Hit], float]:
+        """The top_k hits and the confidence; no hits when the question is refused (off-topic)."""
         hits, evidence = self.evidence(question)
         score = confidence(evidence, self.gate)
         if not hits or score < self.min_confidence:
-            return not_found(score)
-        hits = self.searcher.search(question, top_k=top_k) if top_k > EVIDENCE_HITS else hits[:top_k]
+            return [], score
+        return (self.searcher.search(question, top_k=top_k) if top_k > EVIDENCE_HITS else hits[:top_k]), score
+
+    def extract(self, question: str, hits: list[Hit], score: float) -> Answer:
+        """The extractive answer from hits that passed the gate."""
         best = hits[0].score
         hits = [hit for hit in hits if hit.score >= self.selection.hit_share * best]
         sentences = split_sentences(hits)

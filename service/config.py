@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +78,20 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(default=1_000_000, ge=1)
     max_document_passages: int = Field(default=5_000, ge=1)
     max_pdf_pages: int = Field(default=2_000, ge=1)
+
+    # An OpenAI-compatible language model (vLLM, Ollama, Xinference …) that writes /api/ask's answers
+    # from the retrieved passages (service/generate.py); unset base URL: extractive answers only.
+    # E.g. http://host:8000/v1 (vLLM), http://host:11434/v1 (Ollama).
+    llm_base_url: str | None = None
+    llm_model: str = "default"  # the served model's name (llama.cpp's server accepts any)
+    llm_api_key: SecretStr | None = None  # sent as a bearer token; never logged or shown
+    llm_timeout_s: float = Field(default=60.0, gt=0.0)  # for the whole answer, first token to last
+    llm_max_tokens: int = Field(default=512, ge=1)
+    llm_context_chars: int = Field(default=3000, ge=200)  # passage characters in one prompt
+
+    @property
+    def generation_configured(self) -> bool:
+        return bool(self.llm_base_url)
 
     @property
     def jobs_path(self) -> Path:

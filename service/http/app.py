@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_encoders, open_tokenizer
+from service.generate import ModelClient
 from service.http.errors import ApiError, on_api_error, on_http_error, on_unexpected_error, on_validation_error
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
@@ -64,6 +65,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.live = live
     app.state.jobs = jobs
     app.state.settings = settings
+    app.state.model_client = ModelClient.from_settings(settings)  # None: extractive answers only
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

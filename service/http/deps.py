@@ -7,6 +7,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
+from service.generate import ModelClient
 from service.http.errors import ApiError
 from service.live import Snapshot
 from service.search import QueryRejected, clean_query
@@ -20,8 +21,13 @@ def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def model_client(request: Request) -> ModelClient | None:
+    return request.app.state.model_client
+
+
 SnapshotDep = Annotated[Snapshot, Depends(live_snapshot)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
+ModelClientDep = Annotated[ModelClient | None, Depends(model_client)]
 
 
 def presented_key(request: Request) -> str | None:

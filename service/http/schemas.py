@@ -7,7 +7,7 @@ made per app by `request_models`; responses are plain module-level models.
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, StrictStr
 
 from service.config import DEFAULT_MODE, MODES, Settings
 
@@ -62,6 +62,15 @@ def request_models(settings: Settings) -> RequestModels:
             description=f"问题，{length}", examples=[EXAMPLE_QUESTION], json_schema_extra=bounds
         )
         top_k: TopK = settings.default_top_k
+        mode: Literal["generate", "extract"] | None = Field(
+            default=None,
+            description="generate 由语言模型生成（已配置模型时为默认）、extract 摘编原文句子；未配置模型时总是摘编",
+        )
+        stream: StrictBool = Field(
+            default=False,
+            description="true 时以 text/event-stream 返回：citations 事件、若干 delta 文本事件、"
+            "final 事件（核验后的答案）",
+        )
 
     return RequestModels(search=SearchRequest, ask=AskRequest)
 
@@ -132,6 +141,13 @@ class AskResponse(BaseModel):
     )
     confidence: float = Field(ge=0.0, le=1.0, description="答案的置信度，0 到 1")
     citations: list[SearchResult] = Field(description="答案引用的段落，按标注顺序")
+    mode_used: Literal["generate", "extract"] = Field(
+        default="extract", description="答案实际的产生方式：generate 语言模型生成并经核验，extract 摘编"
+    )
+    fallback_reason: ErrorDetail | None = Field(
+        default=None, description="要求生成却改用摘编时的原因，如 llm_timeout、llm_unreachable、ungrounded"
+    )
+    removed_sentences: int = Field(default=0, description="生成的答案中未通过核验而删去的句数")
 
 
 class DocumentSummary(BaseModel):
@@ -243,3 +259,4 @@ class ClientConfig(BaseModel):
     max_document_chars: int = Field(description="每篇文档的字数上限")
     max_document_passages: int = Field(description="每篇文档的段落数上限")
     max_pdf_pages: int = Field(description="PDF 的页数上限")
+    generation: bool = Field(default=False, description="是否配置了生成答案的语言模型（页面据此显示 生成/摘编 切换）")

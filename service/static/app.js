@@ -4,6 +4,7 @@
   const $ = (sel, root = document) => root.querySelector(sel);
   const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
   const MODE_LABELS = { hybrid: '混合', dense: '语义', lexical: '关键词' };
+  const ANSWER_MODE_LABELS = { generate: '生成', extract: '摘编' };
   const TOP_K_CHOICES = [5, 10, 20, 50];
   // The server's limits (GET /api/config); these defaults only cover the moment before it answers.
   const config = { modes: ['hybrid'], default_mode: 'hybrid', max_top_k: 5, default_top_k: 5, max_query_chars: 500 };
@@ -183,8 +184,13 @@
     setBusy(true); // disables #search-btn
     setStatus('正在检索…', 'info', true);
     showSkeleton(k);
+    const answerMode = config.generation ? (($('input[name=answer-mode]:checked') || {}).value || 'generate') : null;
+    const askBody = answerMode ? { question: q, top_k: k, mode: answerMode } : { question: q, top_k: k };
+    const asking = answerMode === 'generate'
+      ? streamAsk({ ...askBody, stream: true }, (kind, data) => { if (seq === state.seq) showStreamed(kind, data); })
+      : api('/api/ask', { method: 'POST', body: askBody });
     const [ask, search] = await Promise.allSettled([
-      api('/api/ask', { method: 'POST', body: { question: q, top_k: k } }),
+      asking,
       api('/api/search', { method: 'POST', body: { query: q, top_k: k, mode, doc_ids: null, doc_type: null, year: null } }),
     ]);
     if (seq !== state.seq) return; // superseded by a newer navigation
@@ -204,6 +210,68 @@
 
   function rerunIfShown() {
     if (state.renderedKey && $('#q').value.trim()) submitSearch();
+  }
+
+  // ---------- streamed answer (POST /api/ask with stream: our own server's text/event-stream) ----------
+  async function streamAsk(body, onEvent) {
+    const headers = { Accept: 'text/event-stream', 'Content-Type': 'application/json' };
+    const storedKey = sessionStorage.getItem(KEY_STORE);
+    if (storedKey) headers['X-API-Key'] = storedKey;
+    let res;
+    try { res = await fetch('/api/ask', { method: 'POST', headers, body: JSON.stringify(body) }); } catch (_) {
+      throw new ApiError('无法连接服务，请检查网络或稍后重试', 0, 'network');
+    }
+    if (!res.ok || !res.body) {
+      let data = null;
+      try { data = await res.json(); } catch (_) { /* non-JSON body */ }
+      throw new ApiError((data && data.error && data.error.message) || `请求失败（HTTP ${res.status}）`, res.status);
+    }
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let final = null;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let kind = 'message';
+        let data = '';
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event: ')) kind = line.slice(7);
+          else if (line.startsWith('data: ')) data += line.slice(6);
+        }
+        const payload = JSON.parse(data);
+        if (kind === 'final') final = payload;
+        onEvent(kind, payload);
+      }
+    }
+    if (!final) throw new ApiError('回答中断，请重试', 0, 'stream');
+    return final;
+  }
+
+  // While the model writes: the passages' marks are live buttons; the final event replaces the text.
+  function showStreamed(kind, data) {
+    const box = $('#answer');
+    if (kind === 'citations') {
+      state.streamCites = data.citations || [];
+      state.streamText = '';
+      box.dataset.deltas = '0';
+      delete box.dataset.modeUsed;
+      if (!state.streamCites.length) return;
+      box.replaceChildren(
+        el('div', { class: 'answer-head' }, el('h2', {}, '参考答案'), el('span', { class: 'confidence' }, '正在生成…')),
+        el('p', { class: 'answer-text streaming' }));
+      box.hidden = false;
+    } else if (kind === 'delta' && state.streamCites && state.streamCites.length) {
+      state.streamText += data.text || '';
+      box.dataset.deltas = String(Number(box.dataset.deltas || 0) + 1);
+      const text = $('.answer-text', box);
+      if (text) text.replaceChildren(...answerPieces(state.streamText, state.streamCites));
+    }
   }
 
   // ---------- answer box ----------
@@ -227,7 +295,14 @@
       box.append(el('div', { class: 'sources' }, el('h3', {}, '其他引用来源'),
         el('ol', {}, extra.map(([c, n]) => sourceItem(c, n)))));
     }
-    box.append(el('p', { class: 'disclaimer' }, '答案根据检索到的段落自动摘编，请以原文为准。'));
+    box.dataset.modeUsed = data.mode_used || 'extract';
+    if (data.fallback_reason) box.append(el('p', { class: 'answer-note' }, data.fallback_reason.message));
+    if (data.mode_used === 'generate') {
+      const removed = data.removed_sentences ? `，已删去 ${data.removed_sentences} 句无法在原文中核实的内容` : '';
+      box.append(el('p', { class: 'disclaimer' }, `答案由语言模型依据检索到的段落生成，每句已与所引原文核对${removed}；请以原文为准。`));
+    } else {
+      box.append(el('p', { class: 'disclaimer' }, '答案根据检索到的段落自动摘编，请以原文为准。'));
+    }
   }
 
   function answerPieces(text, cites) {
@@ -561,6 +636,17 @@
       const radio = el('input', { type: 'radio', name: 'mode', value: mode, checked: mode === config.default_mode });
       radio.addEventListener('change', rerunIfShown);
       modes.append(el('label', { class: 'mode' }, radio, ` ${MODE_LABELS[mode] || mode}`));
+    }
+    // 生成 / 摘编: only when the server has a language model (DJQA_LLM_BASE_URL).
+    const answerModes = $('#answer-modes');
+    $$('label.mode', answerModes).forEach((label) => label.remove());
+    answerModes.hidden = !config.generation;
+    if (config.generation) {
+      for (const [mode, label] of Object.entries(ANSWER_MODE_LABELS)) {
+        const radio = el('input', { type: 'radio', name: 'answer-mode', value: mode, checked: mode === 'generate' });
+        radio.addEventListener('change', rerunIfShown);
+        answerModes.append(el('label', { class: 'mode' }, radio, ` ${label}`));
+      }
     }
     const choices = TOP_K_CHOICES.filter((k) => k <= config.max_top_k);
     for (const k of [config.default_top_k, config.max_top_k]) if (!choices.includes(k)) choices.push(k);

@@ -1,21 +1,28 @@
 """Search and ask: validate the question, call the core, shape the answer."""
 
+import json
+from collections.abc import Iterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
 
 from service.config import DEFAULT_MODE, Settings
-from service.http.deps import SettingsDep, SnapshotDep, checked_query, require_read_key
+from service.generate import AskResult, Generator
+from service.grounding import GroundingChecker
+from service.http.deps import ModelClientDep, SettingsDep, SnapshotDep, checked_query, require_read_key
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
 from service.http.schemas import (
     EXAMPLE_QUERY,
     AskResponse,
+    ErrorDetail,
     Mode,
     SearchResponse,
     SearchResult,
     query_length,
     request_models,
 )
+from service.records import Hit
 from service.search import Filters, result_row, search_response
 
 
@@ -59,22 +66,52 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         query = checked_query(q, settings)
         return SearchResponse(**search_response(snapshot.searcher, query, top_k, mode, filters))
 
-    @json_routes.post("/ask", summary="问答：摘编答案并标注出处", response_model=AskResponse)
-    def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep) -> AskResponse:  # type: ignore[valid-type]
-        """从最相关段落中摘取最能回答问题的句子，每句后以 【n】 标注出处；无相关内容时 found 为 false。"""
+    @json_routes.post(
+        "/ask",
+        summary="问答：生成或摘编答案并标注出处",
+        response_model=AskResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "stream 为 true 时的事件流"}},
+    )
+    def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep, client: ModelClientDep):  # type: ignore[valid-type]
+        """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
+        段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
         question = checked_query(body.question, settings)
-        answer = snapshot.answerer.answer(question, top_k=body.top_k)
+        generator = Generator(snapshot.answerer, client, GroundingChecker(snapshot.searcher.encoders))
         documents = snapshot.searcher.index.documents
-        citations = [
-            SearchResult(**result_row(n, hit, documents.get(hit.passage.doc_id)))
-            for n, hit in enumerate(answer.citations, start=1)
-        ]
-        return AskResponse(
-            question=question,
-            found=answer.found,
-            answer=answer.text,
-            confidence=round(answer.confidence, 4),
-            citations=citations,
-        )
+
+        def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
+            return [
+                SearchResult(**result_row(n, hit, documents.get(hit.passage.doc_id)))
+                for n, hit in enumerate(hits, start=1)
+            ]
+
+        def response(result: AskResult) -> AskResponse:
+            answer = result.answer
+            reason = result.fallback_code and ErrorDetail(code=result.fallback_code, message=result.fallback_message)
+            return AskResponse(
+                question=question,
+                found=answer.found,
+                answer=answer.text,
+                confidence=round(answer.confidence, 4),
+                citations=citation_rows(answer.citations),
+                mode_used=result.mode_used,
+                fallback_reason=reason or None,
+                removed_sentences=result.removed_sentences,
+            )
+
+        if not body.stream:
+            return response(generator.ask(question, body.top_k, body.mode))
+
+        def sse() -> Iterator[str]:
+            for event in generator.events(question, body.top_k, body.mode):
+                if event.kind == "citations":
+                    data = {"citations": [row.model_dump() for row in citation_rows(event.citations)]}
+                elif event.kind == "delta":
+                    data = {"text": event.text}
+                else:
+                    data = response(event.result).model_dump()
+                yield f"event: {event.kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return [json_routes, query_routes]
