@@ -28,6 +28,7 @@ from service.records import Hit
 from service.search import Searcher, term_coverage
 from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SEMICOLONS, sentence_spans
 
+QueryVectors = dict[str, np.ndarray]  # a question's vector from each model
 NOT_FOUND = "未找到与该问题相关的内容。可以换个说法，或使用更具体的党建术语。"
 
 MAX_SENTENCES = 4
@@ -291,34 +292,41 @@ class Answerer:
         self.selection = selection
         self.gate = gate_for(list(searcher.encoders))
 
-    def evidence(self, question: str) -> tuple[list[Hit], Evidence]:
+    def evidence(self, question: str, query_vectors: QueryVectors | None = None) -> tuple[list[Hit], Evidence]:
         """Hits for the question (EVIDENCE_HITS of them, whatever top_k) and their evidence."""
-        hits = self.searcher.search(question, top_k=EVIDENCE_HITS)
+        hits = self.searcher.search(question, top_k=EVIDENCE_HITS, query_vectors=query_vectors)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
         return hits, gather_evidence(hits, tokens, self.searcher.idf, self.searcher.unseen_idf, question)
 
     def answer(self, question: str, top_k: int = 5) -> Answer:
         """An extractive, cited answer from the best of the top_k passages, or not-found below the bar."""
-        hits, score = self.gated_hits(question, top_k)
-        return self.extract(question, hits, score) if hits else not_found(score)
+        query_vectors = self.searcher.query_vectors(question)
+        hits, score = self.gated_hits(question, top_k, query_vectors)
+        return self.extract(question, hits, score, query_vectors) if hits else not_found(score)
 
-    def gated_hits(self, question: str, top_k: int = 5) -> tuple[list[Hit], float]:
+    def gated_hits(
+        self, question: str, top_k: int = 5, query_vectors: QueryVectors | None = None
+    ) -> tuple[list[Hit], float]:
         """The top_k hits and the confidence; no hits when the question is refused (off-topic)."""
-        hits, evidence = self.evidence(question)
+        hits, evidence = self.evidence(question, query_vectors)
         score = confidence(evidence, self.gate)
         if not hits or score < self.min_confidence:
             return [], score
-        return (self.searcher.search(question, top_k=top_k) if top_k > EVIDENCE_HITS else hits[:top_k]), score
+        if top_k > EVIDENCE_HITS:
+            return self.searcher.search(question, top_k=top_k, query_vectors=query_vectors), score
+        return hits[:top_k], score
 
-    def extract(self, question: str, hits: list[Hit], score: float) -> Answer:
-        """The extractive answer from hits that passed the gate."""
+    def extract(
+        self, question: str, hits: list[Hit], score: float, query_vectors: QueryVectors | None = None
+    ) -> Answer:
+        """The extractive answer from hits that passed the gate (`query_vectors`: the question's, if known)."""
         best = hits[0].score
         hits = [hit for hit in hits if hit.score >= self.selection.hit_share * best]
         sentences = split_sentences(hits)
         if not sentences:
             return not_found(score)
         texts = [sentence.text for sentence in sentences]
-        query_vectors = self.searcher.query_vectors(question)
+        query_vectors = query_vectors or self.searcher.query_vectors(question)
         vectors = {name: encoder.encode(texts) for name, encoder in self.searcher.encoders.items()}
         cosines = np.stack([vectors[name] @ query_vectors[name] for name in vectors], axis=1)
         tokenizer = self.searcher.tokenizer

