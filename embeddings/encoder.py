@@ -140,15 +140,17 @@ class QueryBatcher:
                 if not batch:
                     self.leading = False
                     return
+            texts = list(dict.fromkeys(text for text, _ in batch))  # the page asks and searches the same question
             try:
-                vectors = self.embed([text for text, _ in batch])
+                vectors = dict(zip(texts, self.embed(texts), strict=True))
             except BaseException as error:  # every waiter hears of it, not only the leader
                 for _, future in batch:
                     future.set_exception(error)
                 continue
-            for (_, future), vector in zip(batch, vectors, strict=True):
+            for vector in vectors.values():
                 vector.setflags(write=False)
-                future.set_result(vector)
+            for text, future in batch:
+                future.set_result(vectors[text])
 
 
 class Encoder:

@@ -292,11 +292,15 @@ class Answerer:
         self.selection = selection
         self.gate = gate_for(list(searcher.encoders))
 
-    def evidence(self, question: str, query_vectors: QueryVectors | None = None) -> tuple[list[Hit], Evidence]:
-        """Hits for the question (EVIDENCE_HITS of them, whatever top_k) and their evidence."""
-        hits = self.searcher.search(question, top_k=EVIDENCE_HITS, query_vectors=query_vectors)
+    def evidence(
+        self, question: str, query_vectors: QueryVectors | None = None, top_k: int = EVIDENCE_HITS
+    ) -> tuple[list[Hit], Evidence]:
+        """max(top_k, EVIDENCE_HITS) hits for the question and the evidence of the first EVIDENCE_HITS:
+        the ranking does not depend on top_k, so one search serves both."""
+        hits = self.searcher.search(question, top_k=max(top_k, EVIDENCE_HITS), query_vectors=query_vectors)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
-        return hits, gather_evidence(hits, tokens, self.searcher.idf, self.searcher.unseen_idf, question)
+        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, self.searcher.idf, self.searcher.unseen_idf, question)
+        return hits, evidence
 
     def answer(self, question: str, top_k: int = 5) -> Answer:
         """An extractive, cited answer from the best of the top_k passages, or not-found below the bar."""
@@ -308,12 +312,10 @@ class Answerer:
         self, question: str, top_k: int = 5, query_vectors: QueryVectors | None = None
     ) -> tuple[list[Hit], float]:
         """The top_k hits and the confidence; no hits when the question is refused (off-topic)."""
-        hits, evidence = self.evidence(question, query_vectors)
+        hits, evidence = self.evidence(question, query_vectors, top_k)
         score = confidence(evidence, self.gate)
         if not hits or score < self.min_confidence:
             return [], score
-        if top_k > EVIDENCE_HITS:
-            return self.searcher.search(question, top_k=top_k, query_vectors=query_vectors), score
         return hits[:top_k], score
 
     def extract(

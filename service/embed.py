@@ -12,6 +12,7 @@ from service.tokenize import WordTokenizer
 
 Encoders = dict[str, TextEncoder]  # the configured embedding models by name, in configured order
 MIN_SENTENCE_UNIT = 6  # shorter "sentences" (凡例, 一是…) carry too little meaning to embed alone
+EMBED_POOL = ThreadPoolExecutor(4, "embed")  # one per process: an upload embeds in many small batches
 
 
 def unit_texts(passage: Passage, with_context: bool) -> list[str]:
@@ -44,12 +45,11 @@ def embed_and_tokenize(
     flat = [text for units in texts for text in units]
     bounds = list(itertools.pairwise(np.cumsum([0, *(len(units) for units in texts)])))
     # The models run side by side, one core each (settings.encoder_threads); the first shows progress.
-    with ThreadPoolExecutor(len(encoders)) as pool:
-        futures = {
-            name: pool.submit(encoder.encode, flat, progress=progress and position == 0)
-            for position, (name, encoder) in enumerate(encoders.items())
-        }
-        vectors = {name: future.result() for name, future in futures.items()}
+    futures = {
+        name: EMBED_POOL.submit(encoder.encode, flat, progress=progress and position == 0)
+        for position, (name, encoder) in enumerate(encoders.items())
+    }
+    vectors = {name: future.result() for name, future in futures.items()}
     unit_vectors = {
         name: [model_vectors[start:end] for start, end in bounds] for name, model_vectors in vectors.items()
     }

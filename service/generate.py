@@ -116,7 +116,9 @@ class ModelClient:
                         continue
                     content = chunk.choices[0].delta.content
                     if content:
-                        yield content
+                        # A lone surrogate (an escape split across chunks) would break every later
+                        # encode: the model's text is made valid UTF-8 here, once.
+                        yield content.encode("utf-8", "replace").decode("utf-8")
         except ModelFailure:
             raise
         except (openai.APITimeoutError, httpx2.TimeoutException) as error:  # a stall before or within the stream

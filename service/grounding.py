@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.embed import Encoders
+from service.embed import Encoders, unit_texts
 from service.records import Passage
 from service.text import sentence_spans
 
@@ -100,16 +100,11 @@ def lexical_share(sentence: str, passage_text: str) -> float:
     return sum(gram in found for gram in grams) / len(grams)
 
 
-def passage_units(passage: Passage) -> list[str]:
-    """The passage whole and its sentences: the units the index embedded, so their vectors are cached."""
-    sentences = [passage.text[s:e].strip() for s, e in sentence_spans(passage.text)]
-    return [passage.text, *[sentence for sentence in sentences if len(sentence) >= 6]]
-
-
 def split_cited(answer: str) -> list[tuple[str, list[int]]]:
     """(sentence without marks, cited numbers) per sentence; marks opening a sentence go to the one before."""
     pieces: list[tuple[str, list[int]]] = []
-    for start, end in sentence_spans(answer.replace("\r", "")):
+    answer = answer.replace("\r", "")  # the spans and the slices must come from the same text
+    for start, end in sentence_spans(answer):
         piece = answer[start:end]
         leading = LEADING_CITATIONS.match(piece)
         if leading and pieces:
@@ -135,36 +130,50 @@ class GroundingChecker:
         self.encoders = encoders
         self.support_model = support_model or support_model_for(list(encoders))
 
-    def features(self, sentences: Sequence[str], passage: Passage) -> np.ndarray:
-        """Per sentence: each model's best cosine to the passage's units, then the lexical share."""
-        units = passage_units(passage)
-        columns = []
-        for name in self.support_model.cosine_weights:
-            unit_vectors = self.encoders[name].encode(units)
-            columns.append((self.encoders[name].encode(list(sentences)) @ unit_vectors.T).max(axis=1))
+    def sentence_vectors(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+        """Each model's vectors of the answer's sentences, outside the vector cache: they are the
+        model's words, not the documents', and would only grow it."""
+        return {name: self.encoders[name].embed_batch(list(sentences)) for name in self.support_model.cosine_weights}
+
+    def features(
+        self, sentences: Sequence[str], passage: Passage, vectors: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Per sentence: each model's best cosine to the passage's units (the ones the index embedded,
+        through the cache), then the lexical share. `vectors`: the sentences' vectors, if known."""
+        vectors = vectors or self.sentence_vectors(sentences)
+        units = unit_texts(passage, with_context=False)
+        columns = [
+            (vectors[name] @ self.encoders[name].encode(units).T).max(axis=1)
+            for name in self.support_model.cosine_weights
+        ]
         columns.append(np.asarray([lexical_share(sentence, passage.text) for sentence in sentences]))
         return np.stack(columns, axis=1)
 
-    def support(self, sentences: Sequence[str], passage: Passage) -> np.ndarray:
+    def support(
+        self, sentences: Sequence[str], passage: Passage, vectors: dict[str, np.ndarray] | None = None
+    ) -> np.ndarray:
         """support in 0..1 of each sentence by the passage (see module docstring)."""
         if not sentences:
             return np.zeros(0)
         model = self.support_model
         weights = np.asarray([*model.cosine_weights.values(), model.lexical])
-        scores = np.clip(model.bias + self.features(sentences, passage) @ weights, -50.0, 50.0)
+        scores = np.clip(model.bias + self.features(sentences, passage, vectors) @ weights, -50.0, 50.0)
         return 1.0 / (1.0 + np.exp(-scores))
 
     def check(self, answer: str, passages: Sequence[Passage]) -> CheckedAnswer:
         """The answer with unsupported and uncited sentences removed, and the verdict on each."""
         checked = []
-        for text, numbers in split_cited(answer):
+        claims = split_cited(answer)
+        vectors = self.sentence_vectors([text for text, _ in claims]) if claims else {}
+        for position, (text, numbers) in enumerate(claims):
             valid = tuple(dict.fromkeys(n for n in numbers if 1 <= n <= len(passages)))
             if len(re.sub(r"[\W_]", "", text)) < MIN_CLAIM_CHARS:
                 continue  # a connective or a bare mark: neither kept nor counted as removed
             if not valid:
                 checked.append(CheckedSentence(text, (), 0.0, False, "no_citation"))
                 continue
-            supports = {n: float(self.support([text], passages[n - 1])[0]) for n in valid}
+            own = {name: model_vectors[position : position + 1] for name, model_vectors in vectors.items()}
+            supports = {n: float(self.support([text], passages[n - 1], own)[0]) for n in valid}
             best = max(supports.values())
             kept = best >= self.support_model.threshold
             # A kept sentence keeps only the marks of passages that support it (a wrong extra one goes).

@@ -4,6 +4,7 @@ Layout of the index directory (every version complete before it becomes current)
 
     CURRENT                 name of the live version, replaced atomically (os.replace)
     .lock                   flock held by writers (build, add, remove) so they never interleave
+    PENDING_DONE            the version whose pending.json (below) has been carried out
     versions/<name>/        manifest.json, vectors-<i>.faiss (one per model, in manifest order), bm25/,
                             passages.jsonl, documents.jsonl,
                             pending.json (file moves outside the index that belong to this version)
@@ -47,6 +48,7 @@ REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建�
 FULL_HASH_BYTES = 64 * 2**20
 SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 64 * 1024
 PENDING = "pending.json"
+PENDING_DONE = "PENDING_DONE"  # the version whose pending.json has been carried out
 
 
 class IndexUnavailable(Exception):
@@ -220,11 +222,14 @@ def complete_pending(index_dir: Path) -> None:
     """Carry out the live version's pending.json: move staged files into place, delete removed ones.
 
     Idempotent (a staged file already moved is gone), so every writer runs it under the lock: the
-    one that switched CURRENT, and the next one after a writer killed between switch and moves.
+    one that switched CURRENT, and the next one after a writer killed between switch and moves. Once
+    done it is marked done (PENDING_DONE names the version), so a later writer never replays its
+    removals over a file written since (an original restored by adding the same file again).
     """
     name = current_version(index_dir)
     plan_path = index_dir / "versions" / (name or "-") / PENDING
-    if name is None or not plan_path.is_file():
+    done_path = index_dir / PENDING_DONE
+    if name is None or not plan_path.is_file() or (done_path.is_file() and done_path.read_text().strip() == name):
         return
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
     folders = set()
@@ -242,6 +247,7 @@ def complete_pending(index_dir: Path) -> None:
     for folder in folders:
         if folder.is_dir():
             fsync_directory(folder)
+    write_atomic(done_path, f"{name}\n".encode())
 
 
 def prune_versions(index_dir: Path, keep: set[str]) -> None:

@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -41,6 +42,7 @@ from service.update import (
 )
 
 logger = logging.getLogger("dangjian_qa")
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as create() makes them
 
 QUEUED, RUNNING, DONE, FAILED_STATE = "queued", "running", "done", "failed"
 RECEIVING_PREFIX = ".receiving-"
@@ -156,10 +158,12 @@ class JobStore:
         return job
 
     def load(self, job_id: str) -> Job | None:
+        if not JOB_ID.fullmatch(job_id):  # what create() makes; anything else is not a job, nor a path
+            return None
         if job_id in self.latest:
             return Job(**asdict(self.latest[job_id]))
         path = self.folder / job_id / "job.json"
-        if not job_id.isalnum() or not path.is_file():
+        if not path.is_file():
             return None
         return Job(**json.loads(path.read_text(encoding="utf-8")))
 

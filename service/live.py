@@ -48,15 +48,28 @@ class LiveIndex:
         searcher = open_searcher(self.settings, self.encoders, self.tokenizer)
         return Snapshot(version, searcher, Answerer(searcher, self.settings.answer_min_confidence))
 
+    def switch_if_moved(self) -> None:
+        """Serve the version CURRENT names, if it is another one; call with reload_lock held.
+
+        A version that cannot be loaded is logged and the current one kept: the change behind it is
+        already on disk (an upload's job is done), and the next check tries again.
+        """
+        self.checked_at = time.monotonic()
+        version = current_version(self.settings.index_dir)
+        if not version or version == self.snapshot.version:
+            return
+        try:
+            self.snapshot = self.load()
+        except IndexUnavailable as error:
+            logger.warning("新索引无法加载，继续使用版本 %s：%s", self.snapshot.version, error)
+            return
+        logger.info("已切换到新索引版本 %s", self.snapshot.version)
+
     def reload(self) -> Snapshot:
-        """Load the version CURRENT names now, without waiting for the next check (after a change
-        this process made); waits for a load already under way instead of loading twice."""
+        """Switch now, without waiting for the next check (after a change this process made);
+        waits for a load already under way instead of loading twice."""
         with self.reload_lock:
-            version = current_version(self.settings.index_dir)
-            if version and version != self.snapshot.version:
-                self.snapshot = self.load()
-                logger.info("已切换到新索引版本 %s", self.snapshot.version)
-            self.checked_at = time.monotonic()
+            self.switch_if_moved()
         return self.snapshot
 
     def add_files(
@@ -91,13 +104,7 @@ class LiveIndex:
         if now - self.checked_at >= RELOAD_CHECK_SECONDS and self.reload_lock.acquire(blocking=False):
             # Other requests meanwhile go on with the old snapshot instead of waiting for the load.
             try:
-                self.checked_at = now
-                version = current_version(self.settings.index_dir)
-                if version and version != self.snapshot.version:
-                    self.snapshot = self.load()
-                    logger.info("已切换到新索引版本 %s", self.snapshot.version)
-            except IndexUnavailable as error:
-                logger.warning("新索引无法加载，继续使用版本 %s：%s", self.snapshot.version, error)
+                self.switch_if_moved()
             finally:
                 self.reload_lock.release()
         return self.snapshot

@@ -502,5 +502,6 @@ def test_upload_with_a_name_of_320_bytes_is_added_kept_and_deleted(client: TestC
 
 def test_unknown_job_is_404(client: TestClient) -> None:
     error_of(client.get("/api/jobs/0123456789abcdef", headers=WRITE), 404, "job_not_found")
+    error_of(client.get("/api/jobs/" + "党" * 300, headers=WRITE), 404, "job_not_found")  # no OSError: name too long
     error_of(client.get("/api/jobs/../../etc", headers=WRITE), 404, "not_found")
     error_of(client.get("/api/jobs/0123456789abcdef"), 401, "unauthorized")

@@ -243,3 +243,10 @@ def test_config_says_generation_is_on_and_nothing_shows_the_key(client: TestClie
     for path in ("/api/config", "/api/health", "/openapi.json"):
         assert KEY not in client.get(path).text
     assert client.post("/api/ask", json={"question": QUESTION, "mode": "write"}).status_code == 422
+
+
+def test_a_lone_surrogate_from_the_model_is_checked_not_a_crash(generator: Generator, stub: StubModelServer) -> None:
+    stub.script = lambda prompt: reply(statement(passages_in(prompt)[1]), "\ud800", "【1】")
+    result = generator.ask(QUESTION)
+    assert result.answer.found and "\ud800" not in result.answer.text
+    result.answer.text.encode("utf-8")  # a valid string all the way to the response

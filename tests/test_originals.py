@@ -75,6 +75,21 @@ def test_adding_the_same_file_again_restores_a_missing_original(
     assert not (settings.uploads_dir / f"{INCOMING_PREFIX}abc").exists()
 
 
+def test_a_restored_original_survives_the_next_writer(
+    settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    """A change's pending removals are carried out once, never replayed over a file written since."""
+    add_files(settings, encoders, tokenizer, [write(tmp_path, "fever.txt", FEVER_CLINIC)])
+    replacement = write(tmp_path, "fever.md", FEVER_CLINIC + NIGHT_SHIFT)  # replaces it: fever.txt is removed
+    add_files(settings, encoders, tokenizer, [replacement])
+    same_text = write(tmp_path / "again", "fever.txt", FEVER_CLINIC + NIGHT_SHIFT + "\n\n")
+    report = add_files(settings, encoders, tokenizer, [same_text])  # the same document: its original is kept
+    assert [o.status for o in report.outcomes] == [DUPLICATE]
+    assert original_files(settings.uploads_dir) == [settings.uploads_dir / "fever.txt"]
+    add_files(settings, encoders, tokenizer, [write(tmp_path, "other.txt", NIGHT_SHIFT + "另一篇。\n")])
+    assert (settings.uploads_dir / "fever.txt").is_file(), "the next writer must not replay the old removal"
+
+
 def test_an_original_name_is_never_a_path() -> None:
     for doc_id in ("../evil", "a/b", "", "..", "a.b"):
         with pytest.raises(ValueError):
