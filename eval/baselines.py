@@ -5,6 +5,7 @@ and questions as the project; they are what most Chinese knowledge-base projects
 whole passage in plain FAISS, BM25 over plain jieba words, and equal-weight reciprocal rank fusion.
 """
 
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from embeddings.encoder import TextEncoder
 from service.config import Settings
-from service.engine import index_passages
+from service.engine import load_current, write_passages
 from service.records import Passage
 from service.search import Searcher
 from service.tokenize import WORD
@@ -87,13 +88,14 @@ def reciprocal_rank_fusion(rankers: Sequence[Ranker], k: int = RRF_K) -> Ranker:
 
 
 def embed_context_searcher(searcher: Searcher, settings: Settings, with_context: bool) -> Searcher:
-    """The same passages re-indexed in memory with title/section prefixing set to with_context."""
-    ablated = settings.model_copy(update={"embed_context": with_context})
-    index = index_passages(
-        list(searcher.index.documents.values()), searcher.index.passages, ablated, searcher.encoders, searcher.tokenizer
-    )
+    """The same passages re-indexed (under the cache folder) with title/section prefixing set to with_context."""
+    index_dir = settings.cache_dir / "ablation-index"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    ablated = settings.model_copy(update={"embed_context": with_context, "index_dir": index_dir})
+    documents, passages = list(searcher.index.documents.values()), list(searcher.index.passages)
+    write_passages(documents, passages, ablated, searcher.encoders, searcher.tokenizer)
     return Searcher(
-        index,
+        load_current(ablated, searcher.encoders),
         searcher.encoders,
         searcher.tokenizer,
         dense_weight=searcher.dense_weight,

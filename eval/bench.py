@@ -256,8 +256,8 @@ def index_build() -> dict:
             if timing:
                 runs[label] |= {"build_seconds": float(timing.group(1)), "encode_seconds": float(timing.group(2))}
         version = (index_dir / "CURRENT").read_text().strip()
-        rows = [json.loads(line) for line in (index_dir / "versions" / version / "passages.jsonl").open()]
-    passages, units = len(rows), sum(len(row["unit_ids"]) for row in rows)
+        manifest = json.loads((index_dir / "versions" / version / "manifest.json").read_text(encoding="utf-8"))
+    passages, units = manifest["passage_count"], manifest["unit_count"]
     cold = runs["cold"]
     if cold.get("encode_seconds"):
         cold["passages_per_second"] = passages / cold["encode_seconds"]

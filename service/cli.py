@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from service.engine import (
 )
 from service.index import IndexUnavailable, document_rows
 from service.ingest.read import SUPPORTED_SUFFIXES
+from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
 from service.update import (
@@ -129,12 +131,13 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
 
 def command_remove(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        index = delete_documents(settings, open_encoders(settings), args.doc_ids)
+        version_dir = delete_documents(settings, open_encoders(settings), args.doc_ids)
     except UpdateError as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_INPUT
     removed = "、".join(dict.fromkeys(args.doc_ids))
-    print(f"已删除：{removed}；索引现有 {len(index.documents)} 篇文档、{len(index.passages)} 个段落")
+    manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    print(f"已删除：{removed}；索引现有 {manifest['document_count']} 篇文档、{manifest['passage_count']} 个段落")
     return EXIT_OK
 
 
@@ -147,6 +150,32 @@ def command_docs(args: argparse.Namespace, settings: Settings) -> int:
         about = " · ".join(str(value) for value in (row["doc_type"], row["year"]) if value)
         print(f"{row['doc_id']}  《{row['title']}》 {about}  {row['passages']} 段  添加于 {row['added_at']}")
     print(f"共 {len(rows)} 篇文档")
+    return EXIT_OK
+
+
+def command_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
+    if args.passages < 1:
+        print("错误：--passages 至少为 1", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"规模测试：{args.passages:,} 个合成段落（由种子文档的句子随机组合，向量由真实模型的句向量组合而成，"
+        "不是逐段编码），在新进程中测量……",
+        file=sys.stderr,
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="djqa-scale-", dir=args.dir) as scratch:
+        result = bench_scale(args.passages, Path(scratch), settings)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return EXIT_OK
+    print(
+        f"段落 {result['passages']:,}（单元 {result['units']:,}，"
+        f"{'近似' if result['approximate'] else '精确'}向量检索）\n"
+        f"构建 {result['build_s']} 秒，磁盘 {result['disk_mb']:,} MB；冷启动到首个回答 {result['cold_start_s']} 秒；"
+        f"服务内存 {result['rss_mb']:,} MB\n"
+        f"混合检索 top-10：中位数 {result['p50_ms']} ms，p95 {result['p95_ms']} ms"
+        f"（问题编码另计，中位数 {result['encode_p50_ms']} ms）；近似检索 recall@10 {result['recall_at_10']}"
+    )
     return EXIT_OK
 
 
@@ -172,11 +201,15 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     remove.add_argument("doc_ids", nargs="+", metavar="DOC_ID", help="文档编号（见 dangjian-qa docs）")
     docs = commands.add_parser("docs", help="列出索引中的文档")
     docs.add_argument("--json", action="store_true", help="输出 JSON")
+    scale = commands.add_parser("bench-scale", help="规模测试：合成 N 个段落的索引，测构建、冷启动、内存、延迟和召回")
+    scale.add_argument("--passages", type=int, required=True, metavar="N")
+    scale.add_argument("--dir", type=Path, help="临时索引放在哪个目录（默认系统临时目录；一百万段落约需 10 GB）")
+    scale.add_argument("--json", action="store_true", help="最后一行输出一个 JSON 对象")
     return root
 
 
 COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve}
-COMMANDS |= {"add": command_add, "remove": command_remove, "docs": command_docs}
+COMMANDS |= {"add": command_add, "remove": command_remove, "docs": command_docs, "bench-scale": command_bench_scale}
 
 
 def main(argv: list[str] | None = None) -> int:

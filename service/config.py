@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(default=1_000_000, ge=1)
     max_document_passages: int = Field(default=5_000, ge=1)
     max_pdf_pages: int = Field(default=2_000, ge=1)
+    # How long a change (add, remove, build) waits for another one holding the index lock before it
+    # gives up with a clear message (index.IndexBusy; the API answers 503 index_busy).
+    writer_wait_seconds: float = Field(default=600.0, gt=0.0)
 
     # An OpenAI-compatible language model (vLLM, Ollama, Xinference …) that writes /api/ask's answers
     # from the retrieved passages (service/generate.py); unset base URL: extractive answers only.

@@ -2,13 +2,16 @@
 
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from embeddings.encoder import TextEncoder, open_encoder
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
-from service.index import SearchIndex, assemble_index, load_index, save_index, writer_lock
+from service.index import Chunk, SearchIndex, load_index, new_chunk, write_version, writer_lock
 from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
 from service.originals import original_files
@@ -91,17 +94,32 @@ def indexable_files(folder: Path, uploads_dir: Path) -> list[Path]:
     return paths
 
 
-def index_passages(
+BUILD_CHUNK = 2_048  # passages embedded and written at a time: a build's memory does not grow with the corpus
+
+
+def indexed_chunks(
+    passages: list[Passage], settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, progress: bool = False
+) -> Iterator[Chunk]:
+    """The passages embedded and tokenised, BUILD_CHUNK at a time."""
+    with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
+        for start in range(0, len(passages), BUILD_CHUNK):
+            batch = passages[start : start + BUILD_CHUNK]
+            unit_vectors, tokens = embed_and_tokenize(batch, encoders, tokenizer, settings.embed_context)
+            yield new_chunk(batch, unit_vectors, tokens)
+            bar.update(len(batch))
+
+
+def write_passages(
     documents: list[Document],
     passages: list[Passage],
     settings: Settings,
     encoders: Encoders,
     tokenizer: WordTokenizer,
     progress: bool = False,
-) -> SearchIndex:
-    """Embed and tokenise passages into an in-memory index."""
-    unit_vectors, tokens = embed_and_tokenize(passages, encoders, tokenizer, settings.embed_context, progress)
-    return assemble_index(documents, passages, unit_vectors, tokens, models_info(encoders), settings_note(settings))
+) -> Path:
+    """Embed and tokenise passages into a new live version of settings.index_dir; its folder."""
+    chunks = indexed_chunks(passages, settings, encoders, tokenizer, progress)
+    return write_version(settings.index_dir, documents, chunks, models_info(encoders), settings_note(settings))
 
 
 def build_index(
@@ -118,14 +136,13 @@ def build_index(
     `with_uploads` adds the kept originals of settings.uploads_dir, listed under the lock.
     """
     started = time.perf_counter()
-    with writer_lock(settings.index_dir, create=True):
+    with writer_lock(settings.index_dir, create=True, timeout=settings.writer_wait_seconds):
         if with_uploads:
             paths = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
         encode_started = time.perf_counter()
-        index = index_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
+        version_dir = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
         encode_seconds = time.perf_counter() - encode_started
-        version_dir = save_index(index, settings.index_dir)
     return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
 
 

@@ -1,13 +1,21 @@
-"""Build, save and load the search index: FAISS vectors, BM25 tokens, passage store, manifest.
+"""Build, save and load the search index: unit vectors, BM25, passage table, manifest.
 
 Layout of the index directory (every version complete before it becomes current):
 
     CURRENT                 name of the live version, replaced atomically (os.replace)
     .lock                   flock held by writers (build, add, remove) so they never interleave
     PENDING_DONE            the version whose pending.json (below) has been carried out
-    versions/<name>/        manifest.json, vectors-<i>.faiss (one per model, in manifest order), bm25/,
-                            passages.jsonl, documents.jsonl,
-                            pending.json (file moves outside the index that belong to this version)
+    versions/<name>/        manifest.json; per model (manifest order) vectors-<i>.f16 and, for large
+                            indexes, ann-<i>.faiss (service/vectors.py); units.npy (unit id at each
+                            position), rows.npy (first unit position of each passage), doc_rows.npy
+                            (document number of each passage); bm25/; passages.sqlite (text, metadata
+                            and BM25 tokens by row); documents.jsonl; pending.json (file moves outside
+                            the index that belong to this version)
+
+Everything large is memory-mapped or read per hit, so loading costs the same at any size and
+nothing per question loops over the corpus in Python. A version is written once, streaming
+passages in chunks (VersionWriter), and never changed: a change writes a new version, copying
+the kept passages' rows, vectors and approximate-index entries (service/vectors.py).
 
 A crash at any moment leaves CURRENT naming a complete version: the old one or the new one.
 Files that belong to a change but live elsewhere (users' kept originals) are staged before the
@@ -24,13 +32,16 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
+import threading
+import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import bm25s
 import faiss
@@ -38,8 +49,9 @@ import numpy as np
 
 from service.atomic import fsync_directory, fsync_tree, write_atomic
 from service.records import Document, Passage
+from service.vectors import UnitVectors, ann_file, matrix_file, open_matrix, updated_ann
 
-FORMAT_VERSION = 2  # 2: one vector file per embedding model
+FORMAT_VERSION = 3  # 3: float16 unit matrices, approximate index when large, passages in SQLite
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
 # Checksums at load must stay cheap for a million-passage index (gigabytes of vectors): files up to
 # FULL_HASH_BYTES are hashed whole; larger ones by SAMPLE_BLOCKS blocks spread evenly over the file
@@ -49,23 +61,106 @@ FULL_HASH_BYTES = 64 * 2**20
 SAMPLE_BLOCKS, SAMPLE_BYTES = 64, 64 * 1024
 PENDING = "pending.json"
 PENDING_DONE = "PENDING_DONE"  # the version whose pending.json has been carried out
+COPY_CHUNK = 20_000  # passages copied at a time from the previous version by a change
+LOCK_POLL_SECONDS = 0.2
 
 
 class IndexUnavailable(Exception):
     """The index is missing, corrupt or does not match the configured model; says how to fix it."""
 
 
+class IndexBusy(Exception):
+    """Another writer held the index lock for longer than the wait allowed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"另一个索引写入操作（构建、添加或删除文档）仍在进行，已等待 {seconds:g} 秒；请稍后重试")
+
+
+class PassageTable(Sequence[Passage]):
+    """The passages of a version by row, read from SQLite on demand (only the hits are ever read)."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.uri = f"file:{quote(str(path))}?mode=ro&immutable=1"  # a version never changes once written
+        self.count = count
+        self.local = threading.local()  # one connection per thread: sqlite connections are not shared
+
+    def connection(self) -> sqlite3.Connection:
+        if not hasattr(self.local, "connection"):
+            self.local.connection = sqlite3.connect(self.uri, uri=True, check_same_thread=False)
+        return self.local.connection
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, row):  # type: ignore[override]  # rows only, no slices
+        if not isinstance(row, int | np.integer) or not -self.count <= row < self.count:
+            raise IndexError(row)
+        return self.many([int(row) % self.count])[int(row) % self.count]
+
+    def select(self, column: str, rows: Iterable[int]) -> dict[int, str]:
+        wanted = sorted({int(row) for row in rows})
+        found: dict[int, str] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            batch = wanted[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            query = f"SELECT row, {column} FROM passages WHERE row IN ({marks})"  # column: a fixed name
+            found.update(self.connection().execute(query, batch).fetchall())
+        return found
+
+    def many(self, rows: Iterable[int]) -> dict[int, Passage]:
+        return {row: passage_from_json(text) for row, text in self.select("passage", rows).items()}
+
+    def tokens(self, rows: Iterable[int]) -> dict[int, list[str]]:
+        return {row: json.loads(text) for row, text in self.select("tokens", rows).items()}
+
+    def rows_of(self, doc_id: str) -> list[int]:
+        query = "SELECT row FROM passages WHERE doc_id = ? ORDER BY row"
+        return [row for (row,) in self.connection().execute(query, (doc_id,))]
+
+    def chunks(self, size: int = COPY_CHUNK) -> Iterator[list[tuple[int, Passage, list[str]]]]:
+        """Every row in order, `size` at a time, with its passage and tokens."""
+        for start in range(0, self.count, size):
+            query = "SELECT row, passage, tokens FROM passages WHERE row >= ? AND row < ? ORDER BY row"
+            rows = self.connection().execute(query, (start, start + size)).fetchall()
+            yield [(row, passage_from_json(passage), json.loads(tokens)) for row, passage, tokens in rows]
+
+    def __iter__(self) -> Iterator[Passage]:
+        for chunk in self.chunks():
+            yield from (passage for _, passage, _ in chunk)
+
+
+def as_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def passage_from_json(text: str) -> Passage:
+    fields = json.loads(text)
+    return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
+
+
 @dataclass
 class SearchIndex:
-    """Everything a search needs, in memory (BM25 arrays memory-mapped when loaded)."""
+    """A loaded version: small arrays in memory, everything large memory-mapped or read per hit."""
 
     manifest: dict
-    documents: dict[str, Document]
-    passages: list[Passage]
-    unit_ids: list[list[int]]  # FAISS ids of the embedded units (passage, sentences) of passages[i]
-    tokens: list[list[str]]  # BM25 tokens of passages[i]
-    vectors: dict[str, faiss.IndexIDMap2]  # model name -> its vectors of the same units, under the same ids
+    documents: dict[str, Document]  # in the order they were added
+    passages: PassageTable
+    unit_ids: np.ndarray  # int64, ascending: the id of the unit at each position
+    row_starts: np.ndarray  # int64 (passages + 1): units of row r are positions row_starts[r]:row_starts[r+1]
+    doc_rows: np.ndarray  # int32: number (in `documents` order) of each passage's document
+    vectors: dict[str, UnitVectors]  # model name -> its unit vectors, same positions for every model
     bm25: bm25s.BM25
+
+    def rows_of_positions(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.row_starts, positions, side="right") - 1
+
+    def positions_of_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The unit positions of the rows (in order, ascending per row) and where each row's begin."""
+        starts, ends = self.row_starts[rows], self.row_starts[rows + 1]
+        counts = ends - starts
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        positions = np.repeat(starts - offsets, counts) + np.arange(int(counts.sum()))
+        return positions, offsets
 
 
 def build_bm25(tokens: list[list[str]]) -> bm25s.BM25:
@@ -75,57 +170,208 @@ def build_bm25(tokens: list[list[str]]) -> bm25s.BM25:
     return bm25
 
 
-def corpus_fingerprint(documents: list[Document], extra: str) -> str:
+def corpus_fingerprint(documents: Iterable[Document], extra: str) -> str:
     digest = hashlib.sha256(extra.encode())
     for document in sorted(documents, key=lambda d: d.doc_id):
         digest.update(f"{document.doc_id}\0{document.content_hash}\n".encode())
     return digest.hexdigest()
 
 
-def assemble_index(
+@dataclass
+class Chunk:
+    """Passages written together: their tokens, and every model's vectors of all their units in order.
+
+    `unit_ids` are given for passages kept from the previous version (their ids stay); new passages'
+    units get ids after the highest ever used.
+    """
+
+    passages: list[Passage]
+    tokens: list[list[str]]
+    unit_counts: list[int]
+    vectors: dict[str, np.ndarray]
+    unit_ids: np.ndarray | None = None
+
+
+def new_chunk(passages: list[Passage], unit_vectors: dict[str, list[np.ndarray]], tokens: list[list[str]]) -> Chunk:
+    """A Chunk of new passages from per-passage unit vectors (as service.embed returns them)."""
+    counts = [len(units) for units in next(iter(unit_vectors.values()), [])]
+    vectors = {
+        model: np.concatenate(units) if units else np.zeros((0, 1), dtype=np.float32)
+        for model, units in unit_vectors.items()
+    }
+    return Chunk(passages, tokens, counts, vectors)
+
+
+def kept_chunks(index: "SearchIndex", drop_doc_ids: set[str]) -> Iterator[Chunk]:
+    """The passages of `index` not in the dropped documents, with their vectors and unit ids, in chunks."""
+    for rows in index.passages.chunks():
+        kept = [(row, passage, tokens) for row, passage, tokens in rows if passage.doc_id not in drop_doc_ids]
+        if not kept:
+            continue
+        row_numbers = np.array([row for row, _, _ in kept], dtype=np.int64)
+        positions, _ = index.positions_of_rows(row_numbers)
+        counts = (index.row_starts[row_numbers + 1] - index.row_starts[row_numbers]).tolist()
+        yield Chunk(
+            [passage for _, passage, _ in kept],
+            [tokens for _, _, tokens in kept],
+            counts,
+            {model: np.asarray(vectors.matrix[positions]) for model, vectors in index.vectors.items()},
+            np.asarray(index.unit_ids[positions]),
+        )
+
+
+class VersionWriter:
+    """Writes one version into a staging folder, chunk by chunk: memory holds one chunk and the tokens."""
+
+    def __init__(self, staging: Path, models: list[dict], first_unit_id: int) -> None:
+        self.staging = staging
+        self.models = models
+        self.next_unit_id = first_unit_id
+        self.database = sqlite3.connect(staging / "passages.sqlite")
+        self.database.execute("PRAGMA journal_mode = OFF")  # a half-written staging folder is thrown away
+        self.database.execute("PRAGMA synchronous = OFF")  # fsync_tree makes the finished file durable
+        self.database.execute(
+            "CREATE TABLE passages (row INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, passage TEXT, tokens TEXT)"
+        )
+        self.matrices = [(staging / matrix_file(i)).open("wb") for i in range(len(models))]
+        self.tokens: list[list[str]] = []
+        self.doc_ids: list[str] = []
+        self.unit_ids: list[np.ndarray] = []
+        self.unit_counts: list[int] = []
+        self.kept_units = 0  # units copied from the previous version, all before the new ones
+        self.new_seen = False
+
+    def append(self, chunk: Chunk) -> None:
+        units = sum(chunk.unit_counts)
+        if chunk.unit_ids is None:
+            ids = np.arange(self.next_unit_id, self.next_unit_id + units, dtype=np.int64)
+            self.next_unit_id += units
+            self.new_seen = True
+        else:
+            if self.new_seen:
+                raise ValueError("kept passages must be written before new ones")
+            ids = chunk.unit_ids.astype(np.int64)
+            self.kept_units += units
+            self.next_unit_id = max(self.next_unit_id, int(ids.max(initial=-1)) + 1)
+        first_row = len(self.doc_ids)
+        self.database.executemany(
+            "INSERT INTO passages VALUES (?, ?, ?, ?)",
+            [
+                (first_row + offset, p.doc_id, as_json(asdict(p)), as_json(t))
+                for offset, (p, t) in enumerate(zip(chunk.passages, chunk.tokens, strict=True))
+            ],
+        )
+        for handle, model in zip(self.matrices, self.models, strict=True):
+            if units:
+                handle.write(np.ascontiguousarray(chunk.vectors[model["name"]], dtype=np.float16).tobytes())
+        self.tokens += chunk.tokens
+        self.doc_ids += [passage.doc_id for passage in chunk.passages]
+        self.unit_ids.append(ids)
+        self.unit_counts += chunk.unit_counts
+
+    def finish(self, documents: list[Document], previous: "SearchIndex | None") -> dict:
+        """Write what depends on every passage (BM25, arrays, approximate indexes); the manifest's fields."""
+        self.database.execute("CREATE INDEX passages_doc ON passages (doc_id)")
+        self.database.commit()
+        self.database.close()
+        for handle in self.matrices:
+            handle.close()
+        build_bm25(self.tokens).save(str(self.staging / "bm25"), show_progress=False)
+        unit_ids = np.concatenate([np.zeros(0, dtype=np.int64), *self.unit_ids])
+        number_of = {document.doc_id: number for number, document in enumerate(documents)}
+        np.save(self.staging / "units.npy", unit_ids)
+        np.save(self.staging / "rows.npy", np.concatenate([[0], np.cumsum(self.unit_counts)]).astype(np.int64))
+        np.save(self.staging / "doc_rows.npy", np.array([number_of[d] for d in self.doc_ids], dtype=np.int32))
+        ann_built = {}
+        for position, model in enumerate(self.models):
+            matrix = open_matrix(self.staging / matrix_file(position), len(unit_ids), int(model["dimension"]))
+            before = previous.vectors[model["name"]].ann if previous is not None else None
+            trained = (previous.manifest.get("ann_trained_units") or {}).get(model["name"], 0) if previous else 0
+            ann, trained = updated_ann(model["name"], before, trained, matrix, unit_ids, self.kept_units)
+            if ann is not None:
+                faiss.write_index(ann, str(self.staging / ann_file(position)))
+                ann_built[model["name"]] = trained
+        return {
+            "passage_count": len(self.doc_ids),
+            "unit_count": len(unit_ids),
+            "document_count": len(documents),
+            "next_unit_id": self.next_unit_id,
+            "ann_trained_units": ann_built,
+        }
+
+
+def write_version(
+    index_dir: Path,
     documents: list[Document],
-    passages: list[Passage],
-    unit_vectors: dict[str, list[np.ndarray]],
-    tokens: list[list[str]],
+    chunks: Iterable[Chunk],
     models: list[dict],
     settings_note: str,
-) -> SearchIndex:
-    """An in-memory index from passages, their unit vectors (per model) and tokens.
+    previous: "SearchIndex | None" = None,
+    extra: dict | None = None,
+    moves: Sequence[tuple[Path, Path]] = (),
+    removals: Sequence[Path] = (),
+) -> Path:
+    """Write a new complete version from chunks (kept passages first), then point CURRENT at it.
 
-    `models` describes the encoders (name, weights_sha256, dimension), in the order they are configured.
+    `previous` is the version a change starts from (its approximate indexes are updated, not
+    retrained); `extra` adds manifest fields. `moves` (staged file -> its place) and `removals` are
+    files outside the index that belong to the change: recorded in the version's pending.json and
+    carried out just after the switch (see complete_pending). A failure before the switch (a full
+    disk) removes the half-written version: CURRENT, and the index it names, are untouched.
     """
-    vectors: dict[str, faiss.IndexIDMap2] = {}
-    for model in models:
-        vectors[model["name"]] = faiss.IndexIDMap2(faiss.IndexFlatIP(int(model["dimension"])))
-    unit_ids: list[list[int]] = []
-    next_id = 0
-    for units in unit_vectors[models[0]["name"]]:
-        unit_ids.append(list(range(next_id, next_id + len(units))))
-        next_id += len(units)
-    if next_id:
-        for name, faiss_index in vectors.items():
-            stacked = np.ascontiguousarray(np.concatenate(unit_vectors[name]), dtype=np.float32)
-            faiss_index.add_with_ids(stacked, np.arange(next_id, dtype=np.int64))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "models": [
-            {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])} for m in models
-        ],
-        "passage_count": len(passages),
-        "document_count": len(documents),
-        "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
-        "settings": settings_note,
-        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    return SearchIndex(
-        manifest=manifest,
-        documents={document.doc_id: document for document in documents},
-        passages=list(passages),
-        unit_ids=unit_ids,
-        tokens=tokens,
-        vectors=vectors,
-        bm25=build_bm25(tokens),
+    versions = index_dir / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    staging = versions / f".staging-{name}"
+    staging.mkdir()
+    first_unit_id = int(previous.manifest.get("next_unit_id", 0)) if previous is not None else 0
+    try:
+        writer = VersionWriter(staging, models, first_unit_id)
+        for chunk in chunks:
+            writer.append(chunk)
+        counts = writer.finish(documents, previous)
+        write_jsonl(staging / "documents.jsonl", [asdict(d) for d in documents])
+        if moves or removals:
+            pending = {"moves": [[str(a), str(b)] for a, b in moves], "removals": [str(path) for path in removals]}
+            (staging / PENDING).write_text(json.dumps(pending, ensure_ascii=False, indent=2), encoding="utf-8")
+        manifest = {
+            **(extra or {}),
+            "format_version": FORMAT_VERSION,
+            "models": [
+                {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])}
+                for m in models
+            ],
+            **counts,
+            "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
+            "settings": settings_note,
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": file_checksums(staging),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
+        fsync_tree(staging)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        converted = disk_full_as_oserror(error, staging)
+        if converted is error:
+            raise
+        raise converted from error
+    version_dir = versions / name
+    staging.rename(version_dir)
+    fsync_directory(versions)
+    previous_name = current_version(index_dir)
+    write_atomic(index_dir / "CURRENT", f"{name}\n".encode())
+    prune_versions(index_dir, keep={name, previous_name or ""})
+    complete_pending(index_dir)
+    return version_dir
+
+
+def disk_full_as_oserror(error: BaseException, path: Path) -> BaseException:
+    """A full disk as OSError(ENOSPC) whoever reported it: FAISS (RuntimeError) and SQLite use their own words."""
+    words = str(error)
+    full = (isinstance(error, RuntimeError) and os.strerror(errno.ENOSPC) in words) or (
+        isinstance(error, sqlite3.OperationalError) and "disk is full" in words
     )
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) if full else error
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -171,53 +417,6 @@ def verify_files(version_dir: Path, manifest: dict) -> None:
             raise IndexUnavailable(f"索引已损坏（{version_dir}：{name} 校验失败，{found}）。{REBUILD_HINT}")
 
 
-def save_index(
-    index: SearchIndex, index_dir: Path, moves: Sequence[tuple[Path, Path]] = (), removals: Sequence[Path] = ()
-) -> Path:
-    """Write a new complete version, then point CURRENT at it; returns the version directory.
-
-    `moves` (staged file -> its place) and `removals` are files outside the index that belong to the
-    change: recorded in the version's pending.json and carried out just after the switch (see
-    complete_pending). A failure before the switch (a full disk) removes the half-written version:
-    CURRENT, and the index it names, are untouched.
-    """
-    versions = index_dir / "versions"
-    versions.mkdir(parents=True, exist_ok=True)
-    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    staging = versions / f".staging-{name}"
-    staging.mkdir()
-    try:
-        for position, model in enumerate(index.manifest["models"]):
-            faiss.write_index(index.vectors[model["name"]], str(staging / vector_file(position)))
-        index.bm25.save(str(staging / "bm25"), show_progress=False)
-        passage_rows = [
-            {**asdict(p), "unit_ids": u, "tokens": t}
-            for p, u, t in zip(index.passages, index.unit_ids, index.tokens, strict=True)
-        ]
-        write_jsonl(staging / "passages.jsonl", passage_rows)
-        write_jsonl(staging / "documents.jsonl", [asdict(d) for d in index.documents.values()])
-        if moves or removals:
-            pending = {"moves": [[str(a), str(b)] for a, b in moves], "removals": [str(path) for path in removals]}
-            (staging / PENDING).write_text(json.dumps(pending, ensure_ascii=False, indent=2), encoding="utf-8")
-        manifest = {**index.manifest, "files": file_checksums(staging)}
-        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
-        fsync_tree(staging)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, RuntimeError) and os.strerror(errno.ENOSPC) in str(error):
-            # FAISS reports a failed write as RuntimeError with the OS's words: a full disk is still one.
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging)) from error
-        raise
-    version_dir = versions / name
-    staging.rename(version_dir)
-    fsync_directory(versions)
-    previous = current_version(index_dir)
-    write_atomic(index_dir / "CURRENT", f"{name}\n".encode())
-    prune_versions(index_dir, keep={name, previous or ""})
-    complete_pending(index_dir)
-    return version_dir
-
-
 def complete_pending(index_dir: Path) -> None:
     """Carry out the live version's pending.json: move staged files into place, delete removed ones.
 
@@ -258,18 +457,27 @@ def prune_versions(index_dir: Path, keep: set[str]) -> None:
 
 
 @contextmanager
-def writer_lock(index_dir: Path, create: bool = False) -> Iterator[None]:
+def writer_lock(index_dir: Path, create: bool = False, timeout: float = 600.0) -> Iterator[None]:
     """Exclusive lock for writers of index_dir (a killed holder releases it with its process).
 
     Readers never take it. Without `create` a missing index_dir is IndexUnavailable, so adding
-    to or removing from an index that does not exist never creates one.
+    to or removing from an index that does not exist never creates one. A writer waits at most
+    `timeout` seconds for another one to finish, then gets IndexBusy.
     """
     if create:
         index_dir.mkdir(parents=True, exist_ok=True)
     elif not index_dir.is_dir():
         raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
     with (index_dir / ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise IndexBusy(timeout) from None
+                time.sleep(LOCK_POLL_SECONDS)
         try:
             remove_stale_staging(index_dir)
             complete_pending(index_dir)
@@ -298,15 +506,6 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def passage_from_row(row: dict) -> Passage:
-    fields = {k: v for k, v in row.items() if k not in ("unit_ids", "tokens")}
-    return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
-
-
-def vector_file(position: int) -> str:
-    return f"vectors-{position}.faiss"
-
-
 def model_names(models: list[dict]) -> str:
     return " + ".join(f"{m['name']}（权重 {str(m['weights_sha256'])[:12]}）" for m in models)
 
@@ -332,7 +531,7 @@ def check_manifest(manifest: dict, models: list[dict], settings_note: str) -> No
 
 
 def load_index(index_dir: Path, models: list[dict], settings_note: str) -> SearchIndex:
-    """Load the live version; any problem becomes IndexUnavailable naming the fix.
+    """Open the live version; any problem becomes IndexUnavailable naming the fix.
 
     `models` and `settings_note` describe what the caller would search with; an index built with
     anything else is refused, since its vectors or tokens would not match the queries'.
@@ -345,14 +544,19 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         check_manifest(manifest, models, settings_note)
         verify_files(version_dir, manifest)
-        rows = read_jsonl(version_dir / "passages.jsonl")
         documents = [
             Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
         ]
-        vectors = {
-            model["name"]: faiss.read_index(str(version_dir / vector_file(position)))
-            for position, model in enumerate(manifest["models"])
-        }
+        unit_ids = np.load(version_dir / "units.npy", mmap_mode="r")
+        row_starts = np.load(version_dir / "rows.npy")
+        doc_rows = np.load(version_dir / "doc_rows.npy", mmap_mode="r")
+        vectors = {}
+        for position, model in enumerate(manifest["models"]):
+            ann_path = version_dir / ann_file(position)
+            ann = faiss.read_index(str(ann_path)) if ann_path.is_file() else None
+            vectors[model["name"]] = UnitVectors.open(
+                version_dir / matrix_file(position), unit_ids, int(model["dimension"]), ann
+            )
         bm25 = bm25s.BM25.load(str(version_dir / "bm25"), mmap=True, show_progress=False)
     except IndexUnavailable:
         raise
@@ -360,18 +564,20 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
         raise IndexUnavailable(
             f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}"
         ) from error
-    unit_count = sum(len(row["unit_ids"]) for row in rows)
-    counts_agree = len(rows) == manifest["passage_count"] == bm25.scores["num_docs"]
-    if not counts_agree or any(unit_count != model_vectors.ntotal for model_vectors in vectors.values()):
+    passage_count = manifest["passage_count"]
+    counts_agree = len(row_starts) - 1 == passage_count == bm25.scores["num_docs"] == len(doc_rows)
+    units_agree = int(row_starts[-1]) == len(unit_ids) == manifest["unit_count"]
+    if not counts_agree or not units_agree:
         raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")
     if len(documents) != manifest["document_count"]:
         raise IndexUnavailable(f"索引已损坏（{version_dir}：文档数与清单不一致）。{REBUILD_HINT}")
     return SearchIndex(
         manifest=manifest,
         documents={document.doc_id: document for document in documents},
-        passages=[passage_from_row(row) for row in rows],
-        unit_ids=[row["unit_ids"] for row in rows],
-        tokens=[row["tokens"] for row in rows],
+        passages=PassageTable(version_dir / "passages.sqlite", passage_count),
+        unit_ids=unit_ids,
+        row_starts=row_starts,
+        doc_rows=doc_rows,
         vectors=vectors,
         bm25=bm25,
     )
@@ -379,7 +585,7 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
 
 def document_rows(index: SearchIndex) -> list[dict]:
     """The indexed documents as the user manages them, in the order they were added."""
-    passage_counts = Counter(passage.doc_id for passage in index.passages)
+    passage_counts = np.bincount(index.doc_rows, minlength=len(index.documents))
     return [
         {
             "doc_id": document.doc_id,
@@ -388,9 +594,9 @@ def document_rows(index: SearchIndex) -> list[dict]:
             "doc_type": document.doc_type,
             "year": document.year,
             "level": document.level,
-            "passages": passage_counts[document.doc_id],
+            "passages": int(passage_counts[number]),
             "characters": len(document.text),
             "added_at": document.added_at,
         }
-        for document in index.documents.values()
+        for number, document in enumerate(index.documents.values())
     ]

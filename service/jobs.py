@@ -83,7 +83,7 @@ def problem_rows(report: AddReport) -> dict[str, list[dict]]:
 
 def report_rows(report: AddReport) -> dict[str, list[dict]]:
     """Every file of a change under what happened to it: added, replaced, skipped, failed."""
-    documents = report.index.documents if report.index else {}
+    documents = report.documents
 
     def uploaded(status: str) -> list[dict]:
         return [

@@ -2,17 +2,17 @@
 
 import math
 import time
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import faiss
+import bm25s
 import numpy as np
 
 from service.config import MODES
 from service.embed import Encoders
 from service.index import SearchIndex
-from service.records import Document, Hit, ModelEvidence
+from service.records import Document, Hit, ModelEvidence, Passage
 from service.text import context_around
 from service.tokenize import WordTokenizer
 
@@ -119,6 +119,29 @@ def term_coverage(query_tokens: Sequence[str], found: Container[str], idf: dict[
     return sum(weight for token, weight in weights.items() if token in found) / total if total else 0.0
 
 
+class IdfTable(Mapping[str, float]):
+    """BM25's idf of each word of an index's vocabulary, computed when asked (a corpus has ~10^5 words)."""
+
+    def __init__(self, bm25: bm25s.BM25) -> None:
+        self.vocabulary = {token: number for token, number in bm25.vocab_dict.items() if token}
+        # bm25s keeps a CSC matrix: the entries of a word's column are the passages that contain it.
+        self.indptr = bm25.scores["indptr"]
+        self.passage_count = int(bm25.scores["num_docs"])
+
+    def __getitem__(self, token: str) -> float:
+        number = self.vocabulary[token]
+        return idf(int(self.indptr[number + 1] - self.indptr[number]), self.passage_count)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.vocabulary
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.vocabulary)
+
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+
 def ranks(scores: dict[int, float]) -> dict[int, int]:
     """1-based rank of each row by descending score."""
     ordered = sorted(scores, key=lambda row: -scores[row])
@@ -175,13 +198,14 @@ class Searcher:
         self.lexical_weight = lexical_weight
         self.candidates = candidates
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
-        self.row_of_unit = {unit: row for row, units in enumerate(index.unit_ids) for unit in units}
-        self.token_sets = [frozenset(tokens) for tokens in index.tokens]
-        # bm25s keeps a CSC matrix: the entries of a token's column are the passages that contain it.
-        passages_per_token = np.diff(index.bm25.scores["indptr"])
-        count = len(index.passages)
-        self.idf = {t: idf(int(passages_per_token[i]), count) for t, i in index.bm25.vocab_dict.items() if t}
-        self.unseen_idf = idf(0, count)
+        self.idf = IdfTable(index.bm25)
+        self.unseen_idf = idf(0, len(index.passages))
+        bm25_scores = index.bm25.scores
+        self.bm25_matrix = (bm25_scores["data"], bm25_scores["indices"], bm25_scores["indptr"])
+        documents = list(index.documents.values())
+        self.doc_types = np.array([document.doc_type or "" for document in documents], dtype=object)
+        self.doc_years = np.array([document.year or 0 for document in documents], dtype=np.int64)
+        self.doc_numbers = {document.doc_id: number for number, document in enumerate(documents)}
 
     def query_vectors(self, query: str) -> dict[str, np.ndarray]:
         """The question's vector from every model, encoded concurrently."""
@@ -191,53 +215,66 @@ class Searcher:
         return {name: future.result() for name, future in futures.items()}
 
     def allowed_rows(self, filters: Filters) -> np.ndarray | None:
-        """Rows passing the filters, or None when nothing is filtered."""
+        """Rows passing the filters (ascending), or None when nothing is filtered.
+
+        The filters are on documents: a mask over the (few) documents, spread to the passages by
+        their document numbers, so the cost is one array operation whatever the corpus size.
+        """
         if filters == Filters():
             return None
-        return np.array(
-            [
-                row
-                for row, passage in enumerate(self.index.passages)
-                if (filters.doc_ids is None or passage.doc_id in filters.doc_ids)
-                and (filters.doc_type is None or passage.doc_type == filters.doc_type)
-                and (filters.year is None or passage.year == filters.year)
-            ],
-            dtype=np.int64,
-        )
+        allowed = np.ones(len(self.doc_numbers), dtype=bool)
+        if filters.doc_ids is not None:
+            chosen = np.zeros(len(self.doc_numbers), dtype=bool)
+            chosen[[self.doc_numbers[d] for d in filters.doc_ids if d in self.doc_numbers]] = True
+            allowed &= chosen
+        if filters.doc_type is not None:
+            allowed &= self.doc_types == filters.doc_type
+        if filters.year is not None:
+            allowed &= self.doc_years == filters.year
+        return np.flatnonzero(allowed[self.index.doc_rows])
+
+    def row_scores(self, model: str, rows: np.ndarray, query_vector: np.ndarray) -> dict[int, float]:
+        """The rows' exact dense scores: the best similarity of each row's units, from the stored matrix."""
+        rows = np.unique(rows)
+        if not len(rows):
+            return {}
+        positions, offsets = self.index.positions_of_rows(rows)
+        best = np.maximum.reduceat(self.index.vectors[model].scores(positions, query_vector), offsets)
+        return dict(zip(rows.tolist(), best.tolist(), strict=True))
 
     def dense_scores(self, model: str, query_vector: np.ndarray, allowed: np.ndarray | None) -> dict[int, float]:
-        """Best unit similarity of the passages owning the top units.
+        """Exact scores of the passages owning the units nearest the question.
 
-        A passage's score is the max over its units, so if any of its units is among the top ones,
-        its best unit is too: the scores returned are exact, not truncated.
+        The nearest units are found exactly in small indexes and approximately in large ones
+        (service/vectors.py); either way every passage reached is scored exactly over all its units.
         """
-        units = [u for row in allowed for u in self.index.unit_ids[row]] if allowed is not None else None
-        vectors = self.index.vectors[model]
-        count = vectors.ntotal if units is None else len(units)
+        allowed_units = None if allowed is None else self.index.positions_of_rows(allowed)[0]
+        count = len(self.index.unit_ids) if allowed_units is None else len(allowed_units)
         if count == 0:
             return {}
-        params = None
-        if units is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(units, dtype=np.int64)))
         k = min(self.candidates * UNITS_PER_CANDIDATE, count)
-        scores, ids = vectors.search(query_vector[None, :], k, params=params)
-        best: dict[int, float] = {}
-        for score, unit in zip(scores[0], ids[0], strict=True):
-            if unit != -1:
-                row = self.row_of_unit[int(unit)]
-                best[row] = max(best.get(row, -1.0), float(score))
-        return best
+        positions = self.index.vectors[model].nearest(query_vector, k, allowed_units)
+        return self.row_scores(model, self.index.rows_of_positions(positions), query_vector)
 
     def lexical_scores(self, query_tokens: list[str], allowed: np.ndarray | None) -> np.ndarray:
-        """BM25 score of every passage (zero outside the filter)."""
+        """BM25 score of every passage (zero outside the filter): the query words' columns summed.
+
+        Reads only the columns of the question's words (memory-mapped) and sums them with one
+        bincount, the same sum bm25s computes, without its per-entry Python-level work.
+        """
+        count = len(self.index.passages)
         token_ids = self.index.bm25.get_tokens_ids(query_tokens)
-        if not token_ids or not self.index.passages:
-            return np.zeros(len(self.index.passages), dtype=np.float32)
-        scores = np.asarray(self.index.bm25.get_scores_from_ids(token_ids), dtype=np.float32)
+        if not token_ids or not count:
+            return np.zeros(count, dtype=np.float32)
+        data, indices, indptr = self.bm25_matrix
+        spans = [(int(indptr[t]), int(indptr[t + 1])) for t in token_ids]
+        rows = np.concatenate([indices[start:end] for start, end in spans])
+        weights = np.concatenate([data[start:end] for start, end in spans])
+        scores = np.bincount(rows, weights=weights, minlength=count).astype(np.float32)
         if allowed is not None:
-            mask = np.zeros(len(scores), dtype=bool)
+            mask = np.zeros(count, dtype=bool)
             mask[allowed] = True
-            scores = np.where(mask, scores, 0.0)
+            scores[~mask] = 0.0
         return scores
 
     def top_lexical(self, scores: np.ndarray) -> dict[int, float]:
@@ -248,8 +285,7 @@ class Searcher:
 
     def exact_dense(self, model: str, rows: set[int], query_vector: np.ndarray) -> dict[int, float]:
         """A model's scores of passages that its unit search did not reach (found by another retriever)."""
-        reconstruct = self.index.vectors[model].reconstruct
-        return {row: max(float(reconstruct(unit) @ query_vector) for unit in self.index.unit_ids[row]) for row in rows}
+        return self.row_scores(model, np.fromiter(rows, dtype=np.int64, count=len(rows)), query_vector)
 
     def search(
         self,
@@ -299,11 +335,18 @@ class Searcher:
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
         ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
-        return [self.hit(row, fused[row], ranking, query_tokens) for row in ordered]
+        return self.hits(ordered, fused, ranking, query_tokens)
 
-    def hit(self, row: int, score: float, ranking: Ranking, query_tokens: list[str]) -> Hit:
-        passage = self.index.passages[row]
-        matched = [token for token in query_tokens if token in self.token_sets[row]]
+    def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
+        """The rows as hits: their passages and tokens are read from the passage table only now."""
+        passages, tokens = self.index.passages.many(rows), self.index.passages.tokens(rows)
+        return [self.hit(passages[row], set(tokens[row]), fused[row], row, ranking, query_tokens) for row in rows]
+
+    @staticmethod
+    def hit(
+        passage: Passage, tokens: set[str], score: float, row: int, ranking: Ranking, query_tokens: list[str]
+    ) -> Hit:
+        matched = [token for token in query_tokens if token in tokens]
         return Hit(
             passage=passage,
             score=max(0.0, min(1.0, score)),

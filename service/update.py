@@ -1,9 +1,12 @@
 """Users' own documents: add and remove files incrementally, each change saved atomically.
 
-Changes never touch the live SearchIndex (servers may be searching it): they work on copies and
-return a new one. Only new passages are embedded; their vectors get FAISS ids after the highest id
-ever used (kept in the manifest as next_unit_id), so an id is never reused. BM25 has no incremental
-API and is rebuilt from the stored token lists (about 0.1 s for the seeds, 1 s per 10k passages).
+Changes never touch the live version (servers may be searching it): they write a new version,
+copying the kept passages' rows and vectors from the live one in chunks (service/index.py). Only
+new passages are embedded; their units get ids after the highest id ever used (kept in the manifest
+as next_unit_id), so an id is never reused and a large index's approximate search is updated in
+place: removed units leave its lists, new ones join them (service/vectors.py). BM25 has no
+incremental API and is rebuilt from the stored token lists (about 0.1 s for the seeds, 1 s per 10k
+passages).
 
 A writer holds an exclusive flock on index_dir/.lock from loading the index to pointing CURRENT at
 the new version, so two writers never interleave; readers never take it. Any `.staging-*` folder
@@ -25,21 +28,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
 from service.engine import load_current
-from service.index import (
-    SearchIndex,
-    build_bm25,
-    corpus_fingerprint,
-    current_version,
-    save_index,
-    writer_lock,
-)
+from service.index import SearchIndex, current_version, kept_chunks, new_chunk, write_version, writer_lock
 from service.ingest import Limits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
 from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
@@ -89,12 +84,12 @@ class FileOutcome:
 
 @dataclass
 class AddReport:
-    """Outcome of every file; `index` and `version_dir` are set when the index changed."""
+    """Outcome of every file; `documents` (the ones added or replaced) and `version_dir` when the index changed."""
 
     outcomes: list[FileOutcome] = field(default_factory=list)
     encoded_texts: int = 0  # texts of new passages handed to the encoder (cached ones cost nothing)
     seconds: float = 0.0
-    index: SearchIndex | None = None
+    documents: dict[str, Document] = field(default_factory=dict)
     version_dir: Path | None = None
 
     def having(self, *statuses: str) -> list[FileOutcome]:
@@ -147,55 +142,47 @@ def read_files(
     return read, failed
 
 
-def next_unit_id(index: SearchIndex) -> int:
-    """The first FAISS id never used by this index (ids of removed passages are not reused)."""
-    highest = max((unit for units in index.unit_ids for unit in units), default=-1)
-    return max(int(index.manifest.get("next_unit_id", 0)), highest + 1)
+@dataclass
+class Change:
+    """A change to the document set: documents dropped, and new documents with their embedded passages."""
+
+    drop_doc_ids: set[str]
+    documents: list[Document] = field(default_factory=list)
+    passages: list[Passage] = field(default_factory=list)
+    unit_vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    tokens: list[list[str]] = field(default_factory=list)
 
 
-def changed_index(
+def save_change(
     index: SearchIndex,
-    drop_doc_ids: set[str],
-    documents: list[Document],
-    passages: list[Passage],
-    unit_vectors: dict[str, list[np.ndarray]],
-    tokens: list[list[str]],
-) -> SearchIndex:
-    """A new index: `index` without the dropped documents, plus the new ones (each model's vectors appended)."""
-    keep = [row for row, passage in enumerate(index.passages) if passage.doc_id not in drop_doc_ids]
-    kept = set(keep)
-    dropped_units = [unit for row, units in enumerate(index.unit_ids) if row not in kept for unit in units]
-    first_id = next_unit_id(index)
-    unit_counts = [len(units) for units in next(iter(unit_vectors.values()), [])]
-    bounds = np.cumsum([first_id, *unit_counts]).tolist()
-    new_unit_ids = [list(range(start, end)) for start, end in itertools.pairwise(bounds)]
-    vectors = {}
-    for model, model_vectors in index.vectors.items():
-        vectors[model] = faiss.clone_index(model_vectors)
-        if dropped_units:
-            vectors[model].remove_ids(np.array(dropped_units, dtype=np.int64))
-        if passages:
-            stacked = np.ascontiguousarray(np.concatenate(unit_vectors[model]), dtype=np.float32)
-            vectors[model].add_with_ids(stacked, np.arange(first_id, bounds[-1], dtype=np.int64))
-    all_tokens = [index.tokens[row] for row in keep] + tokens
-    all_documents = {doc_id: d for doc_id, d in index.documents.items() if doc_id not in drop_doc_ids}
-    all_documents |= {document.doc_id: document for document in documents}
-    manifest = {
-        **index.manifest,
-        "passage_count": len(keep) + len(passages),
-        "document_count": len(all_documents),
-        "corpus_fingerprint": corpus_fingerprint(list(all_documents.values()), index.manifest.get("settings", "")),
+    change: Change,
+    index_dir: Path,
+    extra: dict | None = None,
+    moves: Sequence[tuple[Path, Path]] = (),
+    removals: Sequence[Path] = (),
+) -> Path:
+    """Write `index` without the dropped documents, plus the new ones, as the new live version."""
+    documents = {doc_id: d for doc_id, d in index.documents.items() if doc_id not in change.drop_doc_ids}
+    documents |= {document.doc_id: document for document in change.documents}
+    chunks = kept_chunks(index, change.drop_doc_ids)
+    if change.passages:
+        chunks = itertools.chain(chunks, [new_chunk(change.passages, change.unit_vectors, change.tokens)])
+    manifest = index.manifest
+    extra = {
+        **{key: manifest[key] for key in ("applied_jobs",) if key in manifest},
+        **(extra or {}),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "next_unit_id": bounds[-1],
     }
-    return SearchIndex(
-        manifest=manifest,
-        documents=all_documents,
-        passages=[index.passages[row] for row in keep] + passages,
-        unit_ids=[index.unit_ids[row] for row in keep] + new_unit_ids,
-        tokens=all_tokens,
-        vectors=vectors,
-        bm25=build_bm25(all_tokens),
+    return write_version(
+        index_dir,
+        list(documents.values()),
+        chunks,
+        manifest["models"],
+        manifest["settings"],
+        index,
+        extra,
+        moves,
+        removals,
     )
 
 
@@ -264,33 +251,32 @@ def add_documents(
     tokenizer: WordTokenizer,
     progress: bool = False,
     on_progress: Progress | None = None,
-) -> tuple[SearchIndex, AddReport]:
-    """A new index with the files added (see classify_files); `files` are paths or (user's file name,
-    path on disk). Returns `index` itself when nothing changed."""
+) -> tuple[Change, AddReport]:
+    """The change that adds the files to `index` (see classify_files), embedded; `files` are paths or
+    (user's file name, path on disk). The change is empty when no file is accepted."""
     started = time.perf_counter()
     accepted, report = classify_files(index, files, settings, progress)
-    if not accepted:
-        report.seconds = time.perf_counter() - started
-        return index, report
-
-    documents = [document for document, _ in accepted.values()]
-    passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
-    unit_vectors, tokens = embed_in_batches(passages, settings, encoders, tokenizer, progress, on_progress)
-    report.encoded_texts = sum(len(vectors) for vectors in next(iter(unit_vectors.values()), []))
-    new_index = changed_index(index, set(accepted) & set(index.documents), documents, passages, unit_vectors, tokens)
-    report.index = new_index
+    change = Change(set(accepted) & set(index.documents))
+    if accepted:
+        change.documents = [document for document, _ in accepted.values()]
+        change.passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
+        change.unit_vectors, change.tokens = embed_in_batches(
+            change.passages, settings, encoders, tokenizer, progress, on_progress
+        )
+        report.encoded_texts = sum(len(vectors) for vectors in next(iter(change.unit_vectors.values()), []))
+        report.documents = {document.doc_id: document for document in change.documents}
     report.seconds = time.perf_counter() - started
-    return new_index, report
+    return change, report
 
 
-def remove_documents(index: SearchIndex, doc_ids: Sequence[str]) -> SearchIndex:
-    """A new index without the documents; UnknownDocuments (nothing removed) if any id is not there."""
+def removal(index: SearchIndex, doc_ids: Sequence[str]) -> Change:
+    """The change that removes the documents; UnknownDocuments (nothing removed) if any id is not there."""
     unknown = [doc_id for doc_id in dict.fromkeys(doc_ids) if doc_id not in index.documents]
     if unknown:
         raise UnknownDocuments(unknown)
     if set(doc_ids) >= index.documents.keys():
         raise WouldEmptyIndex()
-    return changed_index(index, set(doc_ids), [], [], {}, [])
+    return Change(set(doc_ids))
 
 
 # --- persisted changes: lock, load the current version, change, save ------------------------------
@@ -316,14 +302,14 @@ def add_files(
     Raises IndexUnavailable when there is no usable index, OSError when the change cannot be stored
     (nothing changed then); per-file problems are in the report.
     """
-    with writer_lock(settings.index_dir):
+    with writer_lock(settings.index_dir, timeout=settings.writer_wait_seconds):
         remove_incoming(settings.uploads_dir)
         index = load_current(settings, encoders)
-        new_index, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
+        change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
         if report.changed:
+            extra = {}
             if job_id is not None:
-                applied = [*new_index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
-                new_index.manifest["applied_jobs"] = applied
+                extra["applied_jobs"] = [*index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
             if before_save is not None:
                 before_save(report)
             moves: list[tuple[Path, Path]] = []
@@ -334,7 +320,7 @@ def add_files(
                     staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
                     moves += staged
                     removals += others
-                report.version_dir = save_index(new_index, settings.index_dir, moves, removals)
+                report.version_dir = save_change(index, change, settings.index_dir, extra, moves, removals)
             except BaseException:
                 if current_version(settings.index_dir) == previous:  # never live: its copies are debris
                     for staged_copy, _ in moves:
@@ -358,10 +344,10 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
     return kept is None or not filecmp.cmp(kept, outcome.path, shallow=False)
 
 
-def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> SearchIndex:
-    """remove_documents on the index on disk, saved as a new version before returning it."""
-    with writer_lock(settings.index_dir):
-        new_index = remove_documents(load_current(settings, encoders), doc_ids)
+def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> Path:
+    """Remove the documents from the index on disk; the new version's folder, live before returning."""
+    with writer_lock(settings.index_dir, timeout=settings.writer_wait_seconds):
+        index = load_current(settings, encoders)
+        change = removal(index, doc_ids)
         removals = [path for doc_id in dict.fromkeys(doc_ids) for path in originals_of(settings.uploads_dir, doc_id)]
-        save_index(new_index, settings.index_dir, removals=removals)
-    return new_index
+        return save_change(index, change, settings.index_dir, removals=removals)

@@ -78,7 +78,7 @@ def test_corrupt_vectors_file_is_reported_not_raised(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    (report.version_dir / "vectors-0.faiss").write_bytes(b"not a faiss index")
+    (report.version_dir / "vectors-0.f16").write_bytes(b"not vectors")
     with pytest.raises(IndexUnavailable, match=r"索引已损坏.*make index"):
         load_current(small_settings, encoders)
 
@@ -87,7 +87,7 @@ def test_truncated_passage_store_is_reported(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    (report.version_dir / "passages.jsonl").write_text('{"passage_id": ', encoding="utf-8")
+    (report.version_dir / "passages.sqlite").write_bytes(b"SQLite format 3\0 truncated")
     with pytest.raises(IndexUnavailable, match="索引已损坏"):
         load_current(small_settings, encoders)
 
@@ -140,16 +140,16 @@ def test_bytes_overwritten_inside_the_vectors_are_refused(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    vectors = report.version_dir / "vectors-0.faiss"
+    vectors = report.version_dir / "vectors-0.f16"
     data = bytearray(vectors.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 8] = b"\xff" * 8  # a NaN inside a vector: FAISS would load it and serve NaN scores
     vectors.write_bytes(bytes(data))
-    with pytest.raises(IndexUnavailable, match=r"vectors-0\.faiss 校验失败.*make index"):
+    with pytest.raises(IndexUnavailable, match=r"vectors-0\.f16 校验失败.*make index"):
         load_current(small_settings, encoders)
 
 
-@pytest.mark.parametrize("name", ["documents.jsonl", "passages.jsonl"])
+@pytest.mark.parametrize("name", ["documents.jsonl", "passages.sqlite"])
 def test_emptied_store_file_is_refused(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, name: str
 ) -> None:
@@ -166,7 +166,7 @@ def test_manifest_lists_every_file_with_size_and_checksum(
     files = json.loads((report.version_dir / "manifest.json").read_text())["files"]
     on_disk = {p.relative_to(report.version_dir).as_posix() for p in report.version_dir.rglob("*") if p.is_file()}
     assert set(files) == on_disk - {"manifest.json"}
-    assert {"vectors-0.faiss", "passages.jsonl", "documents.jsonl"} <= set(files)
+    assert {"vectors-0.f16", "passages.sqlite", "documents.jsonl"} <= set(files)
     assert all(entry["bytes"] > 0 and len(entry["sha256"]) == 64 for entry in files.values())
 
 

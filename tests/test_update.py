@@ -4,13 +4,14 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embeddings.encoder import VectorCache
 from service.config import Settings
 from service.embed import Encoders, unit_texts
 from service.engine import load_current, open_searcher
-from service.index import IndexUnavailable, current_version
+from service.index import IndexUnavailable, SearchIndex, current_version
 from service.tokenize import WordTokenizer
 from service.update import (
     ADDED,
@@ -73,7 +74,7 @@ def test_removed_document_leaves_no_vectors_tokens_or_passages(
     after = load_current(settings, encoders)
     assert "fever" not in after.documents and all(p.doc_id != "fever" for p in after.passages)
     for model, vectors in after.vectors.items():
-        assert vectors.ntotal == before.vectors[model].ntotal == sum(len(units) for units in after.unit_ids)
+        assert len(vectors.matrix) == len(before.vectors[model].matrix) == int(after.row_starts[-1])
     assert after.bm25.scores["num_docs"] == len(after.passages) == len(before.passages)
     assert after.manifest["corpus_fingerprint"] == before.manifest["corpus_fingerprint"]
     for mode in ("dense", "lexical"):
@@ -88,7 +89,7 @@ def test_same_content_is_skipped_as_duplicate_under_any_name(
     again = [write(tmp_path / "b", "fever.txt", FEVER_CLINIC), write(tmp_path / "b", "copy.txt", FEVER_CLINIC)]
     report = add_files(settings, encoders, tokenizer, again)
     assert [(o.status, o.doc_id) for o in report.outcomes] == [(DUPLICATE, "fever"), (DUPLICATE, "fever")]
-    assert not report.changed and report.index is None
+    assert not report.changed and report.version_dir is None and not report.documents
     assert current_version(settings.index_dir) == version  # nothing written
 
 
@@ -123,24 +124,26 @@ def test_only_new_passages_are_encoded(
             return real(texts)
 
         monkeypatch.setattr(encoder, "embed_batch", counting_embed_batch)
-    report = add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
-    new_passages = [p for p in report.index.passages if p.doc_id == "fever"]
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    new_passages = [p for p in load_current(settings, encoders).passages if p.doc_id == "fever"]
     expected = sorted(text for p in new_passages for text in unit_texts(p, settings.embed_context))
     assert all(sorted(texts) == expected for texts in embedded.values()) and len(new_passages) == 2
+
+
+def unit_ids_of(index: SearchIndex, doc_id: str) -> set[int]:
+    rows = np.array(index.passages.rows_of(doc_id), dtype=np.int64)
+    return set(index.unit_ids[index.positions_of_rows(rows)[0]].tolist())
 
 
 def test_vector_ids_are_never_reused(
     settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
-    first = add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)]).index
-    fever_ids = {
-        unit for p, units in zip(first.passages, first.unit_ids, strict=True) if p.doc_id == "fever" for unit in units
-    }
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
+    fever_ids = unit_ids_of(load_current(settings, encoders), "fever")
     delete_documents(settings, encoders, ["fever"])
-    second = add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "night.txt", NIGHT_SHIFT)]).index
-    night_ids = {
-        unit for p, units in zip(second.passages, second.unit_ids, strict=True) if p.doc_id == "night" for unit in units
-    }
+    add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "night.txt", NIGHT_SHIFT)])
+    second = load_current(settings, encoders)
+    night_ids = unit_ids_of(second, "night")
     assert min(night_ids) > max(fever_ids)
     assert second.manifest["next_unit_id"] == max(night_ids) + 1
 
@@ -161,7 +164,8 @@ def test_uploaded_name_gives_the_doc_id_and_is_never_a_path(
     upload = write(tmp_path, "upload-3f9a2c", FEVER_CLINIC)  # the API's temp file
     report = add_files(settings, encoders, tokenizer, [("..\\材料/../2024年 支部总结.txt", upload)])
     assert [(o.name, o.doc_id) for o in report.outcomes] == [("2024年 支部总结.txt", "2024年_支部总结")]
-    assert report.index.documents["2024年_支部总结"].source == "2024年 支部总结.txt"
+    assert report.documents["2024年_支部总结"].source == "2024年 支部总结.txt"
+    assert load_current(settings, encoders).documents["2024年_支部总结"].source == "2024年 支部总结.txt"
 
 
 def test_file_limits_are_reported_per_file_with_their_kind(

@@ -114,8 +114,7 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
             PassageSpan(
                 passage_id=p.passage_id, start=p.start, end=p.end, section=p.section, paragraph=p.paragraph, page=p.page
             )
-            for p in index.passages
-            if p.doc_id == doc_id
+            for p in index.passages.many(index.passages.rows_of(doc_id)).values()
         ],
     )
 

@@ -1,0 +1,252 @@
+"""`dangjian-qa bench-scale`: build a synthetic index of N passages and measure it in a fresh process.
+
+Embedding a million passages on two cores takes days, so the corpus is synthetic and its vectors
+composed: every passage is 2-5 sentences drawn at random from the seeds; a sentence unit gets the
+real model's vector of that seed sentence plus a little noise (cosine ~0.95 to it, so that copies
+of one sentence are distinct points, as a real corpus's sentences are), and the whole-passage unit
+the normalised mean of its sentences' vectors. BM25 tokens are the seed sentences' own. Everything
+after that is the product's code path: VersionWriter (chunks, approximate index, BM25, passage
+table), load_index, Searcher.
+
+The measurement runs in a child process (`python -m service.scale query INDEX_DIR`) so that its
+start-up, memory and page cache are those of a fresh server: cold start is from launching it to its
+first answered question (model loading included); latency is Searcher.search for hybrid top-10
+given the question's vectors (encoding does not depend on the corpus; its own median is reported
+beside); recall@10 compares each model's approximate dense top 10 with an exact scan.
+"""
+
+import itertools
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from service.config import PROJECT_ROOT, Settings
+from service.embed import MIN_SENTENCE_UNIT
+from service.engine import models_info, open_encoders, open_searcher, open_tokenizer, settings_note
+from service.index import Chunk, write_version
+from service.records import Document, Passage
+from service.search import Searcher
+from service.text import sentence_spans
+
+PASSAGES_PER_DOCUMENT = 20
+SENTENCES_PER_PASSAGE = (2, 5)  # the seeds' body paragraphs hold two to five sentences mostly
+CHUNK_PASSAGES = 10_000
+NOISE = 0.33  # norm of the noise added to a unit sentence vector: cosine to the original ~0.95
+RECALL_QUESTIONS = 60  # questions whose approximate top 10 is checked against an exact scan
+QUESTIONS_FILE = PROJECT_ROOT / "eval" / "questions.jsonl"
+FIRST_ANSWER = "first-answer"
+
+
+@dataclass(frozen=True)
+class SeedSentence:
+    text: str
+    title: str
+    section_path: tuple[str, ...]
+
+
+def seed_sentences(passages: Iterator[Passage]) -> list[SeedSentence]:
+    """Unique sentences of the seed passages long enough to be embedded on their own."""
+    found: dict[str, SeedSentence] = {}
+    for passage in passages:
+        for start, end in sentence_spans(passage.text):
+            text = passage.text[start:end].strip()
+            if len(text) >= MIN_SENTENCE_UNIT and text not in found:
+                found[text] = SeedSentence(text, passage.title, passage.section_path)
+    return list(found.values())
+
+
+def unit_normalised(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def synthetic_chunks(
+    sentences: list[SeedSentence],
+    count: int,
+    vectors: dict[str, np.ndarray],
+    tokens: list[list[str]],
+    documents: list[Document],
+    seed: int = 7,
+) -> Iterator[Chunk]:
+    """`count` synthetic passages in chunks; appends their documents to `documents` as it goes."""
+    rng, noise = random.Random(seed), np.random.default_rng(seed)
+    for first in range(0, count, CHUNK_PASSAGES):
+        picks = [
+            rng.sample(range(len(sentences)), rng.randint(*SENTENCES_PER_PASSAGE))
+            for _ in range(first, min(count, first + CHUNK_PASSAGES))
+        ]
+        passages, chunk_tokens = [], []
+        for number, chosen in enumerate(picks, start=first):
+            doc_number, paragraph = divmod(number, PASSAGES_PER_DOCUMENT)
+            doc_id = f"syn{doc_number:06d}"
+            lead = sentences[chosen[0]]
+            if paragraph == 0:
+                documents.append(
+                    Document(doc_id, f"{lead.title}（合成 {doc_number}）", f"{doc_id}.txt", "", content_hash=doc_id)
+                )
+            text = "".join(sentences[s].text for s in chosen)
+            passages.append(
+                Passage(
+                    f"{doc_id}:{paragraph + 1}",
+                    doc_id,
+                    documents[-1].title,
+                    lead.section_path,
+                    paragraph + 1,
+                    0,
+                    len(text),
+                    text,
+                )
+            )
+            chunk_tokens.append(list(itertools.chain.from_iterable(tokens[s] for s in chosen)))
+        flat = np.concatenate([np.array(chosen) for chosen in picks])
+        lengths = np.array([len(chosen) for chosen in picks])
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        unit_counts = lengths + 1
+        unit_starts = np.concatenate([[0], np.cumsum(unit_counts)[:-1]])
+        whole_at = unit_starts
+        sentence_at = np.setdiff1d(np.arange(int(unit_counts.sum())), whole_at)
+        chunk_vectors = {}
+        for model, model_vectors in vectors.items():
+            units = np.empty((int(unit_counts.sum()), model_vectors.shape[1]), dtype=np.float32)
+            units[whole_at] = unit_normalised(np.add.reduceat(model_vectors[flat], starts, axis=0))
+            jitter = noise.standard_normal((len(flat), model_vectors.shape[1]), dtype=np.float32)
+            jitter *= NOISE / np.sqrt(model_vectors.shape[1])
+            units[sentence_at] = unit_normalised(model_vectors[flat] + jitter)
+            chunk_vectors[model] = units
+        yield Chunk(passages, chunk_tokens, unit_counts.tolist(), chunk_vectors)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def build(count: int, index_dir: Path, settings: Settings) -> dict:
+    """Write the synthetic index of `count` passages into index_dir; what it cost."""
+    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+    seeds = open_searcher(settings, encoders, tokenizer).index.passages
+    sentences = seed_sentences(iter(seeds))
+    texts = [sentence.text for sentence in sentences]
+    vectors = {name: encoder.encode(texts) for name, encoder in encoders.items()}
+    tokens = [tokenizer.tokens(text) for text in texts]
+    documents: list[Document] = []
+    started = time.perf_counter()
+    chunks = synthetic_chunks(sentences, count, vectors, tokens, documents)
+    version_dir = write_version(index_dir, documents, chunks, models_info(encoders), settings_note(settings))
+    build_seconds = time.perf_counter() - started
+    manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    return {
+        "passages": count,
+        "units": manifest["unit_count"],
+        "documents": len(documents),
+        "seed_sentences": len(sentences),
+        "approximate": bool(manifest["ann_trained_units"]),
+        "build_s": round(build_seconds, 1),
+        "build_peak_rss_mb": round(peak_rss_mb(), 1),
+        "disk_mb": round(folder_bytes(version_dir) / 2**20, 1),
+    }
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def questions() -> list[str]:
+    """The eval questions when the checkout has them (a data file: service never imports eval)."""
+    if not QUESTIONS_FILE.is_file():
+        return ["党员领导干部如何过好双重组织生活", "公立医院党委的职责是什么", "医德医风建设怎么抓"]
+    with QUESTIONS_FILE.open(encoding="utf-8") as handle:
+        return [json.loads(line)["question"] for line in handle if line.strip()]
+
+
+def percentile(values: list[float], share: float) -> float:
+    return float(np.percentile(np.array(values), share * 100))
+
+
+def exact_top_rows(searcher: Searcher, model: str, vector: np.ndarray, k: int) -> set[int]:
+    """The k best passages by a full scan of every unit (the reference for recall)."""
+    matrix, best = searcher.index.vectors[model].matrix, np.full(len(searcher.index.passages), -np.inf)
+    for start in range(0, len(matrix), 262_144):
+        scores = np.asarray(matrix[start : start + 262_144], dtype=np.float32) @ vector
+        rows = searcher.index.rows_of_positions(np.arange(start, start + len(scores)))
+        np.maximum.at(best, rows, scores)
+    return set(np.argpartition(-best, k)[:k].tolist())
+
+
+def measure(index_dir: Path, settings: Settings) -> dict:
+    """In a fresh process: time to the first answer, then latency, memory and recall."""
+    faiss.omp_set_num_threads(1)  # as the server does (service/serve.py)
+    searcher = open_searcher(settings.model_copy(update={"index_dir": index_dir, "query_cache_size": 0}))
+    asked = questions()
+    searcher.search(asked[0], top_k=10)
+    print(FIRST_ANSWER, flush=True)  # the parent's clock for the cold start stops here
+    vectors, encode_ms = [], []
+    for question in asked:
+        begin = time.perf_counter()
+        vectors.append(searcher.query_vectors(question))
+        encode_ms.append((time.perf_counter() - begin) * 1000)
+    search_ms = []
+    for question, query_vectors in zip(asked, vectors, strict=True):
+        begin = time.perf_counter()
+        searcher.search(question, top_k=10, query_vectors=query_vectors)
+        search_ms.append((time.perf_counter() - begin) * 1000)
+    rss = current_rss_mb()
+    recall = {}
+    for model in searcher.encoders:
+        found = []
+        for query_vectors in vectors[:RECALL_QUESTIONS]:
+            dense = searcher.dense_scores(model, query_vectors[model], None)
+            approximate = set(sorted(dense, key=lambda row: -dense[row])[:10])
+            found.append(len(approximate & exact_top_rows(searcher, model, query_vectors[model], 10)) / 10)
+        recall[model] = round(float(np.mean(found)), 4)
+    return {
+        "rss_mb": round(rss, 1),
+        "p50_ms": round(percentile(search_ms, 0.5), 2),
+        "p95_ms": round(percentile(search_ms, 0.95), 2),
+        "encode_p50_ms": round(percentile(encode_ms, 0.5), 2),
+        "questions": len(asked),
+        "recall_at_10": min(recall.values()),
+        "recall_at_10_by_model": recall,
+    }
+
+
+def bench_scale(count: int, scratch: Path, settings: Settings) -> dict:
+    """Build in this process, measure in a child; one JSON-able result."""
+    index_dir = scratch / "index"
+    built = build(count, index_dir, settings)
+    command = [sys.executable, "-m", "service.scale", "query", str(index_dir)]
+    launched = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT) as child:
+        assert child.stdout is not None
+        lines = iter(child.stdout.readline, "")
+        cold_start = next((time.perf_counter() - launched for line in lines if line.strip() == FIRST_ANSWER), None)
+        output = child.stdout.read()
+    if child.returncode or cold_start is None:
+        raise RuntimeError(f"the measuring process failed (exit {child.returncode})")
+    return {**built, "cold_start_s": round(cold_start, 2), **json.loads(output.strip().splitlines()[-1])}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "query":
+        print(json.dumps(measure(Path(argv[1]), Settings())))
+        return 0
+    print("usage: python -m service.scale query INDEX_DIR", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

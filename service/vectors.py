@@ -1,0 +1,199 @@
+"""Each model's unit vectors on disk, and the search for the units nearest to a question.
+
+The vectors of a version are one float16 matrix per model (`vectors-<i>.f16`, units in row order),
+memory-mapped, so a fresh process opens a million passages at once and several servers share the
+page cache. Scores given to passages are always exact: computed from this matrix (float32 sums).
+
+Finding the nearest units is exact up to EXACT_MAX_UNITS units: the matrix is read into memory as
+float32 at load and scanned (about 0.8 ms per 10,000 units and model on one core). Above it, an IVF-PQ
+index (`ann-<i>.faiss`, ids = unit ids) shortlists units; the caller re-scores the passages that own
+them from the matrix. See eval/results/bench.md for the measurements behind these numbers.
+"""
+
+import math
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+# A full scan costs about 0.8 ms per 10,000 units and model; above 50,000 units (about 10,000
+# passages) IVF-PQ is faster at the same results after exact re-scoring.
+EXACT_MAX_UNITS = 50_000
+# IVF lists probed: an eighth of them. On the synthetic 100,000-passage corpus recall@10 against exact
+# rose 0.94 -> 0.99 from 64 to 256 of 2048 lists (bench-scale), the probes cost ~1 ms per 100 lists.
+PROBED_SHARE = 8
+MIN_PROBES = 32  # and never fewer lists than this (few lists: each probe is cheap)
+SHORTLIST_UNITS = 1_000  # units the codes shortlist for exact re-scoring (400 gave recall 0.91)
+# 4-bit fast-scan PQ codes, one sub-quantizer per 2 dimensions (m3e: 128 bytes a unit); e5's cosines
+# sit in a narrow band (0.8-0.9), where half that precision lost the true top 10 (recall 0.95 ->
+# 0.99 with one sub-quantizer per dimension, 192 bytes a unit).
+DIMENSIONS_PER_SUBQUANTIZER = {"multilingual-e5-small": 1}
+DEFAULT_DIMENSIONS_PER_SUBQUANTIZER = 2
+TRAIN_PER_LIST = 40  # training vectors per inverted list (faiss asks for at least 39)
+RETRAIN_GROWTH = 2.0  # an approximate index trained on N units is retrained once it holds 2N
+ADD_CHUNK = 65_536  # units converted to float32 and added at a time: bounded memory at any size
+SEED = 7
+
+
+def matrix_file(position: int) -> str:
+    return f"vectors-{position}.f16"
+
+
+def ann_file(position: int) -> str:
+    return f"ann-{position}.faiss"
+
+
+def open_matrix(path: Path, units: int, dimension: int) -> np.ndarray:
+    """The float16 unit matrix, memory-mapped read-only (an empty index has an empty array)."""
+    if units == 0:
+        return np.zeros((0, dimension), dtype=np.float16)
+    return np.memmap(path, dtype=np.float16, mode="r", shape=(units, dimension))
+
+
+def inverted_lists(units: int) -> int:
+    """About 4·sqrt(units) lists, a power of two up to 4096, with TRAIN_PER_LIST units each to train on."""
+    wanted = min(4 * math.sqrt(units), 4096, max(1, units // TRAIN_PER_LIST))
+    return 2 ** int(math.log2(wanted))
+
+
+def train_ann(model: str, matrix: np.ndarray) -> faiss.Index:
+    """An empty IVF-PQ (4-bit fast-scan) index trained on a random sample of the matrix."""
+    dimension = matrix.shape[1]
+    lists = inverted_lists(len(matrix))
+    sample_size = min(len(matrix), lists * TRAIN_PER_LIST)
+    sample_positions = np.sort(np.random.default_rng(SEED).choice(len(matrix), sample_size, replace=False))
+    subquantizers = dimension // DIMENSIONS_PER_SUBQUANTIZER.get(model, DEFAULT_DIMENSIONS_PER_SUBQUANTIZER)
+    ann = faiss.index_factory(dimension, f"IVF{lists},PQ{subquantizers}x4fs", faiss.METRIC_INNER_PRODUCT)
+    ann.train(np.ascontiguousarray(matrix[sample_positions], dtype=np.float32))
+    return ann
+
+
+def add_units(ann: faiss.Index, matrix: np.ndarray, unit_ids: np.ndarray, start: int = 0) -> None:
+    """Add the matrix's units from position `start` on, in chunks."""
+    for begin in range(start, len(matrix), ADD_CHUNK):
+        end = min(begin + ADD_CHUNK, len(matrix))
+        ann.add_with_ids(np.ascontiguousarray(matrix[begin:end], dtype=np.float32), unit_ids[begin:end])
+
+
+def updated_ann(
+    model: str, previous: faiss.Index | None, trained_units: int, matrix: np.ndarray, unit_ids: np.ndarray, kept: int
+) -> tuple[faiss.Index | None, int]:
+    """The approximate index for a version, and how many units it was trained on (None below EXACT_MAX_UNITS).
+
+    `kept` units at the start of the matrix come from the previous version (same ids); the rest are new.
+    Removed units are deleted from the previous index's lists at once; it is retrained from scratch
+    when there was none or the index has grown RETRAIN_GROWTH-fold since it was trained, so that its
+    lists stay balanced.
+    """
+    if len(matrix) <= EXACT_MAX_UNITS:
+        return None, 0
+    if previous is None or len(matrix) > RETRAIN_GROWTH * trained_units:
+        ann = train_ann(model, matrix)
+        add_units(ann, matrix, unit_ids)
+        return ann, len(matrix)
+    ann = faiss.clone_index(previous)
+    removed = np.setdiff1d(previous_ids(previous), unit_ids[:kept], assume_unique=True)
+    if len(removed):
+        ann.remove_ids(faiss.IDSelectorBatch(removed.astype(np.int64)))
+    add_units(ann, matrix, unit_ids, start=kept)
+    return ann, trained_units
+
+
+def previous_ids(ann: faiss.Index) -> np.ndarray:
+    """Every unit id stored in an IVF index's inverted lists."""
+    invlists = faiss.extract_index_ivf(ann).invlists
+    found = [
+        faiss.rev_swig_ptr(invlists.get_ids(number), invlists.list_size(number)).copy()
+        for number in range(invlists.nlist)
+        if invlists.list_size(number)
+    ]
+    return np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+class UnitReader:
+    """Reads units of a float16 matrix file with pread: one read per run of consecutive positions.
+
+    Not a memory map on purpose: pages of a mapping count in the process's resident memory once
+    touched, and re-scoring touches a few thousand scattered units per question; pread goes through
+    the page cache just the same (shared by every process) without growing the server's RSS.
+    """
+
+    def __init__(self, path: Path, dimension: int) -> None:
+        self.descriptor = os.open(path, os.O_RDONLY)
+        self.row_bytes = dimension * 2
+        self.dimension = dimension
+        weakref.finalize(self, os.close, self.descriptor)
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        out = np.empty((len(positions), self.dimension), dtype=np.float16)
+        view = memoryview(out).cast("B")
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        for first, last in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(positions)].tolist(), strict=True):
+            wanted = (last - first) * self.row_bytes
+            got = os.preadv(
+                self.descriptor,
+                [view[first * self.row_bytes : last * self.row_bytes]],
+                int(positions[first]) * self.row_bytes,
+            )
+            if got != wanted:
+                raise OSError(f"short read from the vector file ({got} of {wanted} bytes)")
+        return out
+
+
+@dataclass
+class UnitVectors:
+    """One model's unit vectors of a version: the exact matrix and what finds nearest units in it."""
+
+    matrix: np.ndarray  # float16 (units, dimension), memory-mapped, units in row order (for copying)
+    unit_ids: np.ndarray  # int64, ascending: the id of the unit at each position
+    ann: faiss.Index | None  # IVF-PQ over unit ids; None when small, then `exact` is scanned
+    exact: np.ndarray | None = None  # float32 copy of a small matrix (numpy converts float16 slowly)
+    reader: UnitReader | None = None  # exact units of a large matrix
+
+    @classmethod
+    def open(cls, path: Path, unit_ids: np.ndarray, dimension: int, ann: faiss.Index | None) -> "UnitVectors":
+        matrix = open_matrix(path, len(unit_ids), dimension)
+        if ann is None:
+            return cls(matrix, unit_ids, None, exact=np.asarray(matrix, dtype=np.float32))
+        return cls(matrix, unit_ids, ann, reader=UnitReader(path, dimension))
+
+    def scores(self, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Exact similarity of the units at `positions` (ascending)."""
+        if not len(positions):
+            return np.zeros(0, dtype=np.float32)
+        if self.exact is not None:
+            return self.exact[positions] @ query
+        return self.reader.read(positions).astype(np.float32) @ query
+
+    def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Positions of the k units nearest the query, among `allowed` positions when given.
+
+        Exact with a small matrix or a small allowed set; otherwise the PQ codes shortlist
+        SHORTLIST_UNITS units (or k, if more) and these are ranked by their exact scores.
+        """
+        if self.ann is None or (allowed is not None and len(allowed) <= EXACT_MAX_UNITS):
+            positions = allowed if allowed is not None else np.arange(len(self.matrix))
+            scores = self.scores(positions, query) if allowed is not None else self.exact @ query
+            return top_positions(positions, scores, k)
+        selector = None
+        if allowed is not None:
+            bitmap = np.zeros(int(self.unit_ids[-1]) + 1, dtype=bool)
+            bitmap[self.unit_ids[allowed]] = True
+            packed = np.packbits(bitmap, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(packed))
+        lists = faiss.extract_index_ivf(self.ann).nlist
+        probes = max(lists // PROBED_SHARE, min(lists, MIN_PROBES))
+        params = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
+        _, found = self.ann.search(query[None, :], max(k, SHORTLIST_UNITS), params=params)
+        positions = np.sort(np.searchsorted(self.unit_ids, found[0][found[0] >= 0]))
+        return top_positions(positions, self.scores(positions, query), k)
+
+
+def top_positions(positions: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the k best scores (all when there are no more than k), ascending."""
+    if k >= len(scores):
+        return positions
+    return np.sort(positions[np.argpartition(-scores, k - 1)[:k]])
