@@ -22,6 +22,8 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_encoders, open_tokenizer
 from service.generate import ModelClient
+from service.grounding import GroundingChecker
+from service.http.deps import Generators
 from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
@@ -63,7 +65,8 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.live = live
     app.state.jobs = jobs
     app.state.settings = settings
-    app.state.model_client = ModelClient.from_settings(settings)  # None: extractive answers only
+    # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
+    app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
     add_error_handlers(app)
     for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
         app.include_router(router)
