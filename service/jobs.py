@@ -6,6 +6,11 @@ Layout of settings.jobs_path (beside the index by default, data/jobs):
     <job id>/job.json           the job's state, written with service/atomic.py
     <job id>/upload-<n>         its files until the job has finished (their originals are kept by then)
 
+Every state change (queued, running, committing, done, failed) is written durably (service/atomic.py);
+the encoding progress of a running job is not: it is kept in memory, where GET /api/jobs/{id} reads it,
+and is worth nothing after a crash (the job starts again). The worker takes jobs from an in-memory
+queue that start-up fills with the queued jobs on disk and uploads fill as they are accepted.
+
 A job's change is one atomic index version (update.add_files under the writer lock), so a job killed
 at any moment is either applied or not. Just before the switch the job writes its result with
 `committing`; the version's manifest lists the job id (applied_jobs). At start a job found running
@@ -17,11 +22,12 @@ import errno
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +54,6 @@ QUEUED, RUNNING, DONE, FAILED_STATE = "queued", "running", "done", "failed"
 RECEIVING_PREFIX = ".receiving-"
 MAX_ATTEMPTS = 3  # a job that kills its server every time (too big for memory) must not loop forever
 KEEP_FINISHED = timedelta(days=7)
-PROGRESS_SECONDS = 0.5  # job.json is rewritten at most this often while passages are embedded
 # When no file of an upload was added and they all failed alike, their common reason is the answer.
 FAILURE_CODES = {
     DUPLICATE: (409, "duplicate_document"),
@@ -137,8 +142,9 @@ class JobStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.lock = threading.Lock()
-        # The latest state of each job this process changed: what GET answers even if the disk was
-        # too full to write it (then the job is run again after a restart, which is safe).
+        # The latest state of each job this process changed, with its progress: what GET answers,
+        # also when the disk was too full to write it (then the job is run again after a restart,
+        # which is safe).
         self.latest: dict[str, Job] = {}
 
     def receiving_folder(self) -> Path:
@@ -168,9 +174,15 @@ class JobStore:
         return Job(**json.loads(path.read_text(encoding="utf-8")))
 
     def save(self, job: Job) -> None:
+        """A state change: durable before this returns."""
         with self.lock:
             self.latest[job.job_id] = Job(**asdict(job))
             write_atomic(self.folder / job.job_id / "job.json", json.dumps(asdict(job), ensure_ascii=False).encode())
+
+    def save_progress(self, job: Job) -> None:
+        """Progress of a running job: in memory only (a crash restarts the job from nothing anyway)."""
+        with self.lock:
+            self.latest[job.job_id] = Job(**asdict(job))
 
     def jobs(self) -> list[Job]:
         """Every job, oldest first."""
@@ -218,19 +230,21 @@ class JobWorker:
 
     def __init__(self, store: JobStore, live: LiveIndex) -> None:
         self.store, self.live = store, live
-        self.wake = threading.Event()
+        self.queue: queue.Queue[Job | None] = queue.Queue()  # None: stop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.loop, name="upload-jobs", daemon=True)
 
     def start(self) -> None:
-        """Clean the folder, settle jobs a killed server left running, then start the thread."""
+        """Clean the folder, settle jobs a killed server left running, queue the queued ones (oldest
+        first), then start the thread."""
         self.store.clean()
         applied = set(self.live.current().searcher.index.manifest.get("applied_jobs", []))
         for job in self.store.jobs():
             if job.state == RUNNING:
                 self.recover(job, applied)
+            if job.state == QUEUED:
+                self.queue.put(job)
         self.thread.start()
-        self.wake.set()
 
     def recover(self, job: Job, applied: set[str]) -> None:
         """A job the previous server was running when it died: done if its change is live, else queued again."""
@@ -248,32 +262,28 @@ class JobWorker:
             logger.info("上传任务 %s 因服务中断重新排队", job.job_id)
 
     def stop(self) -> None:
+        """Stop after the running job; jobs still queued stay queued on disk for the next start."""
         self.stopping.set()
-        self.wake.set()
+        self.queue.put(None)
         if self.thread.is_alive():
             self.thread.join(timeout=5)
 
     def submit(self, job: Job) -> None:
-        self.wake.set()
+        """Queue a job the store has just created (a copy: the caller goes on reading its own)."""
+        self.queue.put(Job(**asdict(job)))
 
     def loop(self) -> None:
-        while not self.stopping.is_set():
-            self.wake.wait()
-            self.wake.clear()
-            while not self.stopping.is_set() and (job := next(self.queued(), None)):
+        while (job := self.queue.get()) is not None and not self.stopping.is_set():
+            try:
+                self.run(job)
+            except Exception:  # a bug or a broken disk must not stop the worker: the job says so
+                logger.exception("上传任务 %s 出错", job.job_id)
+                job.error = {"code": "internal_error", "message": "服务内部错误，文档未添加，请稍后重试"}
+                job.status, job.result = 500, None
                 try:
-                    self.run(job)
-                except Exception:  # a bug or a broken disk must not stop the worker: the job says so
-                    logger.exception("上传任务 %s 出错", job.job_id)
-                    job.error = {"code": "internal_error", "message": "服务内部错误，文档未添加，请稍后重试"}
-                    job.status, job.result = 500, None
-                    try:
-                        self.finish(job, FAILED_STATE)
-                    except OSError:
-                        logger.exception("上传任务 %s 的状态无法写入", job.job_id)
-
-    def queued(self) -> Iterator[Job]:
-        return (job for job in self.store.jobs() if job.state == QUEUED)
+                    self.finish(job, FAILED_STATE)
+                except OSError:
+                    logger.exception("上传任务 %s 的状态无法写入", job.job_id)
 
     def run(self, job: Job) -> None:
         """Index the job's files (update.add_files through the live index) and record the outcome."""
@@ -299,14 +309,9 @@ class JobWorker:
         self.finish(job, DONE if report.changed else FAILED_STATE)
 
     def progress(self, job: Job) -> Callable[[int, int], None]:
-        last = [0.0]
-
         def report(done: int, total: int) -> None:
-            moment = datetime.now(UTC).timestamp()
             job.passages_done, job.passages_total = done, total
-            if done == total or moment - last[0] >= PROGRESS_SECONDS:
-                last[0] = moment
-                self.store.save(job)
+            self.store.save_progress(job)
 
         return report
 

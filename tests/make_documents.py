@@ -158,16 +158,21 @@ PACKAGE_RELATIONSHIPS = (
 )
 
 
-def make_docx_bomb(path: Path, xml_megabytes: int, paragraph: str = "党建工作要抓实抓细。") -> Path:
-    """A real .docx whose main part is `xml_megabytes` MB of one repeated paragraph: it deflates ~300:1."""
+def make_docx_bomb(
+    path: Path, xml_megabytes: int, paragraph: str = "党建工作要抓实抓细。", main_part: str = "word/document.xml"
+) -> Path:
+    """A real .docx whose main part is `xml_megabytes` MB of one repeated paragraph: it deflates ~300:1.
+
+    `main_part`: where the package keeps it (Word's name by default; its relationships say where).
+    """
     import zipfile
 
     body = f"<w:p><w:r><w:t>{paragraph}</w:t></w:r></w:p>".encode()
     chunk = body * (2**20 // len(body))
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as package:
-        package.writestr("[Content_Types].xml", PACKAGE_TYPES)
-        package.writestr("_rels/.rels", PACKAGE_RELATIONSHIPS)
-        with package.open("word/document.xml", "w", force_zip64=True) as main:
+        package.writestr("[Content_Types].xml", PACKAGE_TYPES.replace("word/document.xml", main_part))
+        package.writestr("_rels/.rels", PACKAGE_RELATIONSHIPS.replace("word/document.xml", main_part))
+        with package.open(main_part, "w", force_zip64=True) as main:
             main.write(f'<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="{WORD_MAIN}"><w:body>'.encode())
             for _ in range(xml_megabytes):
                 main.write(chunk)

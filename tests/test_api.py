@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from service.config import PROJECT_ROOT, Settings
 from service.embed import Encoders
 from service.engine import build_index
+from service.generate import Generator
 from service.http.app import create_app
 from service.live import Snapshot
 from service.tokenize import WordTokenizer
@@ -315,6 +316,41 @@ def test_server_follows_a_rebuilt_index_and_requests_keep_their_own(
         assert health["documents"] == 2
         assert health["index_version"] == (settings.index_dir / "CURRENT").read_text().strip() != before.version
         assert before.searcher.search("三会一课", top_k=1), "a request holding the old searcher still works"
+
+
+def test_ask_builds_its_generator_once_per_index_version(
+    tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    party_building = "一、抓党建\n各级党组织要认真落实“三会一课”制度，严肃党内政治生活。\n"
+    (docs / "a.txt").write_text(party_building, encoding="utf-8")
+    settings = Settings(index_dir=tmp_path / "index", cache_dir=PROJECT_ROOT / "data" / "cache")
+    build_index([docs / "a.txt"], settings, encoders, tokenizer)
+    monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.0)
+    built: list[Generator] = []
+    build = Generator.__init__
+
+    def counted(generator: Generator, *args: object) -> None:
+        built.append(generator)
+        build(generator, *args)
+
+    monkeypatch.setattr(Generator, "__init__", counted)
+    with TestClient(create_app(settings, encoders, tokenizer)) as test_client:
+
+        def cited(question: str) -> list[str]:
+            response = test_client.post("/api/ask", json={"question": question})
+            assert response.status_code == 200, response.text
+            return [citation["doc_id"] for citation in response.json()["citations"]]
+
+        for _ in range(3):
+            assert cited("怎样落实三会一课制度") == ["a"]
+        assert len(built) == 1, "one generator for the served version, not one per request"
+        (docs / "b.txt").write_text("二、抓医德医风\n加强医德医风建设，弘扬崇高职业精神。\n", encoding="utf-8")
+        build_index(sorted(docs.glob("*.txt")), settings, encoders, tokenizer)
+        for _ in range(2):
+            assert "b" in cited("如何加强医德医风建设")
+        assert len(built) == 2, "the next version gets its own, once"
 
 
 def test_serve_without_an_index_exits_3_and_names_make_index(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import build_index
 from service.http.app import create_app
+from service.index import IndexUnavailable
 from service.tokenize import WordTokenizer
 from tests.conftest import live_server
 from tests.make_documents import cjk_collection, make_docx, make_pdf, truetype_subset
@@ -296,6 +297,16 @@ def test_upload_where_each_file_fails_differently_is_422_upload_failed(client: T
     assert "a.pptx" in message and "b.txt" in message
 
 
+def test_form_errors_are_answered_in_the_error_shape(client: TestClient) -> None:
+    """Each error of the form reader has its own status and code (service/http/errors.py CORE_ERRORS)."""
+    with app_settings(client, max_upload_files=2):
+        files = [(f"第{n}份.txt", "检验科党支部开展“质量月”活动。\n".encode()) for n in range(3)]
+        assert "2" in error_of(upload(client, *files), 400, "too_many_files")
+    no_boundary = {**WRITE, "content-type": "multipart/form-data"}
+    error_of(client.post("/api/documents", content=b"--XyZ--\r\n", headers=no_boundary), 400, "invalid_form")
+    assert not list(client.app.state.jobs.store.folder.glob(".receiving-*")), "a refused form leaves nothing behind"
+
+
 def test_upload_needs_a_form_with_files(client: TestClient) -> None:
     error_of(client.post("/api/documents", json={"files": []}, headers=WRITE), 415, "unsupported_media_type")
     error_of(
@@ -352,6 +363,15 @@ def test_unknown_document_delete_is_404(client: TestClient) -> None:
     assert "no-such-doc" in error_of(
         client.delete("/api/documents/no-such-doc", headers=WRITE), 404, "document_not_found"
     )
+
+
+def test_delete_while_the_index_is_unavailable_is_503(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(doc_ids: list[str]) -> None:
+        raise IndexUnavailable("索引已损坏，请重建")
+
+    monkeypatch.setattr(client.app.state.live, "delete_documents", unavailable)
+    message = error_of(client.delete("/api/documents/anything", headers=WRITE), 503, "index_unavailable")
+    assert message == "索引已损坏，请重建"
 
 
 def test_last_document_cannot_be_deleted(

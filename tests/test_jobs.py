@@ -1,6 +1,8 @@
 """Upload jobs on a real server: kill -9 during a job or an upload, restarts, bombs under a memory watchdog."""
 
 import contextlib
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import load_current
-from service.jobs import RUNNING, JobStore, JobWorker
+from service.jobs import DONE, RUNNING, Job, JobStore, JobWorker
 from service.live import LiveIndex
 from service.originals import original_files
 from service.tokenize import WordTokenizer
@@ -223,3 +225,61 @@ def test_job_whose_version_went_live_before_the_kill_is_done_at_restart(
     assert recovered.result["added"][0]["doc_id"] == "护齿"
     assert not (settings.jobs_path / job.job_id / "upload-0").exists()
     assert sum(1 for p in load_current(settings, encoders).passages if p.doc_id == "护齿") == 1, "applied once"
+
+
+def queued_job(store: JobStore, name: str, text: str) -> Job:
+    """A job as an accepted upload leaves it: its file received, job.json written, state queued."""
+    folder = store.receiving_folder()
+    (folder / "upload-0").write_text(text, encoding="utf-8")
+    return store.create(folder, [{"name": name, "path": "upload-0"}], {"skipped": [], "failed": []})
+
+
+def on_disk(settings: Settings, job: Job) -> dict:
+    return json.loads((settings.jobs_path / job.job_id / "job.json").read_text(encoding="utf-8"))
+
+
+def test_progress_is_kept_in_memory_and_only_state_changes_are_synced_to_disk(
+    settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = JobStore(settings.jobs_path)
+    job = queued_job(store, "护齿.txt", "口腔科党支部组建“微笑护齿”服务队。\n")
+    worker = JobWorker(store, LiveIndex(settings, encoders, tokenizer))
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda descriptor: (synced.append(descriptor), fsync(descriptor))[1])
+
+    job.state = RUNNING
+    report = worker.progress(job)
+    for done in range(0, 101, 10):
+        report(done, 100)
+    assert synced == [], "progress is not durable state: no write, no fsync"
+    assert store.load(job.job_id).passages_done == 100, "GET /api/jobs/{id} sees it"
+    assert on_disk(settings, job)["passages_done"] == 0
+
+    worker.finish(job, DONE)
+    assert synced, "a state change is written crash-safe"
+    assert on_disk(settings, job)["state"] == DONE
+
+
+def test_worker_takes_jobs_from_its_queue_without_reading_job_files(
+    settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs queued on disk at start (left by a stopped server) and jobs submitted later run in order."""
+    left = queued_job(JobStore(settings.jobs_path), "义诊.txt", "门诊党支部每月开展一次社区义诊活动。\n")
+    worker = JobWorker(JobStore(settings.jobs_path), LiveIndex(settings, encoders, tokenizer))
+    worker.start()
+    reads: list[str] = []
+    monkeypatch.setattr(worker.store, "jobs", lambda: reads.append("jobs") or [])
+    monkeypatch.setattr(worker.store, "load", lambda job_id: reads.append(job_id))
+    try:
+        submitted = queued_job(JobStore(settings.jobs_path), "护理.txt", "护理部党总支开展“星级护士”评选活动。\n")
+        worker.submit(submitted)
+        deadline = time.monotonic() + 120
+        while any(on_disk(settings, job)["state"] != DONE for job in (left, submitted)):
+            assert time.monotonic() < deadline, [on_disk(settings, job) for job in (left, submitted)]
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert reads == [], "the worker picks the next job from memory, not by reading every job.json"
+    assert on_disk(settings, left)["started_at"] <= on_disk(settings, submitted)["started_at"]
+    assert {"义诊", "护理"} <= load_current(settings, encoders).documents.keys()

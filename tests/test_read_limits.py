@@ -29,6 +29,27 @@ def test_docx_text_over_the_character_limit_is_refused_while_streaming(tmp_path:
     assert time.process_time() - started < 5.0, "counted by a streaming parse, not by python-docx's tree"
 
 
+def test_docx_text_is_counted_once_paragraph_by_paragraph(tmp_path: Path) -> None:
+    """Each paragraph and table cell with one for its end, counted while streaming; the blocks made of
+    them (cells joined, blank lines around the table) are not counted again."""
+    rows = [["组建先锋岗", "信息中心党支部"], ["开展义诊", "门诊党支部"]]
+    plan = make_docx(tmp_path / "plan.docx", "工作计划", [("Normal", SENTENCE), rows])
+    characters = sum(len(text) + 1 for text in ["工作计划", SENTENCE, *(cell for row in rows for cell in row)])
+    blocks = read_blocks(plan, limits=Limits(characters=characters))
+    assert [block.text for block in blocks if block.table_row] == ["组建先锋岗｜信息中心党支部", "开展义诊｜门诊党支部"]
+    with pytest.raises(OverLimit, match=rf"{characters - 1:,} 字"):
+        read_blocks(plan, limits=Limits(characters=characters - 1))
+
+
+def test_docx_whose_main_part_has_another_name_is_still_counted_while_streaming(tmp_path: Path) -> None:
+    """The package's relationships name the main part; python-docx follows them, and so does the count."""
+    bomb = make_docx_bomb(tmp_path / "renamed.docx", xml_megabytes=30, main_part="word/main.xml")
+    started = time.process_time()
+    with pytest.raises(OverLimit, match=r"renamed\.docx.*1,000,000 字.*DJQA_MAX_DOCUMENT_CHARS"):
+        read_blocks(bomb, limits=Limits(unpacked_bytes=32 * 2**20, characters=1_000_000))
+    assert time.process_time() - started < 5.0, "counted by a streaming parse, not by python-docx's tree"
+
+
 def test_docx_within_the_limits_is_read(tmp_path: Path) -> None:
     plan = make_docx(tmp_path / "plan.docx", "工作计划", [("Normal", SENTENCE)])
     blocks = read_blocks(plan, limits=Limits(unpacked_bytes=2**20, characters=100))

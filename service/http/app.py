@@ -15,16 +15,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_encoders, open_tokenizer
 from service.generate import ModelClient
-from service.http.errors import ApiError, on_api_error, on_http_error, on_unexpected_error, on_validation_error
+from service.grounding import GroundingChecker
+from service.http.deps import Generators
+from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
@@ -65,11 +65,9 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.live = live
     app.state.jobs = jobs
     app.state.settings = settings
-    app.state.model_client = ModelClient.from_settings(settings)  # None: extractive answers only
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected_error)
+    # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
+    app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
+    add_error_handlers(app)
     for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

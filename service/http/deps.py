@@ -1,13 +1,16 @@
-"""Shared request dependencies: the live index snapshot, the settings, the API key, the question."""
+"""Shared request dependencies: the live index snapshot, the settings, the generator, the API key, the question."""
 
 import hmac
+import threading
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from service.answer import Answerer
 from service.config import Settings
-from service.generate import ModelClient
+from service.generate import Generator, ModelClient
+from service.grounding import GroundingChecker
 from service.http.errors import ApiError
 from service.live import Snapshot
 from service.search import QueryRejected, clean_query
@@ -21,13 +24,37 @@ def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def model_client(request: Request) -> ModelClient | None:
-    return request.app.state.model_client
+class Generators:
+    """The app's Generator for the served index version, built once per version, not per request.
+
+    The model client and the grounding checker are the app's; the answerer is the snapshot's, so a
+    request answers from the version it started with. Generators hold no per-question state, so one
+    is shared by every request thread; the lock only guards swapping in the next version's.
+    """
+
+    def __init__(self, client: ModelClient | None, checker: GroundingChecker) -> None:
+        self.client = client
+        self.checker = checker
+        self.lock = threading.Lock()
+        self.latest: Generator | None = None
+
+    def for_answerer(self, answerer: Answerer) -> Generator:
+        with self.lock:
+            if self.latest is None or self.latest.answerer is not answerer:
+                self.latest = Generator(answerer, self.client, self.checker)
+            return self.latest
 
 
 SnapshotDep = Annotated[Snapshot, Depends(live_snapshot)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-ModelClientDep = Annotated[ModelClient | None, Depends(model_client)]
+
+
+def snapshot_generator(request: Request, snapshot: SnapshotDep) -> Generator:
+    """The generator of the request's snapshot (FastAPI gives a request one snapshot for all its dependencies)."""
+    return request.app.state.generators.for_answerer(snapshot.answerer)
+
+
+GeneratorDep = Annotated[Generator, Depends(snapshot_generator)]
 
 
 def presented_key(request: Request) -> str | None:

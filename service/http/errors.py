@@ -1,7 +1,8 @@
 """HTTP errors in the project's one shape, and JSON request bodies checked before FastAPI parses them.
 
-Every error is `{"error": {"code": ..., "message": <Chinese>}}`: our own ApiError, FastAPI's
-validation and HTTP errors, and anything unexpected (500, logged).
+Every error is `{"error": {"code": ..., "message": <Chinese>}}`: our own ApiError, the core's typed
+exceptions (CORE_ERRORS), FastAPI's validation and HTTP errors, and anything unexpected (500, logged).
+`add_error_handlers` installs all of them; `error_responses` documents them in openapi.json.
 """
 
 import errno
@@ -11,14 +12,17 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
+from service.index import IndexUnavailable
+from service.update import UnknownDocuments, WouldEmptyIndex
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -36,15 +40,19 @@ FIELD_NAMES = {
     "year": "年份（year）",
     "doc_id": "文档 ID（doc_id）",
 }
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (400, "问题为空或过长、JSON 格式或编码错误"),
-        (413, "请求体超过 1 MB"),
-        (415, "请求体不是 JSON"),
-        (422, "参数类型或取值错误"),
-    )
-}
+
+
+def error_responses(*described: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses` for openapi.json: each (status, Chinese description) in the error shape."""
+    return {status: {"model": ErrorResponse, "description": description} for status, description in described}
+
+
+ERROR_RESPONSES = error_responses(  # the JSON body and parameter errors every search route can answer
+    (400, "问题为空或过长、JSON 格式或编码错误"),
+    (413, "请求体超过 1 MB"),
+    (415, "请求体不是 JSON"),
+    (422, "参数类型或取值错误"),
+)
 
 
 class ApiError(Exception):
@@ -57,6 +65,27 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def unknown_documents_message(error: UnknownDocuments) -> str:
+    return f"未找到文档：{'、'.join(error.doc_ids)}"  # the core's message names the CLI; the API's does not
+
+
+def over_limit_message(error: FileOverLimit) -> str:
+    return f"{error}；本次上传的文件均未添加"
+
+
+# The core's (and the upload form reader's) exceptions as API errors: type -> (status, code, message).
+# Looked up along the exception's class hierarchy, so FileOverLimit's entry wins over FormError's.
+CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
+    UnknownDocuments: (404, "document_not_found", unknown_documents_message),
+    WouldEmptyIndex: (409, "last_document", str),
+    IndexUnavailable: (503, "index_unavailable", str),
+    FileOverLimit: (413, "file_too_large", over_limit_message),
+    NotAForm: (415, "unsupported_media_type", str),
+    TooManyFiles: (400, "too_many_files", str),
+    FormError: (400, "invalid_form", str),
+}
 
 
 # ---------- request bodies: checked before FastAPI parses them ----------
@@ -214,9 +243,24 @@ async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
     return error_response(error.status, error.code, error.message, headers=error.headers)
 
 
+async def on_core_error(request: Request, error: Exception) -> JSONResponse:
+    status, code, message = next(CORE_ERRORS[kind] for kind in type(error).__mro__ if kind in CORE_ERRORS)
+    return error_response(status, code, message(error))
+
+
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         logger.error("磁盘空间不足：%s %s：%s", request.method, request.url.path, error)
         return error_response(507, "insufficient_storage", "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试")
     logger.exception("未处理的错误：%s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "服务内部错误，请稍后重试")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error the app answers, in the one shape."""
+    app.add_exception_handler(ApiError, on_api_error)
+    for kind in CORE_ERRORS:
+        app.add_exception_handler(kind, on_core_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

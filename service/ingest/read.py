@@ -7,6 +7,7 @@ numbers dropped, lines broken by the layout joined back into paragraphs).
 
 import logging
 import math
+import posixpath
 import re
 import zipfile
 from collections import Counter
@@ -145,7 +146,20 @@ def table_blocks(table) -> list[Block]:  # a docx Table
 
 
 WORD_NS = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
-MAIN_PART = "word/document.xml"
+RELATIONSHIPS_PART = "_rels/.rels"
+MAIN_PART = "word/document.xml"  # where Word puts it; the package's relationships may name another
+
+
+def main_part_name(package: zipfile.ZipFile) -> str:
+    """The main document part, found as python-docx finds it: the package's officeDocument relationship."""
+    from lxml import etree
+
+    if RELATIONSHIPS_PART in package.namelist():
+        with package.open(RELATIONSHIPS_PART) as relationships:
+            for _, element in etree.iterparse(relationships, tag="{*}Relationship", resolve_entities=False):
+                if element.get("Type", "").endswith("/officeDocument"):
+                    return posixpath.normpath(element.get("Target", "")).lstrip("/")
+    return MAIN_PART
 
 
 def check_docx_size(path: Path, name: str, limits: Limits) -> None:
@@ -154,8 +168,9 @@ def check_docx_size(path: Path, name: str, limits: Limits) -> None:
     Both are known before python-docx builds its tree (which costs ~10x the XML in memory and a
     fraction of a millisecond per paragraph). The sizes are the declared ones, read from the zip's
     directory; zipfile stops every member at its declared size (and fails its CRC), so a package
-    that lies about them cannot expand further. The text is counted by a streaming parse of the
-    main part that keeps one paragraph in memory at a time.
+    that lies about them cannot expand further. The text is counted here and only here, by a
+    streaming parse of the main part that keeps one paragraph in memory at a time: each paragraph's
+    text (table cells are paragraphs too) and one for its end.
     """
     if limits.unpacked_bytes is None and limits.characters is None:
         return
@@ -169,10 +184,11 @@ def check_docx_size(path: Path, name: str, limits: Limits) -> None:
                     f"{name}：解压后的内容（{size_text(unpacked)}）超过 {size_text(limits.unpacked_bytes)} 的上限"
                     "（DJQA_MAX_UNPACKED_BYTES），可能是压缩炸弹或内嵌了过大的图片"
                 )
-            if limits.characters is None or MAIN_PART not in package.namelist():
-                return
+            main_part = main_part_name(package)
+            if limits.characters is None or main_part not in package.namelist():
+                return  # without a main part python-docx refuses the file
             characters = 0
-            with package.open(MAIN_PART) as xml:
+            with package.open(main_part) as xml:
                 for _, element in etree.iterparse(xml, events=("end",), resolve_entities=False, no_network=True):
                     if element.tag == f"{WORD_NS}t":
                         characters += len(element.text or "")
@@ -187,7 +203,7 @@ def check_docx_size(path: Path, name: str, limits: Limits) -> None:
 
 
 def docx_blocks(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[Block]:
-    """Paragraphs and table rows in body order."""
+    """Paragraphs and table rows in body order; check_docx_size has held the text to limits.characters."""
     import docx
     from docx.table import Table
 
@@ -198,14 +214,8 @@ def docx_blocks(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[Block
     try:
         document = docx.Document(str(path))
         blocks: list[Block] = []
-        characters = 0
         for item in document.iter_inner_content():
-            new_blocks = table_blocks(item) if isinstance(item, Table) else paragraph_blocks(item)
-            characters += sum(len(block.text) + 1 for block in new_blocks)
-            check_characters(characters, limits, name)
-            blocks += new_blocks
-    except OverLimit:
-        raise
+            blocks += table_blocks(item) if isinstance(item, Table) else paragraph_blocks(item)
     # python-docx surfaces a damaged package as zip, XML, key or value errors of several libraries.
     except Exception as error:
         raise ReadError(f"{name}：文件已损坏或不是有效的 Word 文档") from error

@@ -9,7 +9,6 @@ thread and the new version is served before it answers. Searches go on answering
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -17,20 +16,19 @@ from starlette.concurrency import run_in_threadpool
 
 from service.config import Settings
 from service.http.deps import SettingsDep, SnapshotDep, require_read_key, require_write_key
-from service.http.errors import ApiError
-from service.http.multipart import FileOverLimit, FormError, NotAForm, ReceivedFile, TooManyFiles, receive_files
+from service.http.errors import ApiError, error_responses
+from service.http.multipart import ReceivedFile, receive_files
 from service.http.schemas import (
     DocumentDetail,
     DocumentList,
     DocumentSummary,
-    ErrorResponse,
     PassageSpan,
     RemovedDocument,
     UploadJob,
 )
-from service.index import IndexUnavailable, document_rows
+from service.index import document_rows
 from service.jobs import Job, nothing_added, problem_rows
-from service.update import ADDED, REPLACED, UnknownDocuments, WouldEmptyIndex, classify_files
+from service.update import ADDED, REPLACED, classify_files
 
 read_routes = APIRouter(prefix="/api", dependencies=[Depends(require_read_key)])
 write_routes = APIRouter(prefix="/api", dependencies=[Depends(require_write_key)])
@@ -56,30 +54,24 @@ UPLOAD_FORM = {  # the body as /docs shows it; the route reads the stream itself
         },
     }
 }
-WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in (
-        (401, "缺少 API 密钥或密钥错误（unauthorized）"),
-        (403, "未设置 DJQA_API_KEY，不能上传或删除（writes_disabled）"),
-        (503, "索引不可用（index_unavailable）"),
-    )
-}
-UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+WRITE_RESPONSES = error_responses(
+    (401, "缺少 API 密钥或密钥错误（unauthorized）"),
+    (403, "未设置 DJQA_API_KEY，不能上传或删除（writes_disabled）"),
+    (503, "索引不可用（index_unavailable）"),
+)
+UPLOAD_RESPONSES = {
     **WRITE_RESPONSES,
-    **{
-        status: {"model": ErrorResponse, "description": description}
-        for status, description in (
-            (400, "没有文件、文件过多或表单格式错误（no_files、too_many_files、invalid_form）"),
-            (409, "所有文件都与已有文档内容相同（duplicate_document）"),
-            (
-                413,
-                "有文件超过大小上限（file_too_large），本次上传的文件都未添加；或文件内容超过上限（document_too_large）",
-            ),
-            (415, "文件类型不支持（unsupported_file_type）或请求不是表单（unsupported_media_type）"),
-            (422, "文件无法读取：损坏、为空、没有文字或是扫描件（unreadable_file）；原因不一时为 upload_failed"),
-            (507, "磁盘空间不足（insufficient_storage），文档未添加"),
-        )
-    },
+    **error_responses(
+        (400, "没有文件、文件过多或表单格式错误（no_files、too_many_files、invalid_form）"),
+        (409, "所有文件都与已有文档内容相同（duplicate_document）"),
+        (
+            413,
+            "有文件超过大小上限（file_too_large），本次上传的文件都未添加；或文件内容超过上限（document_too_large）",
+        ),
+        (415, "文件类型不支持（unsupported_file_type）或请求不是表单（unsupported_media_type）"),
+        (422, "文件无法读取：损坏、为空、没有文字或是扫描件（unreadable_file）；原因不一时为 upload_failed"),
+        (507, "磁盘空间不足（insufficient_storage），文档未添加"),
+    ),
 }
 
 
@@ -93,7 +85,7 @@ def list_documents(snapshot: SnapshotDep) -> DocumentList:
     "/documents/{doc_id}",
     summary="文档全文",
     response_model=DocumentDetail,
-    responses={404: {"model": ErrorResponse, "description": "文档不存在"}},
+    responses=error_responses((404, "文档不存在")),
 )
 def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     """文档全文及每个段落在全文中的位置（text[start:end] 即段落原文）。"""
@@ -159,18 +151,9 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
     job: Job | None = None
     try:
         content_type = request.headers.get("content-type", "")
-        try:
-            received = await receive_files(
-                request.stream(), content_type, "files", folder, settings.max_upload_bytes, settings.max_upload_files
-            )
-        except FileOverLimit as error:
-            raise ApiError(413, "file_too_large", f"{error}；本次上传的文件均未添加") from error
-        except NotAForm as error:
-            raise ApiError(415, "unsupported_media_type", str(error)) from error
-        except TooManyFiles as error:
-            raise ApiError(400, "too_many_files", str(error)) from error
-        except FormError as error:
-            raise ApiError(400, "invalid_form", str(error)) from error
+        received = await receive_files(  # a FormError is answered by errors.CORE_ERRORS
+            request.stream(), content_type, "files", folder, settings.max_upload_bytes, settings.max_upload_files
+        )
         if not received:
             raise ApiError(400, "no_files", "请选择要上传的文件（表单字段 files）")
         job = await run_in_threadpool(check_upload, request, settings, received, folder)
@@ -186,7 +169,7 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
     "/jobs/{job_id}",
     summary="上传任务的进度和结果",
     response_model=UploadJob,
-    responses={**WRITE_RESPONSES, 404: {"model": ErrorResponse, "description": "任务不存在（job_not_found）"}},
+    responses={**WRITE_RESPONSES, **error_responses((404, "任务不存在（job_not_found）"))},
 )
 def upload_job(job_id: str, request: Request) -> UploadJob:
     """上传任务的状态：queued、running（passages_done / passages_total 为编码进度）、done 或 failed，及各文件的结果。"""
@@ -202,18 +185,11 @@ def upload_job(job_id: str, request: Request) -> UploadJob:
     response_model=RemovedDocument,
     responses={
         **WRITE_RESPONSES,
-        404: {"model": ErrorResponse, "description": "文档不存在（document_not_found）"},
-        409: {"model": ErrorResponse, "description": "不能删除最后一篇文档（last_document）"},
+        **error_responses((404, "文档不存在（document_not_found）"), (409, "不能删除最后一篇文档（last_document）")),
     },
 )
 async def remove_document(doc_id: str, request: Request) -> RemovedDocument:
     """从索引中删除文档及其保存的原文件，需要 API 密钥。"""
-    try:
-        await run_in_threadpool(request.app.state.live.delete_documents, [doc_id])
-    except UnknownDocuments as error:
-        raise ApiError(404, "document_not_found", f"未找到文档：{doc_id}") from error
-    except WouldEmptyIndex as error:
-        raise ApiError(409, "last_document", str(error)) from error
-    except IndexUnavailable as error:
-        raise ApiError(503, "index_unavailable", str(error)) from error
+    # UnknownDocuments (404), WouldEmptyIndex (409) and IndexUnavailable (503): errors.CORE_ERRORS
+    await run_in_threadpool(request.app.state.live.delete_documents, [doc_id])
     return RemovedDocument(removed=doc_id)

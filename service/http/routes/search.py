@@ -8,9 +8,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from service.config import DEFAULT_MODE, Settings
-from service.generate import AskResult, Generator
-from service.grounding import GroundingChecker
-from service.http.deps import ModelClientDep, SettingsDep, SnapshotDep, checked_query, require_read_key
+from service.generate import AskResult
+from service.http.deps import GeneratorDep, SettingsDep, SnapshotDep, checked_query, require_read_key
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
 from service.http.schemas import (
     EXAMPLE_QUERY,
@@ -72,11 +71,10 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         response_model=AskResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "stream 为 true 时的事件流"}},
     )
-    def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep, client: ModelClientDep):  # type: ignore[valid-type]
+    def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep, generator: GeneratorDep):  # type: ignore[valid-type]
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
         question = checked_query(body.question, settings)
-        generator = Generator(snapshot.answerer, client, GroundingChecker(snapshot.searcher.encoders))
         documents = snapshot.searcher.index.documents
 
         def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
