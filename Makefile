@@ -52,7 +52,7 @@ eval-baseline: install $(INDEX)
 
 # The speed of an earlier commit's server is measured in the same run (default: the last commit
 # before the two-model search) so that the two are comparable on this shared machine.
-BENCH_COMPARE ?= c645e5b
+BENCH_COMPARE ?= 3470e1b
 bench: install $(INDEX)
 	$(PY) -m eval.bench --compare $(BENCH_COMPARE)
 

@@ -43,6 +43,9 @@ class TextEncoder(Protocol):
         ...
 
 
+CACHE_BATCH = 500  # keys per SELECT: SQLite's bound-parameter limit is 999 on older builds
+
+
 class VectorCache:
     """A sqlite table of vectors by sha256(model hash, text): re-indexing unchanged text is free."""
 
@@ -57,13 +60,16 @@ class VectorCache:
         return hashlib.sha256(f"{self.model_hash}\n{text}".encode()).digest()
 
     def get(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors of those texts that have one, looked up CACHE_BATCH keys per query."""
+        text_of = {self.key(text): text for text in texts}
+        keys = list(text_of)
         found: dict[str, np.ndarray] = {}
         with self.lock:
-            for text in texts:
-                query = "SELECT vector FROM vectors WHERE key = ?"
-                row = self.connection.execute(query, (self.key(text),)).fetchone()
-                if row is not None:
-                    found[text] = np.frombuffer(row[0], dtype=np.float32)
+            for start in range(0, len(keys), CACHE_BATCH):
+                batch = keys[start : start + CACHE_BATCH]
+                query = f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(batch))})"
+                for key, vector in self.connection.execute(query, batch):
+                    found[text_of[key]] = np.frombuffer(vector, dtype=np.float32)
         return found
 
     def put(self, texts: Sequence[str], vectors: np.ndarray) -> None:

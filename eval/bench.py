@@ -2,7 +2,8 @@
 
 Everything runs on this machine over loopback against `dangjian-qa serve` on a free port, started
 and stopped here. Benchmarks report; they never assert times. Writes eval/results/bench.json,
-bench.md and bench_latency.png. `--quick` skips the 100k-passage scale run (see eval/scale.py).
+bench.md, bench_latency.png and bench_scale.png. `--quick` skips the scale runs (`dangjian-qa bench-scale`
+at 10k, 100k and 1M passages, about 25 minutes; service/scale.py).
 """
 
 import argparse
@@ -27,7 +28,6 @@ import httpx
 
 from eval.metrics import latency_summary
 from eval.questions import load_questions
-from eval.scale import peak_rss_bytes
 from service.config import PROJECT_ROOT, Settings
 
 RESULTS_DIR = PROJECT_ROOT / "eval" / "results"
@@ -265,35 +265,35 @@ def index_build() -> dict:
     return {"passages": passages, "units": units, **runs}
 
 
-def scale_run(count: int, sample: int) -> dict:
-    """Build a synthetic index of `count` passages and query it, each in a child process."""
-    with tempfile.TemporaryDirectory(prefix="djqa-bench-scale-") as scratch:
-        index_dir = Path(scratch) / "index"
-        python = [sys.executable, "-m", "eval.scale"]
-        built = subprocess.run(
-            [*python, "build", str(count), str(index_dir), str(sample)],
+def scale_run(count: int) -> dict:
+    """`dangjian-qa bench-scale --passages COUNT --json` (it builds, then measures in a fresh process)."""
+    with tempfile.TemporaryDirectory(prefix="djqa-bench-scale-", dir=PROJECT_ROOT / "data") as scratch:
+        done = subprocess.run(
+            [str(CLI), "bench-scale", "--passages", str(count), "--json", "--dir", scratch],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
             check=True,
         )
-        build = json.loads(built.stdout.strip().splitlines()[-1])
-        print(f"  built {count} passages in {build['build_seconds']:.1f} s", flush=True)
-        queried = subprocess.run(
-            [*python, "query", str(index_dir)], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        )
-        query = json.loads(queried.stdout.strip().splitlines()[-1])
-    build["build_peak_rss_bytes"] = build.pop("peak_rss_bytes")
-    return {**build, "query": query}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_bytes(pid: str) -> int:
+    """Peak resident set size (VmHWM) of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.report import bench_chart, bench_markdown
+    from eval.report import bench_chart, bench_markdown, scale_chart
 
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description="速度基准测试")
-    parser.add_argument("--quick", action="store_true", help="跳过 10 万段落的规模测试")
-    parser.add_argument("--scale", type=int, default=100_000, help="规模测试的合成段落数（默认 100000）")
-    parser.add_argument("--sample", type=int, default=200, help="测编码速度的合成段落样本数（默认 200）")
+    parser.add_argument("--quick", action="store_true", help="跳过规模测试")
+    parser.add_argument(
+        "--scale", default="10000,100000,1000000", help="规模测试的合成段落数，逗号分隔（默认 10000,100000,1000000）"
+    )
     parser.add_argument("--requests", type=int, default=500, help="单客户端请求数（默认 500）")
     parser.add_argument("--duration", type=float, default=5.0, help="每个并发级别的秒数（默认 5）")
     parser.add_argument("--cold-starts", type=int, default=3)
@@ -313,13 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     print("index build …", flush=True)
     results["index_build"] = index_build()
     if not args.quick and args.scale:
-        print(f"scale run with {args.scale} synthetic passages …", flush=True)
-        results["scale"] = scale_run(args.scale, args.sample)
+        results["scale"] = []
+        for count in (int(size) for size in args.scale.split(",")):
+            print(f"scale run with {count:,} synthetic passages …", flush=True)
+            results["scale"].append(scale_run(count))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     report = bench_markdown(results)
     (args.out / "bench.md").write_text(report)
     bench_chart(results, args.out / "bench_latency.png")
+    if results.get("scale"):
+        scale_chart(results["scale"], args.out / "bench_scale.png")
     print(report)
     return 0
 

@@ -287,7 +287,7 @@ class VersionWriter:
             matrix = open_matrix(self.staging / matrix_file(position), len(unit_ids), int(model["dimension"]))
             before = previous.vectors[model["name"]].ann if previous is not None else None
             trained = (previous.manifest.get("ann_trained_units") or {}).get(model["name"], 0) if previous else 0
-            ann, trained = updated_ann(model["name"], before, trained, matrix, unit_ids, self.kept_units)
+            ann, trained = updated_ann(before, trained, matrix, unit_ids, self.kept_units)
             if ann is not None:
                 faiss.write_index(ann, str(self.staging / ann_file(position)))
                 ann_built[model["name"]] = trained
@@ -547,9 +547,9 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
         documents = [
             Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
         ]
-        unit_ids = np.load(version_dir / "units.npy", mmap_mode="r")
+        unit_ids = np.load(version_dir / "units.npy")  # in memory: searched per question
         row_starts = np.load(version_dir / "rows.npy")
-        doc_rows = np.load(version_dir / "doc_rows.npy", mmap_mode="r")
+        doc_rows = np.load(version_dir / "doc_rows.npy")
         vectors = {}
         for position, model in enumerate(manifest["models"]):
             ann_path = version_dir / ann_file(position)

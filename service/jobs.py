@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from service.atomic import fsync_directory, write_atomic
-from service.index import IndexUnavailable
+from service.index import IndexBusy, IndexUnavailable
 from service.live import LiveIndex
 from service.update import (
     ADDED,
@@ -294,8 +294,9 @@ class JobWorker:
             report = self.live.add_files(
                 files, on_progress=self.progress(job), job_id=job.job_id, before_save=lambda rep: self.commit(job, rep)
             )
-        except IndexUnavailable as error:
-            job.error, job.status = {"code": "index_unavailable", "message": str(error)}, 503
+        except (IndexUnavailable, IndexBusy) as error:
+            code = "index_busy" if isinstance(error, IndexBusy) else "index_unavailable"
+            job.error, job.status = {"code": code, "message": str(error)}, 503
             self.finish(job, FAILED_STATE)
             return
         except OSError as error:

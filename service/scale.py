@@ -177,14 +177,26 @@ def percentile(values: list[float], share: float) -> float:
     return float(np.percentile(np.array(values), share * 100))
 
 
-def exact_top_rows(searcher: Searcher, model: str, vector: np.ndarray, k: int) -> set[int]:
-    """The k best passages by a full scan of every unit (the reference for recall)."""
-    matrix, best = searcher.index.vectors[model].matrix, np.full(len(searcher.index.passages), -np.inf)
-    for start in range(0, len(matrix), 262_144):
-        scores = np.asarray(matrix[start : start + 262_144], dtype=np.float32) @ vector
-        rows = searcher.index.rows_of_positions(np.arange(start, start + len(scores)))
-        np.maximum.at(best, rows, scores)
-    return set(np.argpartition(-best, k)[:k].tolist())
+def exact_top_rows(searcher: Searcher, model: str, queries: np.ndarray, k: int) -> list[set[int]]:
+    """Each query's k best passages by a full scan of every unit (the reference for recall).
+
+    All queries at once, a block of passages at a time, so the float16 matrix is read and
+    converted once, not once per question.
+    """
+    index, matrix = searcher.index, searcher.index.vectors[model].matrix
+    best_rows = np.zeros((0, len(queries)), dtype=np.int64)
+    best_scores = np.zeros((0, len(queries)), dtype=np.float32)
+    for first in range(0, len(index.passages), 50_000):
+        last = min(first + 50_000, len(index.passages))
+        begin, end = int(index.row_starts[first]), int(index.row_starts[last])
+        scores = np.asarray(matrix[begin:end], dtype=np.float32) @ queries.T
+        by_row = np.maximum.reduceat(scores, index.row_starts[first:last] - begin, axis=0)
+        rows = np.broadcast_to(np.arange(first, last)[:, None], by_row.shape)
+        candidates, candidate_rows = np.vstack([best_scores, by_row]), np.vstack([best_rows, rows])
+        keep = np.argsort(-candidates, axis=0, kind="stable")[:k]
+        best_scores = np.take_along_axis(candidates, keep, axis=0)
+        best_rows = np.take_along_axis(candidate_rows, keep, axis=0)
+    return [set(best_rows[:, number].tolist()) for number in range(len(queries))]
 
 
 def measure(index_dir: Path, settings: Settings) -> dict:
@@ -207,11 +219,11 @@ def measure(index_dir: Path, settings: Settings) -> dict:
     rss = current_rss_mb()
     recall = {}
     for model in searcher.encoders:
+        queries = np.stack([query_vectors[model] for query_vectors in vectors[:RECALL_QUESTIONS]])
         found = []
-        for query_vectors in vectors[:RECALL_QUESTIONS]:
-            dense = searcher.dense_scores(model, query_vectors[model], None)
-            approximate = set(sorted(dense, key=lambda row: -dense[row])[:10])
-            found.append(len(approximate & exact_top_rows(searcher, model, query_vectors[model], 10)) / 10)
+        for query, exact in zip(queries, exact_top_rows(searcher, model, queries, 10), strict=True):
+            dense = searcher.dense_scores(model, query, None)
+            found.append(len(set(sorted(dense, key=lambda row: -dense[row])[:10]) & exact) / 10)
         recall[model] = round(float(np.mean(found)), 4)
     return {
         "rss_mb": round(rss, 1),

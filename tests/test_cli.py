@@ -37,3 +37,20 @@ def test_index_command_reports_counts(tmp_path: Path, seed_settings: Settings) -
     result = run_cli(settings, "index", "--seeds", str(docs))
     assert result.returncode == 0 and "1 篇文档" in result.stdout
     assert run_cli(settings, "index", "--seeds", str(tmp_path / "missing")).returncode == 4
+
+
+def test_bench_scale_prints_its_measurements_as_the_last_json_line(seed_settings: Settings, tmp_path: Path) -> None:
+    result = run_cli(seed_settings, "bench-scale", "--passages", "300", "--json", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "合成" in result.stderr  # says the corpus is synthetic and its vectors composed
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    wanted = {"passages", "units", "build_s", "disk_mb", "cold_start_s", "rss_mb", "p50_ms", "p95_ms", "recall_at_10"}
+    assert wanted <= measured.keys() and measured["passages"] == 300
+    assert measured["units"] > 300 and measured["recall_at_10"] == 1.0  # 300 passages: exact search
+    assert 0 < measured["p50_ms"] <= measured["p95_ms"] and measured["cold_start_s"] > 0
+    assert not list(tmp_path.iterdir()), "the synthetic index is removed afterwards"
+
+
+def test_bench_scale_refuses_a_corpus_of_nothing(seed_settings: Settings) -> None:
+    result = run_cli(seed_settings, "bench-scale", "--passages", "0")
+    assert result.returncode == 2 and "至少" in result.stderr

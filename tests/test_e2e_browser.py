@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.config import PROJECT_ROOT, Settings
 from service.embed import Encoders
@@ -225,7 +225,8 @@ def test_limits_come_from_one_setting_for_api_cli_and_page(
         context = browser.new_context(locale="zh-CN")
         page = context.new_page()
         page.goto(url)
-        page.wait_for_function("document.querySelector('#q').maxLength === 30")
+        # expect() polls from outside the page: a string predicate would be eval'd inside and break the CSP.
+        expect(page.locator("#q")).to_have_attribute("maxlength", "30")
         options = page.eval_on_selector_all("#top-k option", "options => options.map(o => Number(o.value))")
         assert max(options) == 7 and page.input_value("#top-k") == "3"
         modes = page.eval_on_selector_all("input[name=mode]", "inputs => inputs.map(i => i.value)")

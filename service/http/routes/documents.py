@@ -57,7 +57,7 @@ UPLOAD_FORM = {  # the body as /docs shows it; the route reads the stream itself
 WRITE_RESPONSES = error_responses(
     (401, "缺少 API 密钥或密钥错误（unauthorized）"),
     (403, "未设置 DJQA_API_KEY，不能上传或删除（writes_disabled）"),
-    (503, "索引不可用（index_unavailable）"),
+    (503, "索引不可用（index_unavailable），或另一个写入操作仍在进行（index_busy）"),
 )
 UPLOAD_RESPONSES = {
     **WRITE_RESPONSES,

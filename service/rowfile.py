@@ -1,0 +1,42 @@
+"""Rows of an array on disk read with pread: what a search reads per question from large files.
+
+Not a memory map on purpose: pages of a mapping count in the process's resident memory once
+touched, and a million-passage index's searches touch scattered gigabytes over time (unit vectors to
+re-score, BM25 columns). pread goes through the same page cache, shared by every server process,
+without growing any server's RSS.
+"""
+
+import os
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class RowFile:
+    """Fixed-size rows starting `offset` bytes into a file; spans of rows are read in one call each."""
+
+    def __init__(self, path: Path | str, offset: int, row_bytes: int) -> None:
+        self.descriptor = os.open(path, os.O_RDONLY)
+        self.offset, self.row_bytes = offset, row_bytes
+        weakref.finalize(self, os.close, self.descriptor)
+
+    @classmethod
+    def of(cls, array: np.memmap) -> "RowFile":
+        """The file behind a memory-mapped array (np.load(..., mmap_mode="r")), by rows of its first axis."""
+        return cls(array.filename, array.offset, array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
+
+    def read(self, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """The rows of each [start, end) span, concatenated, as bytes (one row of bytes per row)."""
+        total = sum(end - start for start, end in spans)
+        out = np.empty((total, self.row_bytes), dtype=np.uint8)
+        view, done = memoryview(out).cast("B"), 0
+        for start, end in spans:
+            wanted = (end - start) * self.row_bytes
+            if wanted:
+                got = os.preadv(self.descriptor, [view[done : done + wanted]], self.offset + start * self.row_bytes)
+                if got != wanted:
+                    raise OSError(f"short read ({got} of {wanted} bytes)")
+            done += wanted
+        return out
