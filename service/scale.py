@@ -9,10 +9,12 @@ after that is the product's code path: VersionWriter (chunks, approximate index,
 table), load_index, Searcher.
 
 The measurement runs in a child process (`python -m service.scale query INDEX_DIR`) so that its
-start-up, memory and page cache are those of a fresh server: cold start is from launching it to its
-first answered question (model loading included); latency is Searcher.search for hybrid top-10
-given the question's vectors (encoding does not depend on the corpus; its own median is reported
-beside); recall@10 compares each model's approximate dense top 10 with an exact scan.
+start-up and memory are those of a fresh server: cold start is from launching it to its first
+answered question (model loading included); latency is Searcher.search for hybrid top-10 given the
+question's vectors (encoding does not depend on the corpus; its own median is reported beside),
+over every question twice: the second pass is a running server's (`p50_ms`, `p95_ms`), the first
+pass's figures, which read the index from disk, are reported too; recall@10 compares each model's
+approximate dense top 10 with an exact scan.
 """
 
 import itertools
@@ -211,11 +213,14 @@ def measure(index_dir: Path, settings: Settings) -> dict:
         begin = time.perf_counter()
         vectors.append(searcher.query_vectors(question))
         encode_ms.append((time.perf_counter() - begin) * 1000)
-    search_ms = []
-    for question, query_vectors in zip(asked, vectors, strict=True):
-        begin = time.perf_counter()
-        searcher.search(question, top_k=10, query_vectors=query_vectors)
-        search_ms.append((time.perf_counter() - begin) * 1000)
+    passes = []
+    for _ in range(2):  # the first pass reads the index from disk; the second is a server's steady state
+        search_ms = []
+        for question, query_vectors in zip(asked, vectors, strict=True):
+            begin = time.perf_counter()
+            searcher.search(question, top_k=10, query_vectors=query_vectors)
+            search_ms.append((time.perf_counter() - begin) * 1000)
+        passes.append(search_ms)
     rss = current_rss_mb()
     recall = {}
     for model in searcher.encoders:
@@ -227,8 +232,10 @@ def measure(index_dir: Path, settings: Settings) -> dict:
         recall[model] = round(float(np.mean(found)), 4)
     return {
         "rss_mb": round(rss, 1),
-        "p50_ms": round(percentile(search_ms, 0.5), 2),
-        "p95_ms": round(percentile(search_ms, 0.95), 2),
+        "p50_ms": round(percentile(passes[1], 0.5), 2),
+        "p95_ms": round(percentile(passes[1], 0.95), 2),
+        "first_pass_p50_ms": round(percentile(passes[0], 0.5), 2),
+        "first_pass_p95_ms": round(percentile(passes[0], 0.95), 2),
         "encode_p50_ms": round(percentile(encode_ms, 0.5), 2),
         "questions": len(asked),
         "recall_at_10": min(recall.values()),

@@ -4,7 +4,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import bm25s
@@ -33,6 +33,7 @@ def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.nda
     """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index), else in memory."""
     if isinstance(array, np.memmap):
         rows = RowFile.of(array)
+        rows.prefetch()  # BM25 columns are read for every question: have them in memory early
         return lambda spans: rows.read(spans).view(array.dtype).ravel()
     return lambda spans: np.concatenate([array[start:end] for start, end in spans])
 
@@ -240,6 +241,7 @@ class Searcher:
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
         self.idf = IdfTable(index.bm25)
         self.buffers = threading.local()
+        self.large = any(vectors.ann is not None for vectors in index.vectors.values())
         self.unseen_idf = idf(0, len(index.passages))
         bm25_scores = index.bm25.scores
         self.bm25_indptr = np.asarray(bm25_scores["indptr"])
@@ -304,21 +306,32 @@ class Searcher:
         """BM25 score of every passage (zero outside the filter): the query words' columns summed.
 
         Reads only the columns of the question's words (with pread when the index is on disk, see
-        service/rowfile.py) and adds them up in one unbuffered scatter: the sum bm25s computes.
+        service/rowfile.py) and adds them up column by column: the sum bm25s computes.
         """
         count = len(self.index.passages)
         scores = self.score_buffer(count)
         token_ids = self.index.bm25.get_tokens_ids(query_tokens)
         if not token_ids or not count:
             return scores
-        spans = [(int(self.bm25_indptr[t]), int(self.bm25_indptr[t + 1])) for t in token_ids]
-        weights, rows = (read(spans) for read in self.bm25_columns)
-        np.add.at(scores, rows, weights)
+        read_weights, read_rows = self.bm25_columns
+        for token in token_ids:
+            span = [(int(self.bm25_indptr[token]), int(self.bm25_indptr[token + 1]))]
+            scores[read_rows(span)] += read_weights(span)  # a column names each passage once
         if allowed is not None:
             mask = np.zeros(count, dtype=bool)
             mask[allowed] = True
             scores[~mask] = 0.0
         return scores
+
+    def per_model(self, work: Callable[..., dict[int, float]], *args: object) -> Future[dict[int, float]]:
+        """One model's part of a search: beside the others and BM25 in a large index (FAISS, pread
+        and numpy release the GIL; each part takes milliseconds there), in this thread in a small
+        one, where handing work to the pool costs more than it saves and competes with encoding."""
+        if self.large:
+            return QUERY_POOL.submit(work, *args)
+        done: Future[dict[int, float]] = Future()
+        done.set_result(work(*args))
+        return done
 
     def score_buffer(self, count: int) -> np.ndarray:
         """This thread's zeroed array of `count` scores, reused by its next search.
@@ -361,10 +374,9 @@ class Searcher:
         lexical: dict[int, float] = {}
         searches = {}
         if mode in ("hybrid", "dense"):
-            # Each model's search runs beside BM25 (FAISS, preadv and numpy release the GIL).
             query_vectors = query_vectors or self.query_vectors(query)
             searches = {
-                model: QUERY_POOL.submit(self.dense_scores, model, vector, allowed)
+                model: self.per_model(self.dense_scores, model, vector, allowed)
                 for model, vector in query_vectors.items()
             }
         if mode in ("hybrid", "lexical"):
@@ -375,7 +387,7 @@ class Searcher:
             # Every retriever scores every candidate, so that fusion compares like with like.
             candidates = set(lexical).union(*dense.values())
             missing = {
-                model: QUERY_POOL.submit(self.exact_dense, model, candidates - scores.keys(), query_vectors[model])
+                model: self.per_model(self.exact_dense, model, candidates - scores.keys(), query_vectors[model])
                 for model, scores in dense.items()
             }
             for model, scores in dense.items():
