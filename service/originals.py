@@ -42,7 +42,7 @@ def stage_original(
 ) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """Copy `source` (the user's file `name`) beside the document's original place, synced.
 
-    Returns the moves and removals that make it the document's original (for index.save_index):
+    Returns the moves and removals that make it the document's original (for index.write_version):
     the staged copy replaces the original of this suffix; originals of other suffixes go.
     """
     target = original_path(uploads_dir, doc_id, Path(name).suffix)
