@@ -14,7 +14,7 @@ from service.engine import open_searcher
 from service.index import IndexUnavailable, current_version
 from service.search import Searcher
 from service.tokenize import WordTokenizer
-from service.update import AddReport, Progress, add_files, delete_documents
+from service.update import AddReport, Progress, UnknownDocuments, add_files, delete_documents
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -94,7 +94,14 @@ class LiveIndex:
         return report
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
-        """update.delete_documents on the served index; served without them before this returns."""
+        """update.delete_documents on the served index; served without them before this returns.
+
+        Ids unknown to the version being served (the newest one, give or take a second) are refused
+        at once, without the writer lock or loading the index, which takes seconds for a large one.
+        """
+        unknown = [doc_id for doc_id in dict.fromkeys(doc_ids) if doc_id not in self.current().searcher.index.documents]
+        if unknown:
+            raise UnknownDocuments(unknown)
         delete_documents(self.settings, self.encoders, doc_ids)
         self.reload()
 

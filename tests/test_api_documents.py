@@ -386,6 +386,8 @@ def test_delete_while_another_writer_holds_the_index_is_503_index_busy(
         with (patient.index_dir / ".lock").open("a") as handle:  # another writer (a build) holds it
             fcntl.flock(handle, fcntl.LOCK_EX)
             message = error_of(test_client.delete(f"/api/documents/{doc_id}", headers=WRITE), 503, "index_busy")
+            # An id the served version does not have is refused at once, without waiting for the lock.
+            error_of(test_client.delete("/api/documents/no-such-doc", headers=WRITE), 404, "document_not_found")
         assert "仍在进行" in message
         assert test_client.delete(f"/api/documents/{doc_id}", headers=WRITE).status_code == 200
 
