@@ -29,6 +29,7 @@ import httpx
 from eval.metrics import latency_summary
 from eval.questions import load_questions
 from service.config import PROJECT_ROOT, Settings
+from service.scale import memory_mb
 
 RESULTS_DIR = PROJECT_ROOT / "eval" / "results"
 CLI = Path(sys.executable).parent / "dangjian-qa"
@@ -197,7 +198,7 @@ def http_benchmarks(questions: Sequence[str], requests: int, duration: float) ->
                 f"  {clients:>2} clients: {level['requests_per_second']:.1f} req/s, {level['errors']} errors",
                 flush=True,
             )
-        results["server_peak_rss_bytes"] = peak_rss_bytes(str(server.process.pid))
+        results["server_peak_rss_bytes"] = int(memory_mb("VmHWM", str(server.process.pid)) * 2**20)
     with Server() as server:
         server.wait_until_answering(questions[0])
         results["search_with_query_cache"] = single_client(server.url, "/api/search", questions, requests)
@@ -276,14 +277,6 @@ def scale_run(count: int) -> dict:
             check=True,
         )
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_bytes(pid: str) -> int:
-    """Peak resident set size (VmHWM) of a process."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -268,10 +268,7 @@ def quality_chart(results: dict, path: Path) -> Path:
     figure.legend(handles, names, loc="lower center", ncol=len(systems), fontsize=9, frameon=False)
     heading = "检索质量（按问题类型，{}）" if chinese else "Retrieval quality by question kind ({})"
     figure.suptitle(heading.format(f"split {split}"))
-    figure.tight_layout(rect=(0, 0.07, 1, 1))
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, path, rect=(0, 0.07, 1, 1))
 
 
 def size(bytes_count: float | None) -> str:
@@ -415,6 +412,14 @@ def scale_markdown(runs: list[dict]) -> list[str]:
     ]
 
 
+def saved(figure: plt.Figure, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    """Lay out, write and close a chart."""
+    figure.tight_layout(rect=rect)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def scale_chart(runs: list[dict], path: Path) -> Path:
     """Hybrid latency and serving memory against corpus size."""
     chinese = use_cjk_font()
@@ -434,10 +439,7 @@ def scale_chart(runs: list[dict], path: Path) -> Path:
     right.set_ylim(bottom=0)
     left.set_title("规模：延迟与内存" if chinese else "Scale: latency and memory")
     left.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, path)
 
 
 def bench_chart(results: dict, path: Path) -> Path:
@@ -471,7 +473,4 @@ def bench_chart(results: dict, path: Path) -> Path:
     twin.set_ylim(bottom=0)
     right.set_title("/api/search 吞吐量与延迟" if chinese else "/api/search throughput and latency")
     right.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return saved(figure, path)

@@ -98,21 +98,19 @@ class PassageTable(Sequence[Passage]):
             raise IndexError(row)
         return self.many([int(row) % self.count])[int(row) % self.count]
 
-    def select(self, column: str, rows: Iterable[int]) -> dict[int, str]:
+    def with_tokens(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]:
+        """The rows' passages and BM25 tokens, in one query per 500 rows (SQLite's parameter limit)."""
         wanted = sorted({int(row) for row in rows})
-        found: dict[int, str] = {}
-        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+        found: dict[int, tuple[Passage, list[str]]] = {}
+        for start in range(0, len(wanted), 500):
             batch = wanted[start : start + 500]
-            marks = ",".join("?" * len(batch))
-            query = f"SELECT row, {column} FROM passages WHERE row IN ({marks})"  # column: a fixed name
-            found.update(self.connection().execute(query, batch).fetchall())
+            query = f"SELECT row, passage, tokens FROM passages WHERE row IN ({','.join('?' * len(batch))})"
+            for row, passage, tokens in self.connection().execute(query, batch):
+                found[row] = (passage_from_json(passage), json.loads(tokens))
         return found
 
     def many(self, rows: Iterable[int]) -> dict[int, Passage]:
-        return {row: passage_from_json(text) for row, text in self.select("passage", rows).items()}
-
-    def tokens(self, rows: Iterable[int]) -> dict[int, list[str]]:
-        return {row: json.loads(text) for row, text in self.select("tokens", rows).items()}
+        return {row: passage for row, (passage, _) in self.with_tokens(rows).items()}
 
     def rows_of(self, doc_id: str) -> list[int]:
         query = "SELECT row FROM passages WHERE doc_id = ? ORDER BY row"
@@ -286,8 +284,8 @@ class VersionWriter:
         ann_built = {}
         for position, model in enumerate(self.models):
             matrix = open_matrix(self.staging / matrix_file(position), len(unit_ids), int(model["dimension"]))
-            before = previous.vectors[model["name"]].ann if previous is not None else None
-            trained = (previous.manifest.get("ann_trained_units") or {}).get(model["name"], 0) if previous else 0
+            before = previous.vectors[model["name"]] if previous is not None else None
+            trained = previous.manifest.get("ann_trained_units", {}).get(model["name"], 0) if previous else 0
             ann, trained = updated_ann(before, trained, matrix, unit_ids, self.kept_units)
             if ann is not None:
                 faiss.write_index(ann, str(self.staging / ann_file(position)))

@@ -20,7 +20,6 @@ approximate dense top 10 with an exact scan.
 import itertools
 import json
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -151,18 +150,15 @@ def build(count: int, index_dir: Path, settings: Settings) -> dict:
         "seed_sentences": len(sentences),
         "approximate": bool(manifest["ann_trained_units"]),
         "build_s": round(build_seconds, 1),
-        "build_peak_rss_mb": round(peak_rss_mb(), 1),
+        "build_peak_rss_mb": round(memory_mb("VmHWM"), 1),
         "disk_mb": round(folder_bytes(version_dir) / 2**20, 1),
     }
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def memory_mb(field: str, pid: str = "self") -> float:
+    """A process's memory figure from /proc (VmRSS: resident now, VmHWM: peak), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -221,7 +217,7 @@ def measure(index_dir: Path, settings: Settings) -> dict:
             searcher.search(question, top_k=10, query_vectors=query_vectors)
             search_ms.append((time.perf_counter() - begin) * 1000)
         passes.append(search_ms)
-    rss = current_rss_mb()
+    rss = memory_mb("VmRSS")
     recall = {}
     for model in searcher.encoders:
         queries = np.stack([query_vectors[model] for query_vectors in vectors[:RECALL_QUESTIONS]])

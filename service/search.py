@@ -415,8 +415,8 @@ class Searcher:
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""
-        passages, tokens = self.index.passages.many(rows), self.index.passages.tokens(rows)
-        return [self.hit(passages[row], set(tokens[row]), fused[row], row, ranking, query_tokens) for row in rows]
+        found = self.index.passages.with_tokens(rows)
+        return [self.hit(found[row][0], set(found[row][1]), fused[row], row, ranking, query_tokens) for row in rows]
 
     @staticmethod
     def hit(

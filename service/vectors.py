@@ -77,7 +77,7 @@ def add_units(ann: faiss.Index, matrix: np.ndarray, unit_ids: np.ndarray, start:
 
 
 def updated_ann(
-    previous: faiss.Index | None, trained_units: int, matrix: np.ndarray, unit_ids: np.ndarray, kept: int
+    previous: "UnitVectors | None", trained_units: int, matrix: np.ndarray, unit_ids: np.ndarray, kept: int
 ) -> tuple[faiss.Index | None, int]:
     """The approximate index for a version, and how many units it was trained on (None below EXACT_MAX_UNITS).
 
@@ -88,27 +88,17 @@ def updated_ann(
     """
     if len(matrix) <= EXACT_MAX_UNITS:
         return None, 0
-    if previous is None or len(matrix) > RETRAIN_GROWTH * trained_units:
+    if previous is None or previous.ann is None or len(matrix) > RETRAIN_GROWTH * trained_units:
         ann = train_ann(matrix)
         add_units(ann, matrix, unit_ids)
         return ann, len(matrix)
-    ann = faiss.clone_index(previous)
-    removed = np.setdiff1d(previous_ids(previous), unit_ids[:kept], assume_unique=True)
+    ann = faiss.clone_index(previous.ann)
+    # The previous version's unit ids are exactly those in its lists.
+    removed = np.setdiff1d(previous.unit_ids, unit_ids[:kept], assume_unique=True)
     if len(removed):
         ann.remove_ids(faiss.IDSelectorBatch(removed.astype(np.int64)))
     add_units(ann, matrix, unit_ids, start=kept)
     return ann, trained_units
-
-
-def previous_ids(ann: faiss.Index) -> np.ndarray:
-    """Every unit id stored in an IVF index's inverted lists."""
-    invlists = faiss.extract_index_ivf(ann).invlists
-    found = [
-        faiss.rev_swig_ptr(invlists.get_ids(number), invlists.list_size(number)).copy()
-        for number in range(invlists.nlist)
-        if invlists.list_size(number)
-    ]
-    return np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
 class UnitReader:

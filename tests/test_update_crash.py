@@ -118,7 +118,9 @@ def test_add_killed_after_random_delays_leaves_the_old_or_the_new_index(
 ) -> None:
     rng = random.Random(5)
     for attempt, delay in enumerate(sorted(rng.uniform(0.5, 5.0) for _ in range(3))):
-        settings = seed_settings.model_copy(update={"index_dir": tmp_path / f"index-{attempt}"})
+        settings = seed_settings.model_copy(
+            update={"index_dir": tmp_path / f"index-{attempt}", "uploads_dir": tmp_path / f"uploads-{attempt}"}
+        )
         shutil.copytree(seed_settings.index_dir, settings.index_dir)
         old = doc_ids(settings, encoders)
         writer = start(settings, "service.cli", "add", *map(str, new_files))

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ from service.index import IndexBusy, writer_lock
 from service.search import Filters, Searcher
 from service.tokenize import WordTokenizer
 from service.update import add_files, delete_documents
-from service.vectors import ann_file, previous_ids
+from service.vectors import ann_file
 from tests.conftest import write
 
 QUESTIONS = ["党员领导干部怎样过双重组织生活", "医院党委书记要抓哪些事", "发热门诊党员突击队轮值"]
@@ -31,6 +32,17 @@ def approximate(tmp_path: Path, seed_settings: Settings, encoders: Encoders, tok
     settings = seed_settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "up"})
     build_index(source_files(settings.seeds_dir), settings, encoders, tokenizer)
     return settings
+
+
+def stored_ids(ann: faiss.Index) -> np.ndarray:
+    """Every unit id stored in an IVF index's inverted lists."""
+    invlists = faiss.extract_index_ivf(ann).invlists
+    found = [
+        faiss.rev_swig_ptr(invlists.get_ids(number), invlists.list_size(number)).copy()
+        for number in range(invlists.nlist)
+        if invlists.list_size(number)
+    ]
+    return np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
 
 
 def exact_row_scores(searcher: Searcher, model: str, vector: np.ndarray) -> np.ndarray:
@@ -89,11 +101,11 @@ def test_add_and_remove_update_the_approximate_index_in_place(
     assert added.manifest["ann_trained_units"] == trained  # grown by far less than twice: not retrained
     new_ids = set(added.unit_ids.tolist()) - set(before.unit_ids.tolist())
     for vectors in added.vectors.values():
-        assert set(previous_ids(vectors.ann).tolist()) == set(added.unit_ids.tolist())
+        assert set(stored_ids(vectors.ann).tolist()) == set(added.unit_ids.tolist())
     delete_documents(approximate, encoders, ["fever"])
     removed = load_current(approximate, encoders)
     for vectors in removed.vectors.values():
-        stored = set(previous_ids(vectors.ann).tolist())
+        stored = set(stored_ids(vectors.ann).tolist())
         assert stored == set(removed.unit_ids.tolist()) and not stored & new_ids
     searcher = open_searcher(approximate, encoders, tokenizer)
     assert all(hit.passage.doc_id != "fever" for hit in searcher.search("发热门诊党员突击队轮值", mode="dense"))
