@@ -153,9 +153,15 @@ def command_docs(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+MAX_SCALE_PASSAGES = 10_000_000  # ten times the largest corpus measured: about 130 GB of index
+
+
 def command_bench_scale(args: argparse.Namespace, settings: Settings) -> int:
-    if args.passages < 1:
-        print("错误：--passages 至少为 1", file=sys.stderr)
+    if not 1 <= args.passages <= MAX_SCALE_PASSAGES:
+        print(f"错误：--passages 至少为 1，至多为 {MAX_SCALE_PASSAGES:,}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.dir is not None and not args.dir.is_dir():
+        print(f"错误：--dir 不是已有的目录：{args.dir}", file=sys.stderr)
         return EXIT_USAGE
     print(
         f"规模测试：{args.passages:,} 个合成段落（由种子文档的句子随机组合，向量由真实模型的句向量组合而成，"

@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from service.config import Settings
 from tests.conftest import run_cli
 
@@ -54,3 +56,17 @@ def test_bench_scale_prints_its_measurements_as_the_last_json_line(seed_settings
 def test_bench_scale_refuses_a_corpus_of_nothing(seed_settings: Settings) -> None:
     result = run_cli(seed_settings, "bench-scale", "--passages", "0")
     assert result.returncode == 2 and "至少" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--passages", "9" * 40], "至多"),
+        (["--passages", "10", "--dir", "/no/such/目录" + "长" * 200], "不是已有的目录"),
+    ],
+)
+def test_bench_scale_refuses_huge_counts_and_missing_folders(
+    seed_settings: Settings, args: list[str], message: str
+) -> None:
+    result = run_cli(seed_settings, "bench-scale", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
