@@ -46,7 +46,7 @@ def run(settings: Settings, split: str, limit: int | None, mode: str | None, kin
     )
     questions = load_questions(split=None if split == "all" else split)
     questions = [question for question in questions if not kinds or question.kind in kinds][:limit]
-    labels = checked_labels(questions, searcher.index.passages)
+    labels = checked_labels(questions, list(searcher.store.all_passages()))
     rows = []
     for question in questions:
         started = time.perf_counter()

@@ -92,7 +92,7 @@ def embed_context_searcher(searcher: Searcher, settings: Settings, with_context:
     index_dir = settings.cache_dir / "ablation-index"
     shutil.rmtree(index_dir, ignore_errors=True)
     ablated = settings.model_copy(update={"embed_context": with_context, "index_dir": index_dir})
-    documents, passages = list(searcher.index.documents.values()), list(searcher.index.passages)
+    documents, passages = list(searcher.store.documents.values()), list(searcher.store.all_passages())
     write_passages(documents, passages, ablated, searcher.encoders, searcher.tokenizer)
     return Searcher(
         load_current(ablated, searcher.encoders),

@@ -78,7 +78,7 @@ def main() -> int:
     labels_of = {}
     from eval.questions import checked_labels
 
-    labels_of = checked_labels(on_topic, searcher.index.passages)
+    labels_of = checked_labels(on_topic, list(searcher.store.all_passages()))
     print("selection grid (dev, answered on-topic questions): fact present, sentence precision, sentences/answer")
     grid = itertools.product((0.5, 0.75), (0.3, 0.4), (0.3,), (0.3,))
     for hit_share, margin, overlap, number in grid:

@@ -49,7 +49,7 @@ def main() -> int:
     settings = Settings()
     searcher = open_searcher(settings)
     models = list(searcher.encoders)
-    passages = searcher.index.passages
+    passages = list(searcher.store.all_passages())
     questions = [q for q in load_questions(split="dev") if q.kind in ON_TOPIC_KINDS]
     labels = checked_labels(questions, passages)
     by_id = {p.passage_id: p for p in passages}

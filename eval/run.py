@@ -233,8 +233,8 @@ def all_rankers(searcher: Searcher, settings: Settings, modes: Sequence[str]) ->
 
 def baseline_rankers(searcher: Searcher) -> dict[str, Ranker]:
     # The baselines use the first configured model (m3e-small by default), as a single-model stack would.
-    dense = whole_passage_dense(searcher.index.passages, next(iter(searcher.encoders.values())))
-    bm25 = jieba_bm25(searcher.index.passages)
+    dense = whole_passage_dense(list(searcher.store.all_passages()), next(iter(searcher.encoders.values())))
+    bm25 = jieba_bm25(list(searcher.store.all_passages()))
     return {BASELINES[0]: dense, BASELINES[1]: bm25, BASELINES[2]: reciprocal_rank_fusion([dense, bm25])}
 
 
@@ -253,7 +253,7 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
     # Each mode asks the same questions: without this, later modes would time cached query vectors.
     settings = settings.model_copy(update={"query_cache_size": 0})
     searcher = open_searcher(settings)
-    labels = checked_labels(questions, searcher.index.passages)
+    labels = checked_labels(questions, list(searcher.store.all_passages()))
     rankers = all_rankers(searcher, settings, modes)
     asker = local_asker(searcher, settings)
     if url:
@@ -264,9 +264,9 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "where": url or "in-process",
         "split": split,
-        "model": " + ".join(model["name"] for model in searcher.index.manifest["models"]),
+        "model": " + ".join(model["name"] for model in searcher.store.manifest["models"]),
         "embed_context": settings.embed_context,
-        "passages": len(searcher.index.passages),
+        "passages": searcher.store.passage_count,
         "questions_sha256": questions_sha256(),
         "questions": {kind: sum(q.kind == kind for q in questions) for kind in (*ON_TOPIC_KINDS, *OFFTOPIC_KINDS)},
         "systems": systems,

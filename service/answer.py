@@ -299,7 +299,8 @@ class Answerer:
         the ranking does not depend on top_k, so one search serves both."""
         hits = self.searcher.search(question, top_k=max(top_k, EVIDENCE_HITS), query_vectors=query_vectors)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
-        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, self.searcher.idf, self.searcher.unseen_idf, question)
+        idf = self.searcher.idf_of(tokens)
+        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, idf, self.searcher.unseen_idf, question)
         return hits, evidence
 
     def answer(self, question: str, top_k: int = 5) -> Answer:
@@ -333,11 +334,12 @@ class Answerer:
         cosines = np.stack([vectors[name] @ query_vectors[name] for name in vectors], axis=1)
         tokenizer = self.searcher.tokenizer
         asks_number = bool(ASKS_NUMBER.search(question))
+        question_tokens = list(dict.fromkeys(tokenizer.tokens(question)))
         scores = sentence_scores(
             cosines,
-            list(dict.fromkeys(tokenizer.tokens(question))),
+            question_tokens,
             [tokenizer.tokens(text) for text in texts],
-            self.searcher.idf,
+            self.searcher.idf_of(question_tokens),
             self.searcher.unseen_idf,
             [asks_number and bool(NUMBER.search(text)) for text in texts],
             self.selection,

@@ -1,4 +1,6 @@
-"""Command line: dangjian-qa index | search | serve | add | remove | docs. The only place with exit codes."""
+"""Command line: dangjian-qa index | search | serve | add | remove | docs | migrate | bench-scale.
+
+The only place with exit codes."""
 
 import argparse
 import json
@@ -14,16 +16,19 @@ from service.engine import (
     NothingToIndex,
     build_index,
     indexable_files,
-    load_current,
+    migrate_to_milvus,
     open_encoders,
     open_searcher,
+    open_store,
     open_tokenizer,
 )
-from service.index import IndexUnavailable, document_rows
+from service.index import IndexBusy, IndexUnavailable
 from service.ingest.read import SUPPORTED_SUFFIXES
+from service.milvus import StoreUnreachable
 from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
+from service.store import document_rows
 from service.update import (
     ADDED,
     DUPLICATE,
@@ -56,7 +61,13 @@ def print_hits(rows: list[dict]) -> None:
         print(f"    （{' · '.join(why)} · 命中词：{terms}）\n")
 
 
+def store_name(settings: Settings) -> str:
+    return str(settings.index_dir) if settings.store == "faiss" else f"Milvus {settings.milvus_uri}"
+
+
 def command_index(args: argparse.Namespace, settings: Settings) -> int:
+    if args.store:
+        settings = settings.model_copy(update={"store": args.store})
     seeds = Path(args.seeds) if args.seeds else settings.seeds_dir
     paths = indexable_files(seeds, settings.uploads_dir)
     # Users' documents (kept originals in uploads_dir) are indexed too: a rebuild must not drop them.
@@ -66,7 +77,7 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
         print(f"跳过：{problem}", file=sys.stderr)
     print(
         f"已索引 {len(report.corpus.documents)} 篇文档、{len(report.corpus.passages)} 个段落，"
-        f"用时 {report.seconds:.1f} 秒（编码 {report.encode_seconds:.1f} 秒）→ {settings.index_dir}"
+        f"用时 {report.seconds:.1f} 秒（编码 {report.encode_seconds:.1f} 秒）→ {store_name(settings)}"
     )
     return EXIT_OK if report.corpus.documents else EXIT_INPUT
 
@@ -131,18 +142,17 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
 
 def command_remove(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        version_dir = delete_documents(settings, open_encoders(settings), args.doc_ids)
+        manifest = delete_documents(settings, open_encoders(settings), args.doc_ids)
     except UpdateError as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_INPUT
     removed = "、".join(dict.fromkeys(args.doc_ids))
-    manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
     print(f"已删除：{removed}；索引现有 {manifest['document_count']} 篇文档、{manifest['passage_count']} 个段落")
     return EXIT_OK
 
 
 def command_docs(args: argparse.Namespace, settings: Settings) -> int:
-    rows = document_rows(load_current(settings, open_encoders(settings)))
+    rows = document_rows(open_store(settings, open_encoders(settings)))
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return EXIT_OK
@@ -150,6 +160,16 @@ def command_docs(args: argparse.Namespace, settings: Settings) -> int:
         about = " · ".join(str(value) for value in (row["doc_type"], row["year"]) if value)
         print(f"{row['doc_id']}  《{row['title']}》 {about}  {row['passages']} 段  添加于 {row['added_at']}")
     print(f"共 {len(rows)} 篇文档")
+    return EXIT_OK
+
+
+def command_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    version, manifest = migrate_to_milvus(settings, open_encoders(settings))
+    print(
+        f"已把 {settings.index_dir} 的 {manifest['document_count']} 篇文档、{manifest['passage_count']} 个段落"
+        f"（{manifest['unit_count']} 个向量单元，未重新编码）复制到 Milvus {settings.milvus_uri}，版本 {version}；"
+        "用 DJQA_STORE=milvus 启动服务即可使用"
+    )
     return EXIT_OK
 
 
@@ -190,6 +210,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="从文档目录构建索引")
     index.add_argument("--seeds", help="文档目录（默认 seeds/）")
+    index.add_argument("--store", choices=("faiss", "milvus"), help="写入哪个存储（默认取 DJQA_STORE）")
     search = commands.add_parser("search", help="检索段落")
     search.add_argument("query", help="问题，例如：如何推动党建与医疗业务深度融合")
     search.add_argument(
@@ -205,6 +226,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     add.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     remove = commands.add_parser("remove", help="从索引删除文档")
     remove.add_argument("doc_ids", nargs="+", metavar="DOC_ID", help="文档编号（见 dangjian-qa docs）")
+    commands.add_parser("migrate", help="把本机索引目录的当前版本复制到 Milvus（DJQA_MILVUS_URI），不重新编码")
     docs = commands.add_parser("docs", help="列出索引中的文档")
     docs.add_argument("--json", action="store_true", help="输出 JSON")
     scale = commands.add_parser("bench-scale", help="规模测试：合成 N 个段落的索引，测构建、冷启动、内存、延迟和召回")
@@ -216,6 +238,7 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
 
 COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve}
 COMMANDS |= {"add": command_add, "remove": command_remove, "docs": command_docs, "bench-scale": command_bench_scale}
+COMMANDS |= {"migrate": command_migrate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except QueryRejected as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_USAGE
-    except (IndexUnavailable, ModelError) as error:
+    except (IndexUnavailable, StoreUnreachable, IndexBusy, ModelError) as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except NothingToIndex as error:

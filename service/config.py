@@ -1,7 +1,7 @@
 """All configuration in one place: defaults, overridable by DJQA_* environment variables."""
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,7 +22,19 @@ class Settings(BaseSettings):
     # on its own and the fusion averages them; see search.fuse.
     models: Annotated[tuple[str, ...], NoDecode] = ("m3e-small", "multilingual-e5-small")
     models_dir: Path = PROJECT_ROOT / "models"
+    # Where the index lives: "faiss", an index directory (index_dir) read by this process alone, or
+    # "milvus", collections in Milvus (service/milvus.py) that any number of servers share.
+    store: Literal["faiss", "milvus"] = "faiss"
     index_dir: Path = PROJECT_ROOT / "data" / "index"
+    # Milvus: a path ending in .db is an embedded Milvus Lite (this process only); http(s)://host:19530
+    # a Milvus server, Milvus Lite's gRPC server (`python -m milvus_lite server`) or a cluster.
+    milvus_uri: str = str(PROJECT_ROOT / "data" / "milvus.db")
+    milvus_token: SecretStr | None = None  # "user:password" or an API key; never logged or shown
+    # Prefix of the collections and name of the alias that names the live version.
+    milvus_collection: str = Field(default="djqa", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    # FLAT is exact and ranks as the FAISS store does; HNSW suits millions of passages on a cluster.
+    milvus_index: Literal["FLAT", "HNSW", "IVF_FLAT"] = "FLAT"
+    milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per call: an unreachable store fails fast
     seeds_dir: Path = PROJECT_ROOT / "seeds"
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.

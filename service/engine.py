@@ -1,8 +1,10 @@
 """Wiring: settings -> encoders, tokenizer, index, searcher; and building an index from files."""
 
 import hashlib
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +13,23 @@ from tqdm import tqdm
 from embeddings.encoder import TextEncoder, open_encoder
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
-from service.index import Chunk, SearchIndex, load_index, new_chunk, write_version, writer_lock
+from service.index import (
+    Chunk,
+    SearchIndex,
+    carry_out,
+    current_version,
+    load_index,
+    new_chunk,
+    write_version,
+    writer_lock,
+)
 from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
+from service.milvus import client_for, live_version, open_milvus_store, write_milvus_version
 from service.originals import original_files
 from service.records import Document, Passage
 from service.search import Searcher
+from service.store import FaissStore, Store
 from service.tokenize import WordTokenizer, trimmed_dictionary
 
 
@@ -27,7 +40,7 @@ class NothingToIndex(Exception):
 @dataclass(frozen=True)
 class BuildReport:
     corpus: Corpus
-    version_dir: Path
+    version: str
     seconds: float
     encode_seconds: float
 
@@ -116,10 +129,50 @@ def write_passages(
     encoders: Encoders,
     tokenizer: WordTokenizer,
     progress: bool = False,
-) -> Path:
-    """Embed and tokenise passages into a new live version of settings.index_dir; its folder."""
+) -> str:
+    """Embed and tokenise passages into a new live version of the configured store; its name."""
     chunks = indexed_chunks(passages, settings, encoders, tokenizer, progress)
-    return write_version(settings.index_dir, documents, chunks, models_info(encoders), settings_note(settings))
+    version, _ = save_version(settings, documents, chunks, models_info(encoders), settings_note(settings))
+    return version
+
+
+def save_version(
+    settings: Settings,
+    documents: list[Document],
+    chunks: Iterable[Chunk],
+    models: list[dict],
+    note: str,
+    previous: Store | None = None,
+    extra: dict | None = None,
+    moves: Sequence[tuple[Path, Path]] = (),
+    removals: Sequence[Path] = (),
+) -> tuple[str, dict]:
+    """A new complete version in the configured store, made live; its name and manifest.
+
+    `moves` and `removals` (users' kept originals) are carried out once it is live: by the index
+    folder's pending plan for FAISS, straight after the alias moves for Milvus.
+    """
+    if settings.store == "milvus":
+        version, manifest = write_milvus_version(settings, documents, chunks, models, note, previous, extra)
+        carry_out(moves, removals)
+        return version, manifest
+    before = previous.index if isinstance(previous, FaissStore) else None
+    version_dir = write_version(settings.index_dir, documents, chunks, models, note, before, extra, moves, removals)
+    return version_dir.name, json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+
+
+def store_lock(settings: Settings, create: bool = False) -> AbstractContextManager[None]:
+    """The writers' lock. Milvus writers on one machine share the index folder's (made if missing);
+    writers on other machines are caught when they switch versions (milvus.VersionMoved)."""
+    create = create or settings.store == "milvus"
+    return writer_lock(settings.index_dir, create=create, timeout=settings.writer_wait_seconds)
+
+
+def store_version(settings: Settings) -> str | None:
+    """The name of the live version, or None when there is none."""
+    if settings.store == "milvus":
+        return live_version(client_for(settings), settings.milvus_collection, settings.milvus_uri)
+    return current_version(settings.index_dir)
 
 
 def build_index(
@@ -136,19 +189,38 @@ def build_index(
     `with_uploads` adds the kept originals of settings.uploads_dir, listed under the lock.
     """
     started = time.perf_counter()
-    with writer_lock(settings.index_dir, create=True, timeout=settings.writer_wait_seconds):
+    with store_lock(settings, create=True):
         if with_uploads:
             paths = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
         encode_started = time.perf_counter()
-        version_dir = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
+        version = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
         encode_seconds = time.perf_counter() - encode_started
-    return BuildReport(corpus, version_dir, time.perf_counter() - started, encode_seconds)
+    return BuildReport(corpus, version, time.perf_counter() - started, encode_seconds)
 
 
 def load_current(settings: Settings, encoders: Encoders) -> SearchIndex:
-    """The live index version, checked against the configured model and settings."""
+    """The index folder's live version, checked against the configured models and settings."""
     return load_index(settings.index_dir, models_info(encoders), settings_note(settings))
+
+
+def open_store(settings: Settings, encoders: Encoders) -> Store:
+    """The live version of the configured store, checked against the configured models and settings."""
+    if settings.store == "milvus":
+        return open_milvus_store(settings, models_info(encoders), settings_note(settings))
+    return FaissStore(load_current(settings, encoders))
+
+
+def migrate_to_milvus(settings: Settings, encoders: Encoders) -> tuple[str, dict]:
+    """Copy the index folder's live version into Milvus as its live version, vectors and all (no encoding)."""
+    faiss_settings = settings.model_copy(update={"store": "faiss"})
+    milvus_settings = settings.model_copy(update={"store": "milvus"})
+    with store_lock(milvus_settings):
+        source = open_store(faiss_settings, encoders)
+        manifest = source.manifest
+        extra = {key: manifest[key] for key in ("applied_jobs",) if key in manifest}
+        documents, chunks = list(source.documents.values()), source.chunks(set())
+        return save_version(milvus_settings, documents, chunks, manifest["models"], manifest["settings"], None, extra)
 
 
 def open_searcher(
@@ -156,9 +228,8 @@ def open_searcher(
 ) -> Searcher:
     """Load the index (IndexUnavailable if missing or mismatched) and wrap it in a Searcher."""
     encoders = encoders or open_encoders(settings)
-    index = load_current(settings, encoders)
     return Searcher(
-        index,
+        open_store(settings, encoders),
         encoders,
         tokenizer or open_tokenizer(settings),
         dense_weight=settings.dense_weight,

@@ -149,6 +149,7 @@ class SearchIndex:
     doc_rows: np.ndarray  # int32: number (in `documents` order) of each passage's document
     vectors: dict[str, UnitVectors]  # model name -> its unit vectors, same positions for every model
     bm25: bm25s.BM25
+    version: str = ""  # its name under versions/
 
     def rows_of_positions(self, positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.row_starts, positions, side="right") - 1
@@ -219,13 +220,34 @@ def kept_chunks(index: "SearchIndex", drop_doc_ids: set[str]) -> Iterator[Chunk]
         )
 
 
+class UnitIds:
+    """Ids of the units a writer receives: kept passages keep theirs, new ones get ids after the highest
+    ever used (never reused, so an approximate index can drop and add units in place)."""
+
+    def __init__(self, first_unit_id: int) -> None:
+        self.next_unit_id = first_unit_id
+        self.new_seen = False
+
+    def of(self, chunk: Chunk) -> np.ndarray:
+        units = sum(chunk.unit_counts)
+        if chunk.unit_ids is None:
+            ids = np.arange(self.next_unit_id, self.next_unit_id + units, dtype=np.int64)
+            self.next_unit_id += units
+            self.new_seen = True
+            return ids
+        if self.new_seen:
+            raise ValueError("kept passages must be written before new ones")
+        self.next_unit_id = max(self.next_unit_id, int(chunk.unit_ids.max(initial=-1)) + 1)
+        return chunk.unit_ids.astype(np.int64)
+
+
 class VersionWriter:
     """Writes one version into a staging folder, chunk by chunk: memory holds one chunk and the tokens."""
 
     def __init__(self, staging: Path, models: list[dict], first_unit_id: int) -> None:
         self.staging = staging
         self.models = models
-        self.next_unit_id = first_unit_id
+        self.ids = UnitIds(first_unit_id)
         self.database = sqlite3.connect(staging / "passages.sqlite")
         self.database.execute("PRAGMA journal_mode = OFF")  # a half-written staging folder is thrown away
         self.database.execute("PRAGMA synchronous = OFF")  # fsync_tree makes the finished file durable
@@ -238,20 +260,12 @@ class VersionWriter:
         self.unit_ids: list[np.ndarray] = []
         self.unit_counts: list[int] = []
         self.kept_units = 0  # units copied from the previous version, all before the new ones
-        self.new_seen = False
 
     def append(self, chunk: Chunk) -> None:
         units = sum(chunk.unit_counts)
-        if chunk.unit_ids is None:
-            ids = np.arange(self.next_unit_id, self.next_unit_id + units, dtype=np.int64)
-            self.next_unit_id += units
-            self.new_seen = True
-        else:
-            if self.new_seen:
-                raise ValueError("kept passages must be written before new ones")
-            ids = chunk.unit_ids.astype(np.int64)
+        ids = self.ids.of(chunk)
+        if chunk.unit_ids is not None:
             self.kept_units += units
-            self.next_unit_id = max(self.next_unit_id, int(ids.max(initial=-1)) + 1)
         first_row = len(self.doc_ids)
         self.database.executemany(
             "INSERT INTO passages VALUES (?, ?, ?, ?)",
@@ -294,7 +308,7 @@ class VersionWriter:
             "passage_count": len(self.doc_ids),
             "unit_count": len(unit_ids),
             "document_count": len(documents),
-            "next_unit_id": self.next_unit_id,
+            "next_unit_id": self.ids.next_unit_id,
             "ann_trained_units": ann_built,
         }
 
@@ -430,12 +444,18 @@ def complete_pending(index_dir: Path) -> None:
     if name is None or not plan_path.is_file() or (done_path.is_file() and done_path.read_text().strip() == name):
         return
     plan = json.loads(plan_path.read_text(encoding="utf-8"))
+    carry_out([(Path(a), Path(b)) for a, b in plan["moves"]], [Path(path) for path in plan["removals"]])
+    write_atomic(done_path, f"{name}\n".encode())
+
+
+def carry_out(moves: Sequence[tuple[Path, Path]], removals: Sequence[Path]) -> None:
+    """Move staged files into place and delete removed ones, durably; idempotent (a moved file is gone)."""
     folders = set()
-    for staged, target in plan["moves"]:
-        if Path(staged).exists():
+    for staged, target in moves:
+        if staged.exists():
             os.replace(staged, target)
-            folders.add(Path(target).parent)
-    for removed in map(Path, plan["removals"]):
+            folders.add(target.parent)
+    for removed in removals:
         try:
             removed.unlink(missing_ok=True)
         except OSError as error:
@@ -445,7 +465,6 @@ def complete_pending(index_dir: Path) -> None:
     for folder in folders:
         if folder.is_dir():
             fsync_directory(folder)
-    write_atomic(done_path, f"{name}\n".encode())
 
 
 def prune_versions(index_dir: Path, keep: set[str]) -> None:
@@ -586,23 +605,5 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
         doc_rows=doc_rows,
         vectors=vectors,
         bm25=bm25,
+        version=name,
     )
-
-
-def document_rows(index: SearchIndex) -> list[dict]:
-    """The indexed documents as the user manages them, in the order they were added."""
-    passage_counts = np.bincount(index.doc_rows, minlength=len(index.documents))
-    return [
-        {
-            "doc_id": document.doc_id,
-            "title": document.title,
-            "source": document.source,
-            "doc_type": document.doc_type,
-            "year": document.year,
-            "level": document.level,
-            "passages": int(passage_counts[number]),
-            "characters": len(document.text),
-            "added_at": document.added_at,
-        }
-        for number, document in enumerate(index.documents.values())
-    ]

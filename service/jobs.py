@@ -238,7 +238,7 @@ class JobWorker:
         """Clean the folder, settle jobs a killed server left running, queue the queued ones (oldest
         first), then start the thread."""
         self.store.clean()
-        applied = set(self.live.current().searcher.index.manifest.get("applied_jobs", []))
+        applied = set(self.live.current().searcher.store.manifest.get("applied_jobs", []))
         for job in self.store.jobs():
             if job.state == RUNNING:
                 self.recover(job, applied)

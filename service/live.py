@@ -1,4 +1,5 @@
-"""The live index: follows data/index/CURRENT, so a rebuild or an added document is served without a restart."""
+"""The live index: follows the store's live version (data/index/CURRENT, or Milvus's alias), so a rebuild
+or a document added by this or any other server is served without a restart."""
 
 import logging
 import threading
@@ -10,15 +11,18 @@ from pathlib import Path
 from service.answer import Answerer
 from service.config import Settings
 from service.embed import Encoders
-from service.engine import open_searcher
-from service.index import IndexUnavailable, current_version
+from service.engine import open_searcher, store_version
+from service.index import IndexUnavailable
+from service.milvus import StoreUnreachable
 from service.search import Searcher
 from service.tokenize import WordTokenizer
 from service.update import AddReport, Progress, UnknownDocuments, add_files, delete_documents
 
 logger = logging.getLogger("dangjian_qa")
 
-RELOAD_CHECK_SECONDS = 1.0  # reading CURRENT costs a syscall; once a second is plenty for an admin's rebuild
+# Reading CURRENT costs a syscall, Milvus's alias a round trip; once a second is plenty for a rebuild,
+# and is how soon other servers answer with a document added through one of them.
+RELOAD_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class LiveIndex:
     def load(self) -> Snapshot:
         """Load the version CURRENT names now (IndexUnavailable when there is none or it is broken)."""
         # Read the name first: if CURRENT moves on while we load, the next check loads again.
-        version = current_version(self.settings.index_dir) or ""
+        version = store_version(self.settings) or ""
         searcher = open_searcher(self.settings, self.encoders, self.tokenizer)
         return Snapshot(version, searcher, Answerer(searcher, self.settings.answer_min_confidence))
 
@@ -55,12 +59,12 @@ class LiveIndex:
         already on disk (an upload's job is done), and the next check tries again.
         """
         self.checked_at = time.monotonic()
-        version = current_version(self.settings.index_dir)
-        if not version or version == self.snapshot.version:
-            return
         try:
+            version = store_version(self.settings)
+            if not version or version == self.snapshot.version:
+                return
             self.snapshot = self.load()
-        except IndexUnavailable as error:
+        except (IndexUnavailable, StoreUnreachable) as error:
             logger.warning("新索引无法加载，继续使用版本 %s：%s", self.snapshot.version, error)
             return
         logger.info("已切换到新索引版本 %s", self.snapshot.version)
@@ -99,7 +103,7 @@ class LiveIndex:
         Ids unknown to the version being served (the newest one, give or take a second) are refused
         at once, without the writer lock or loading the index, which takes seconds for a large one.
         """
-        unknown = [doc_id for doc_id in dict.fromkeys(doc_ids) if doc_id not in self.current().searcher.index.documents]
+        unknown = [doc_id for doc_id in dict.fromkeys(doc_ids) if doc_id not in self.current().searcher.store.documents]
         if unknown:
             raise UnknownDocuments(unknown)
         delete_documents(self.settings, self.encoders, doc_ids)

@@ -132,8 +132,8 @@ def folder_bytes(folder: Path) -> int:
 def build(count: int, index_dir: Path, settings: Settings) -> dict:
     """Write the synthetic index of `count` passages into index_dir; what it cost."""
     encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
-    seeds = open_searcher(settings, encoders, tokenizer).index.passages
-    sentences = seed_sentences(iter(seeds))
+    seeds = open_searcher(settings, encoders, tokenizer).store.all_passages()
+    sentences = seed_sentences(seeds)
     texts = [sentence.text for sentence in sentences]
     vectors = {name: encoder.encode(texts) for name, encoder in encoders.items()}
     tokens = [tokenizer.tokens(text) for text in texts]
@@ -181,7 +181,8 @@ def exact_top_rows(searcher: Searcher, model: str, queries: np.ndarray, k: int) 
     All queries at once, a block of passages at a time, so the float16 matrix is read and
     converted once, not once per question.
     """
-    index, matrix = searcher.index, searcher.index.vectors[model].matrix
+    index = searcher.store.index
+    matrix = index.vectors[model].matrix
     best_rows = np.zeros((0, len(queries)), dtype=np.int64)
     best_scores = np.zeros((0, len(queries)), dtype=np.float32)
     for first in range(0, len(index.passages), 50_000):
@@ -200,7 +201,9 @@ def exact_top_rows(searcher: Searcher, model: str, queries: np.ndarray, k: int) 
 def measure(index_dir: Path, settings: Settings) -> dict:
     """In a fresh process: time to the first answer, then latency, memory and recall."""
     faiss.omp_set_num_threads(1)  # as the server does (service/serve.py)
-    searcher = open_searcher(settings.model_copy(update={"index_dir": index_dir, "query_cache_size": 0}))
+    searcher = open_searcher(
+        settings.model_copy(update={"store": "faiss", "index_dir": index_dir, "query_cache_size": 0})
+    )
     asked = questions()
     searcher.search(asked[0], top_k=10)
     print(FIRST_ANSWER, flush=True)  # the parent's clock for the cold start stops here
@@ -223,7 +226,7 @@ def measure(index_dir: Path, settings: Settings) -> dict:
         queries = np.stack([query_vectors[model] for query_vectors in vectors[:RECALL_QUESTIONS]])
         found = []
         for query, exact in zip(queries, exact_top_rows(searcher, model, queries, 10), strict=True):
-            dense = searcher.dense_scores(model, query, None)
+            dense = searcher.store.dense(model, query, searcher.candidates, None)
             found.append(len(set(sorted(dense, key=lambda row: -dense[row])[:10]) & exact) / 10)
         recall[model] = round(float(np.mean(found)), 4)
     return {

@@ -1,20 +1,16 @@
-"""Dense (FAISS), lexical (BM25) and hybrid search over a SearchIndex, with highlights."""
+"""Dense, lexical (BM25) and hybrid ranking over a store (service/store.py): fusion, explanations, highlights."""
 
-import math
-import threading
 import time
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import bm25s
 import numpy as np
 
 from service.config import MODES
 from service.embed import Encoders
-from service.index import SearchIndex
 from service.records import Document, Hit, ModelEvidence, Passage
-from service.rowfile import RowFile
+from service.store import Filters, Store, idf
 from service.text import context_around
 from service.tokenize import WordTokenizer
 
@@ -23,45 +19,6 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
-UNITS_PER_CANDIDATE = 4  # passages have several embedded units; fetch enough to fill the candidates
-# Passages scored exactly from the nearest units, per candidate: re-scoring reads each one's units
-# from disk in a large index. Two per candidate kept recall@10 at 0.98 on 100,000 passages.
-DENSE_ROWS_PER_CANDIDATE = 2
-
-
-def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.ndarray]:
-    """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index), else in memory."""
-    if isinstance(array, np.memmap):
-        rows = RowFile.of(array)
-        rows.prefetch()  # BM25 columns are read for every question: have them in memory early
-        return lambda spans: rows.read(spans).view(array.dtype).ravel()
-    return lambda spans: np.concatenate([array[start:end] for start, end in spans])
-
-
-def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest scores (any order), exactly, in far less than a full partition.
-
-    A strided sample's top gives a threshold; if at least k scores reach it, the k largest are among
-    them (the k-th largest reaches it too), so only those few are partitioned: 0.3 ms instead of
-    7.6 ms for a million scores. Otherwise (ties, tiny arrays) the whole array is partitioned.
-    """
-    if k >= len(scores):
-        return np.arange(len(scores))
-    stride = max(1, len(scores) // 10_000)
-    if stride > 1:
-        sample = scores[::stride]
-        wanted = min(len(sample), 2 * (k // stride) + 2)
-        threshold = np.partition(sample, len(sample) - wanted)[len(sample) - wanted]
-        reaching = np.flatnonzero(scores >= threshold)
-        if len(reaching) >= k:
-            return reaching[np.argpartition(-scores[reaching], k - 1)[:k]]
-    return np.argpartition(-scores, k - 1)[:k]
-
-
-def first_occurrences(values: np.ndarray) -> np.ndarray:
-    """The distinct values in order of first appearance."""
-    _, first = np.unique(values, return_index=True)
-    return values[np.sort(first)]
 
 
 class QueryRejected(ValueError):
@@ -80,15 +37,6 @@ def clean_query(text: str, max_chars: int) -> str:
     if len(query) > max_chars:
         raise QueryRejected("query_too_long", f"问题长度不能超过 {max_chars} 字")
     return query
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Restrictions applied together with the query; None means no restriction."""
-
-    doc_ids: frozenset[str] | None = None
-    doc_type: str | None = None
-    year: int | None = None
 
 
 def min_max(scores: dict[int, float]) -> dict[int, float]:
@@ -141,11 +89,6 @@ def combine_dense(dense: Mapping[str, dict[int, float]], weights: Mapping[str, f
     return fuse(dense, weights, {}, 0.0)
 
 
-def idf(document_frequency: int, passage_count: int) -> float:
-    """BM25's (Lucene) inverse document frequency; a word no passage uses gets the largest value."""
-    return math.log(1 + (passage_count - document_frequency + 0.5) / (document_frequency + 0.5))
-
-
 def term_coverage(query_tokens: Sequence[str], found: Container[str], idf: dict[str, float], unseen: float) -> float:
     """The IDF-weighted share of the question's words that are in `found` (0 when it has none).
 
@@ -158,29 +101,6 @@ def term_coverage(query_tokens: Sequence[str], found: Container[str], idf: dict[
     weights = {token: idf.get(token, unseen) for token in query_tokens}
     total = sum(weights.values())
     return sum(weight for token, weight in weights.items() if token in found) / total if total else 0.0
-
-
-class IdfTable(Mapping[str, float]):
-    """BM25's idf of each word of an index's vocabulary, computed when asked (a corpus has ~10^5 words)."""
-
-    def __init__(self, bm25: bm25s.BM25) -> None:
-        self.vocabulary = {token: number for token, number in bm25.vocab_dict.items() if token}
-        # bm25s keeps a CSC matrix: the entries of a word's column are the passages that contain it.
-        self.indptr = bm25.scores["indptr"]
-        self.passage_count = int(bm25.scores["num_docs"])
-
-    def __getitem__(self, token: str) -> float:
-        number = self.vocabulary[token]
-        return idf(int(self.indptr[number + 1] - self.indptr[number]), self.passage_count)
-
-    def __contains__(self, token: object) -> bool:
-        return token in self.vocabulary
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.vocabulary)
-
-    def __len__(self) -> int:
-        return len(self.vocabulary)
 
 
 def ranks(scores: dict[int, float]) -> dict[int, int]:
@@ -220,11 +140,11 @@ class Ranking:
 
 
 class Searcher:
-    """Ranks passages for a question; holds the loaded index, the encoders and the tokenizer."""
+    """Ranks passages for a question from a store (service/store.py), with the encoders and the tokenizer."""
 
     def __init__(
         self,
-        index: SearchIndex,
+        store: Store,
         encoders: Encoders,
         tokenizer: WordTokenizer,
         dense_weight: float = 0.5,
@@ -232,24 +152,14 @@ class Searcher:
         candidates: int = 100,
         model_weights: Mapping[str, float] | None = None,
     ) -> None:
-        self.index = index
+        self.store = store
         self.encoders = encoders
         self.tokenizer = tokenizer
         self.dense_weight = dense_weight
         self.lexical_weight = lexical_weight
         self.candidates = candidates
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
-        self.idf = IdfTable(index.bm25)
-        self.buffers = threading.local()
-        self.large = any(vectors.ann is not None for vectors in index.vectors.values())
-        self.unseen_idf = idf(0, len(index.passages))
-        bm25_scores = index.bm25.scores
-        self.bm25_indptr = np.asarray(bm25_scores["indptr"])
-        self.bm25_columns = [column_reader(bm25_scores[name]) for name in ("data", "indices")]
-        documents = list(index.documents.values())
-        self.doc_types = np.array([document.doc_type or "" for document in documents], dtype=object)
-        self.doc_years = np.array([document.year or 0 for document in documents], dtype=np.int64)
-        self.doc_numbers = {document.doc_id: number for number, document in enumerate(documents)}
+        self.unseen_idf = idf(0, store.passage_count)
 
     def query_vectors(self, query: str) -> dict[str, np.ndarray]:
         """The question's vector from every model, encoded concurrently."""
@@ -258,102 +168,25 @@ class Searcher:
         futures = {name: QUERY_POOL.submit(encoder.encode_query, query) for name, encoder in self.encoders.items()}
         return {name: future.result() for name, future in futures.items()}
 
-    def allowed_rows(self, filters: Filters) -> np.ndarray | None:
-        """Rows passing the filters (ascending), or None when nothing is filtered.
-
-        The filters are on documents: a mask over the (few) documents, spread to the passages by
-        their document numbers, so the cost is one array operation whatever the corpus size.
-        """
-        if filters == Filters():
-            return None
-        allowed = np.ones(len(self.doc_numbers), dtype=bool)
-        if filters.doc_ids is not None:
-            chosen = np.zeros(len(self.doc_numbers), dtype=bool)
-            chosen[[self.doc_numbers[d] for d in filters.doc_ids if d in self.doc_numbers]] = True
-            allowed &= chosen
-        if filters.doc_type is not None:
-            allowed &= self.doc_types == filters.doc_type
-        if filters.year is not None:
-            allowed &= self.doc_years == filters.year
-        return np.flatnonzero(allowed[self.index.doc_rows])
-
-    def row_scores(self, model: str, rows: np.ndarray, query_vector: np.ndarray) -> dict[int, float]:
-        """The rows' exact dense scores: the best similarity of each row's units, from the stored matrix."""
-        rows = np.unique(rows)
-        if not len(rows):
-            return {}
-        positions, offsets = self.index.positions_of_rows(rows)
-        best = np.maximum.reduceat(self.index.vectors[model].scores(positions, query_vector), offsets)
-        return dict(zip(rows.tolist(), best.tolist(), strict=True))
-
-    def dense_scores(self, model: str, query_vector: np.ndarray, allowed: np.ndarray | None) -> dict[int, float]:
-        """Exact scores of the passages owning the units nearest the question.
-
-        The nearest units are found exactly in small indexes and by their PQ codes in large ones
-        (service/vectors.py); the first DENSE_ROWS_PER_CANDIDATE·candidates passages they belong
-        to are scored exactly over all their units, so every score shown is exact.
-        """
-        allowed_units = None if allowed is None else self.index.positions_of_rows(allowed)[0]
-        count = len(self.index.unit_ids) if allowed_units is None else len(allowed_units)
-        if count == 0:
-            return {}
-        k = min(self.candidates * UNITS_PER_CANDIDATE, count)
-        positions = self.index.vectors[model].nearest(query_vector, k, allowed_units)
-        rows = first_occurrences(self.index.rows_of_positions(positions))[: self.candidates * DENSE_ROWS_PER_CANDIDATE]
-        return self.row_scores(model, rows, query_vector)
-
-    def lexical_scores(self, query_tokens: list[str], allowed: np.ndarray | None) -> np.ndarray:
-        """BM25 score of every passage (zero outside the filter): the query words' columns summed.
-
-        Reads only the columns of the question's words (with pread when the index is on disk, see
-        service/rowfile.py) and adds them up column by column: the sum bm25s computes.
-        """
-        count = len(self.index.passages)
-        scores = self.score_buffer(count)
-        token_ids = self.index.bm25.get_tokens_ids(query_tokens)
-        if not token_ids or not count:
-            return scores
-        read_weights, read_rows = self.bm25_columns
-        for token in token_ids:
-            span = [(int(self.bm25_indptr[token]), int(self.bm25_indptr[token + 1]))]
-            scores[read_rows(span)] += read_weights(span)  # a column names each passage once
-        if allowed is not None:
-            mask = np.zeros(count, dtype=bool)
-            mask[allowed] = True
-            scores[~mask] = 0.0
-        return scores
-
     def per_model(self, work: Callable[..., dict[int, float]], *args: object) -> Future[dict[int, float]]:
-        """One model's part of a search: beside the others and BM25 in a large index (FAISS, pread
-        and numpy release the GIL; each part takes milliseconds there), in this thread in a small
-        one, where handing work to the pool costs more than it saves and competes with encoding."""
-        if self.large:
+        """One model's part of a search: beside the others and BM25 when the store says it pays off
+        (a large FAISS index, a Milvus round trip), else in this thread, where handing work to the
+        pool costs more than it saves and competes with encoding."""
+        if self.store.concurrent:
             return QUERY_POOL.submit(work, *args)
         done: Future[dict[int, float]] = Future()
         done.set_result(work(*args))
         return done
 
-    def score_buffer(self, count: int) -> np.ndarray:
-        """This thread's zeroed array of `count` scores, reused by its next search.
+    def idf_of(self, tokens: Sequence[str]) -> dict[str, float]:
+        """The idf of each word the index knows (a word missing from it has unseen_idf)."""
+        frequencies = self.store.frequencies(set(tokens))
+        return {token: idf(frequency, self.store.passage_count) for token, frequency in frequencies.items()}
 
-        A fresh array of a million floats costs 4 ms of page faults each time; zeroing one already
-        mapped costs 0.3 ms. A thread runs one search at a time, so reuse is safe within it.
-        """
-        buffer = getattr(self.buffers, "scores", None)
-        if buffer is None or len(buffer) != count:
-            buffer = self.buffers.scores = np.zeros(count, dtype=np.float32)
-        else:
-            buffer.fill(0.0)
-        return buffer
-
-    def top_lexical(self, scores: np.ndarray) -> dict[int, float]:
-        """The `candidates` best-scoring passages with a positive score."""
-        top = top_indices(scores, self.candidates)
-        return {int(row): float(scores[row]) for row in top if scores[row] > 0}
-
-    def exact_dense(self, model: str, rows: set[int], query_vector: np.ndarray) -> dict[int, float]:
-        """A model's scores of passages that its unit search did not reach (found by another retriever)."""
-        return self.row_scores(model, np.fromiter(rows, dtype=np.int64, count=len(rows)), query_vector)
+    def coverage(self, query_tokens: list[str]) -> float:
+        """The question's vocabulary coverage (term_coverage) with this store's idf."""
+        known = self.idf_of(query_tokens)
+        return term_coverage(query_tokens, known, known, self.unseen_idf)
 
     def search(
         self,
@@ -370,33 +203,31 @@ class Searcher:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         query_tokens = self.tokenizer.query_tokens(query)
-        allowed = self.allowed_rows(filters)
+        allowed = self.store.allowed(filters)
         lexical: dict[int, float] = {}
         searches = {}
         if mode in ("hybrid", "dense"):
             query_vectors = query_vectors or self.query_vectors(query)
             searches = {
-                model: self.per_model(self.dense_scores, model, vector, allowed)
+                model: self.per_model(self.store.dense, model, vector, self.candidates, allowed)
                 for model, vector in query_vectors.items()
             }
         if mode in ("hybrid", "lexical"):
-            all_lexical = self.lexical_scores(query_tokens, allowed)
-            lexical = self.top_lexical(all_lexical)
+            lexical, lexical_of = self.store.lexical(query_tokens, allowed, self.candidates)
         dense = {model: search.result() for model, search in searches.items()}
         if dense:
             # Every retriever scores every candidate, so that fusion compares like with like.
             candidates = set(lexical).union(*dense.values())
             missing = {
-                model: self.per_model(self.exact_dense, model, candidates - scores.keys(), query_vectors[model])
+                model: self.per_model(self.store.row_scores, model, candidates - scores.keys(), query_vectors[model])
                 for model, scores in dense.items()
             }
             for model, scores in dense.items():
                 scores |= missing[model].result()
         combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
-            lexical = {row: float(all_lexical[row]) for row in combined.keys() | lexical.keys()}
-            coverage = term_coverage(query_tokens, self.idf, self.idf, self.unseen_idf)
-            fused = fuse(dense, self.model_weights, lexical, self.lexical_weight * coverage)
+            lexical = lexical_of(combined.keys() | lexical.keys())
+            fused = fuse(dense, self.model_weights, lexical, self.lexical_weight * self.coverage(query_tokens))
         elif mode == "dense":
             fused = combined
         else:
@@ -415,7 +246,7 @@ class Searcher:
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""
-        found = self.index.passages.with_tokens(rows)
+        found = self.store.passages(rows)
         return [self.hit(found[row][0], set(found[row][1]), fused[row], row, ranking, query_tokens) for row in rows]
 
     @staticmethod
@@ -475,6 +306,6 @@ def search_response(searcher: Searcher, query: str, top_k: int, mode: str, filte
     started = time.perf_counter()
     hits = searcher.search(query, top_k=top_k, mode=mode, filters=filters)
     took_ms = round((time.perf_counter() - started) * 1000, 1)
-    documents = searcher.index.documents
+    documents = searcher.store.documents
     results = [result_row(rank, hit, documents.get(hit.passage.doc_id)) for rank, hit in enumerate(hits, start=1)]
     return {"query": query, "mode": mode, "took_ms": took_ms, "results": results}

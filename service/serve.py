@@ -6,14 +6,15 @@ import faiss
 import uvicorn
 
 from service.config import Settings
-from service.engine import NothingToIndex, build_index, indexable_files, open_encoders, open_tokenizer
+from service.engine import NothingToIndex, build_index, indexable_files, open_encoders, open_tokenizer, store_version
 from service.http.app import create_app
-from service.index import IndexUnavailable, current_version
+from service.index import IndexUnavailable
 
 
 def missing_index_message(settings: Settings) -> str:
+    where = settings.index_dir if settings.store == "faiss" else f"Milvus {settings.milvus_uri}"
     return (
-        f"索引不存在（{settings.index_dir}）。\n"
+        f"索引不存在（{where}）。\n"
         "请先运行 `make index`（或 `dangjian-qa index`）构建索引，"
         "或使用 `dangjian-qa serve --build-missing` 在启动时从文档目录自动构建。"
     )
@@ -22,11 +23,11 @@ def missing_index_message(settings: Settings) -> str:
 def serve(settings: Settings, build_missing: bool) -> None:
     """Serve until interrupted. IndexUnavailable without a usable index; with `build_missing` a missing
     index is built from settings.seeds_dir first (NothingToIndex when that folder has no documents)."""
-    if current_version(settings.index_dir) is None and not build_missing:
+    if store_version(settings) is None and not build_missing:
         raise IndexUnavailable(missing_index_message(settings))
     started = time.perf_counter()
     encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
-    if current_version(settings.index_dir) is None:
+    if store_version(settings) is None:
         paths = indexable_files(settings.seeds_dir, settings.uploads_dir)
         print(f"索引不存在，正在从 {settings.seeds_dir} 构建…", flush=True)
         report = build_index(paths, settings, encoders, tokenizer, progress=True, with_uploads=True)
@@ -37,7 +38,7 @@ def serve(settings: Settings, build_missing: bool) -> None:
     # 45,000-unit scan take 8 ms instead of 3.8, and concurrent requests keep both cores busy anyway.
     faiss.omp_set_num_threads(1)
     app = create_app(settings, encoders, tokenizer)
-    manifest = app.state.live.current().searcher.index.manifest
+    manifest = app.state.live.current().searcher.store.manifest
     print(
         f"已加载 {manifest['document_count']} 篇文档、{manifest['passage_count']} 个段落"
         f"（用时 {time.perf_counter() - started:.1f} 秒）→ http://{settings.host}:{settings.port}",

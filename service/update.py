@@ -33,12 +33,13 @@ from tqdm import tqdm
 
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
-from service.engine import load_current
-from service.index import SearchIndex, current_version, kept_chunks, new_chunk, write_version, writer_lock
+from service.engine import open_store, save_version, store_lock, store_version
+from service.index import new_chunk
 from service.ingest import Limits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
 from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
 from service.records import Document, Passage
+from service.store import Store
 from service.tokenize import WordTokenizer
 
 # What happened to each file; the API maps them to 201 / 409 / 415 / 413 / 413 / 422.
@@ -84,13 +85,13 @@ class FileOutcome:
 
 @dataclass
 class AddReport:
-    """Outcome of every file; `documents` (the ones added or replaced) and `version_dir` when the index changed."""
+    """Outcome of every file; `documents` (the ones added or replaced) and `version` when the index changed."""
 
     outcomes: list[FileOutcome] = field(default_factory=list)
     encoded_texts: int = 0  # texts of new passages handed to the encoder (cached ones cost nothing)
     seconds: float = 0.0
     documents: dict[str, Document] = field(default_factory=dict)
-    version_dir: Path | None = None
+    version: str | None = None  # the new version's name
 
     def having(self, *statuses: str) -> list[FileOutcome]:
         return [outcome for outcome in self.outcomes if outcome.status in statuses]
@@ -154,40 +155,32 @@ class Change:
 
 
 def save_change(
-    index: SearchIndex,
+    store: Store,
     change: Change,
-    index_dir: Path,
+    settings: Settings,
     extra: dict | None = None,
     moves: Sequence[tuple[Path, Path]] = (),
     removals: Sequence[Path] = (),
-) -> Path:
-    """Write `index` without the dropped documents, plus the new ones, as the new live version."""
-    documents = {doc_id: d for doc_id, d in index.documents.items() if doc_id not in change.drop_doc_ids}
+) -> tuple[str, dict]:
+    """Write `store` without the dropped documents, plus the new ones, as the new live version;
+    its name and manifest."""
+    documents = {doc_id: d for doc_id, d in store.documents.items() if doc_id not in change.drop_doc_ids}
     documents |= {document.doc_id: document for document in change.documents}
-    chunks = kept_chunks(index, change.drop_doc_ids)
+    chunks = store.chunks(change.drop_doc_ids)
     if change.passages:
         chunks = itertools.chain(chunks, [new_chunk(change.passages, change.unit_vectors, change.tokens)])
-    manifest = index.manifest
+    manifest = store.manifest
     extra = {
         **{key: manifest[key] for key in ("applied_jobs",) if key in manifest},
         **(extra or {}),
         "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return write_version(
-        index_dir,
-        list(documents.values()),
-        chunks,
-        manifest["models"],
-        manifest["settings"],
-        index,
-        extra,
-        moves,
-        removals,
-    )
+    models, note = manifest["models"], manifest["settings"]
+    return save_version(settings, list(documents.values()), chunks, models, note, store, extra, moves, removals)
 
 
 def classify_files(
-    index: SearchIndex, files: Sequence[Path | tuple[str, Path]], settings: Settings, progress: bool = False
+    index: Store, files: Sequence[Path | tuple[str, Path]], settings: Settings, progress: bool = False
 ) -> tuple[dict[str, tuple[Document, list[Passage]]], AddReport]:
     """Read the files and sort them against `index`, embedding nothing: the accepted documents by doc id
     (ADDED or REPLACED) and a report with every file's outcome.
@@ -244,7 +237,7 @@ def embed_in_batches(
 
 
 def add_documents(
-    index: SearchIndex,
+    index: Store,
     files: Sequence[Path | tuple[str, Path]],
     settings: Settings,
     encoders: Encoders,
@@ -269,7 +262,7 @@ def add_documents(
     return change, report
 
 
-def removal(index: SearchIndex, doc_ids: Sequence[str]) -> Change:
+def removal(index: Store, doc_ids: Sequence[str]) -> Change:
     """The change that removes the documents; UnknownDocuments (nothing removed) if any id is not there."""
     unknown = [doc_id for doc_id in dict.fromkeys(doc_ids) if doc_id not in index.documents]
     if unknown:
@@ -302,9 +295,9 @@ def add_files(
     Raises IndexUnavailable when there is no usable index, OSError when the change cannot be stored
     (nothing changed then); per-file problems are in the report.
     """
-    with writer_lock(settings.index_dir, timeout=settings.writer_wait_seconds):
+    with store_lock(settings):
         remove_incoming(settings.uploads_dir)
-        index = load_current(settings, encoders)
+        index = open_store(settings, encoders)
         change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
         if report.changed:
             extra = {}
@@ -314,15 +307,15 @@ def add_files(
                 before_save(report)
             moves: list[tuple[Path, Path]] = []
             removals: list[Path] = []
-            previous = current_version(settings.index_dir)
+            previous = store_version(settings)
             try:
                 for outcome in report.having(ADDED, REPLACED):
                     staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
                     moves += staged
                     removals += others
-                report.version_dir = save_change(index, change, settings.index_dir, extra, moves, removals)
+                report.version, _ = save_change(index, change, settings, extra, moves, removals)
             except BaseException:
-                if current_version(settings.index_dir) == previous:  # never live: its copies are debris
+                if store_version(settings) == previous:  # never live: its copies are debris
                     for staged_copy, _ in moves:
                         staged_copy.unlink(missing_ok=True)
                 raise
@@ -344,10 +337,10 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
     return kept is None or not filecmp.cmp(kept, outcome.path, shallow=False)
 
 
-def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> Path:
-    """Remove the documents from the index on disk; the new version's folder, live before returning."""
-    with writer_lock(settings.index_dir, timeout=settings.writer_wait_seconds):
-        index = load_current(settings, encoders)
+def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> dict:
+    """Remove the documents from the store; the new version's manifest, live before returning."""
+    with store_lock(settings):
+        index = open_store(settings, encoders)
         change = removal(index, doc_ids)
         removals = [path for doc_id in dict.fromkeys(doc_ids) for path in originals_of(settings.uploads_dir, doc_id)]
-        return save_change(index, change, settings.index_dir, removals=removals)
+        return save_change(index, change, settings, removals=removals)[1]

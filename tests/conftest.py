@@ -42,13 +42,14 @@ def write(folder: Path, name: str, text: str) -> Path:
     return folder / name
 
 
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(settings: Settings, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """`python -m service.cli ARGS` in a subprocess, on the settings' index, cache and uploads."""
     env = {
         **os.environ,
         "DJQA_INDEX_DIR": str(settings.index_dir),
         "DJQA_CACHE_DIR": str(settings.cache_dir),
         "DJQA_UPLOADS_DIR": str(settings.uploads_dir),
+        **extra_env,
     }
     command = [sys.executable, "-m", "service.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=180)
@@ -104,6 +105,25 @@ def live_server(settings: Settings, log: Path, **extra_env: str) -> Iterator[str
     url, server = start_server(settings, log, **extra_env)
     try:
         yield url
+    finally:
+        stop_server(server)
+
+
+@contextlib.contextmanager
+def milvus_lite_server(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Milvus Lite's gRPC server (`python -m milvus_lite server`) on a port, shared by several processes."""
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir), "--host", "127.0.0.1"]
+    with log.open("ab") as output:
+        server = subprocess.Popen([*command, "--port", str(port)], stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Milvus Lite 未能启动：\n{log.read_text(errors='replace')}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.2)
+        yield server
     finally:
         stop_server(server)
 

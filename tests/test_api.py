@@ -281,7 +281,7 @@ def test_unexpected_failures_are_500_in_the_same_shape(client: TestClient, monke
     healthy = live.current()
 
     class BrokenSearcher:
-        index = healthy.searcher.index
+        store = healthy.searcher.store
 
         def search(self, *args: object, **kwargs: object) -> list:
             raise RuntimeError("disk on fire")

@@ -24,7 +24,7 @@ def checker(encoders: Encoders) -> GroundingChecker:
 @pytest.fixture(scope="module")
 def two_passages(searcher: Searcher) -> list[Passage]:
     """Two passages of different documents, each with at least one statement."""
-    passages = [p for p in searcher.index.passages if statements(p)]
+    passages = [p for p in searcher.store.index.passages if statements(p)]
     other = next(p for p in passages if p.doc_id != passages[0].doc_id)
     return [passages[0], other]
 

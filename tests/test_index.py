@@ -6,7 +6,7 @@ import pytest
 
 from service.config import Settings
 from service.embed import Encoders
-from service.engine import build_index, load_current, open_searcher
+from service.engine import BuildReport, build_index, load_current, open_searcher
 from service.index import FULL_HASH_BYTES, IndexUnavailable, current_version, file_digest, verify_files
 from service.tokenize import WordTokenizer
 from tests.conftest import make_settings, write
@@ -78,7 +78,7 @@ def test_corrupt_vectors_file_is_reported_not_raised(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    (report.version_dir / "vectors-0.f16").write_bytes(b"not vectors")
+    (version_dir(small_settings, report) / "vectors-0.f16").write_bytes(b"not vectors")
     with pytest.raises(IndexUnavailable, match=r"索引已损坏.*make index"):
         load_current(small_settings, encoders)
 
@@ -87,7 +87,7 @@ def test_truncated_passage_store_is_reported(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    (report.version_dir / "passages.sqlite").write_bytes(b"SQLite format 3\0 truncated")
+    (version_dir(small_settings, report) / "passages.sqlite").write_bytes(b"SQLite format 3\0 truncated")
     with pytest.raises(IndexUnavailable, match="索引已损坏"):
         load_current(small_settings, encoders)
 
@@ -110,7 +110,7 @@ def test_mismatched_index_is_refused_with_the_fix(
     message: str,
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    manifest_path = report.version_dir / "manifest.json"
+    manifest_path = version_dir(small_settings, report) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     if field == "format_version":
         manifest[field] = value
@@ -140,7 +140,7 @@ def test_bytes_overwritten_inside_the_vectors_are_refused(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    vectors = report.version_dir / "vectors-0.f16"
+    vectors = version_dir(small_settings, report) / "vectors-0.f16"
     data = bytearray(vectors.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 8] = b"\xff" * 8  # a NaN inside a vector: FAISS would load it and serve NaN scores
@@ -154,7 +154,7 @@ def test_emptied_store_file_is_refused(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, name: str
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    (report.version_dir / name).write_bytes(b"")
+    (version_dir(small_settings, report) / name).write_bytes(b"")
     with pytest.raises(IndexUnavailable, match=re.escape(f"{name} 校验失败")):
         load_current(small_settings, encoders)
 
@@ -163,8 +163,12 @@ def test_manifest_lists_every_file_with_size_and_checksum(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
     report = build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    files = json.loads((report.version_dir / "manifest.json").read_text())["files"]
-    on_disk = {p.relative_to(report.version_dir).as_posix() for p in report.version_dir.rglob("*") if p.is_file()}
+    files = json.loads((version_dir(small_settings, report) / "manifest.json").read_text())["files"]
+    on_disk = {
+        p.relative_to(version_dir(small_settings, report)).as_posix()
+        for p in version_dir(small_settings, report).rglob("*")
+        if p.is_file()
+    }
     assert set(files) == on_disk - {"manifest.json"}
     assert {"vectors-0.f16", "passages.sqlite", "documents.jsonl"} <= set(files)
     assert all(entry["bytes"] > 0 and len(entry["sha256"]) == 64 for entry in files.values())
@@ -183,3 +187,7 @@ def test_large_files_are_checked_by_sampled_blocks(tmp_path: Path) -> None:
         handle.write(b"\0" * 1000)
     with pytest.raises(IndexUnavailable, match=r"big\.bin 校验失败"):
         verify_files(tmp_path, manifest)
+
+
+def version_dir(settings: Settings, report: BuildReport) -> Path:
+    return settings.index_dir / "versions" / report.version

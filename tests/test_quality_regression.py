@@ -29,7 +29,7 @@ def baseline() -> dict:
 @pytest.fixture(scope="module")
 def measured(searcher: Searcher, seed_settings: Settings) -> dict:
     questions = load_questions()
-    labels = checked_labels(questions, searcher.index.passages)
+    labels = checked_labels(questions, searcher.store.index.passages)
     systems = evaluate_rankers({mode: search_mode(searcher, mode) for mode in MODES}, questions, labels)
     ask = evaluate_ask(local_asker(searcher, seed_settings), questions, labels)
     return {"systems": systems, "ask": ask}
@@ -40,7 +40,7 @@ def passage(passage_id: str, text: str) -> Passage:
 
 
 def test_every_snippet_names_exactly_one_seed_passage(searcher: Searcher) -> None:
-    _, problems = relevant_passages(load_questions(), searcher.index.passages)
+    _, problems = relevant_passages(load_questions(), searcher.store.index.passages)
     assert problems == []
 
 

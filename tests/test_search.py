@@ -66,7 +66,7 @@ def test_results_never_overlap_within_a_paragraph(searcher: Searcher) -> None:
 
 
 def test_filters_restrict_results(searcher: Searcher) -> None:
-    doc_id = searcher.index.passages[0].doc_id
+    doc_id = searcher.store.index.passages[0].doc_id
     hits = searcher.search("党建工作", top_k=10, filters=Filters(doc_ids=frozenset({doc_id})))
     assert hits and all(h.passage.doc_id == doc_id for h in hits)
     speeches = searcher.search("党建工作", top_k=10, filters=Filters(doc_type="讲话", year=2020))
@@ -108,7 +108,8 @@ def test_fusion_with_zero_weights_does_not_divide_by_zero() -> None:
 
 def test_paraphrase_with_unknown_words_follows_the_dense_ranking(searcher: Searcher) -> None:
     question = "出差、开会花的钱现在是不是卡得很紧"  # dev split; no word of it is in the corpus
-    assert term_coverage(searcher.tokenizer.query_tokens(question), searcher.idf, searcher.idf, 1.0) == 0.0
+    tokens = searcher.tokenizer.query_tokens(question)
+    assert searcher.coverage(tokens) == 0.0 and searcher.idf_of(tokens) == {}
     hybrid = searcher.search(question, top_k=3)
     assert [hit.dense_rank for hit in hybrid] == [1, 2, 3]
 

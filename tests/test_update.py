@@ -89,7 +89,7 @@ def test_same_content_is_skipped_as_duplicate_under_any_name(
     again = [write(tmp_path / "b", "fever.txt", FEVER_CLINIC), write(tmp_path / "b", "copy.txt", FEVER_CLINIC)]
     report = add_files(settings, encoders, tokenizer, again)
     assert [(o.status, o.doc_id) for o in report.outcomes] == [(DUPLICATE, "fever"), (DUPLICATE, "fever")]
-    assert not report.changed and report.version_dir is None and not report.documents
+    assert not report.changed and report.version is None and not report.documents
     assert current_version(settings.index_dir) == version  # nothing written
 
 

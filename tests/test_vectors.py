@@ -47,7 +47,7 @@ def stored_ids(ann: faiss.Index) -> np.ndarray:
 
 def exact_row_scores(searcher: Searcher, model: str, vector: np.ndarray) -> np.ndarray:
     """Every passage's best unit similarity, by a full scan of the float16 matrix."""
-    index = searcher.index
+    index = searcher.store.index
     scores = np.asarray(index.vectors[model].matrix, dtype=np.float32) @ vector
     return np.maximum.reduceat(scores, index.row_starts[:-1])
 
@@ -58,16 +58,18 @@ def test_large_index_is_approximate_and_its_scores_stay_exact(
     searcher = open_searcher(approximate, encoders, tokenizer)
     version = next((approximate.index_dir / "versions").iterdir())
     assert all((version / ann_file(i)).is_file() for i in range(len(encoders)))
-    assert all(vectors.ann is not None and vectors.exact is None for vectors in searcher.index.vectors.values())
+    assert all(vectors.ann is not None and vectors.exact is None for vectors in searcher.store.index.vectors.values())
     for question in QUESTIONS:
         vectors = searcher.query_vectors(question)
         for model, vector in vectors.items():
             exact = exact_row_scores(searcher, model, vector)
-            found = searcher.dense_scores(model, vector, None)
+            found = searcher.store.dense(model, vector, searcher.candidates, None)
             assert found and all(abs(score - exact[row]) < 1e-4 for row, score in found.items())
             assert int(np.argmax(exact)) in found  # the best passage is never lost on this small index
         for hit in searcher.search(question, top_k=5, query_vectors=vectors):
-            row = next(r for r in range(len(searcher.index.passages)) if searcher.index.passages[r] == hit.passage)
+            row = next(
+                r for r in range(len(searcher.store.index.passages)) if searcher.store.index.passages[r] == hit.passage
+            )
             for evidence in hit.models:
                 assert (
                     abs(evidence.score - exact_row_scores(searcher, evidence.model, vectors[evidence.model])[row])
@@ -79,7 +81,7 @@ def test_filters_on_an_approximate_index(
     approximate: Settings, encoders: Encoders, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     searcher = open_searcher(approximate, encoders, tokenizer)
-    doc_id = next(iter(searcher.index.documents))
+    doc_id = next(iter(searcher.store.index.documents))
     monkeypatch.setattr("service.vectors.EXACT_MAX_UNITS", 10)  # the bitmap selector inside IVF, not a scan
     for mode in ("dense", "hybrid"):
         hits = searcher.search(QUESTIONS[0], top_k=5, mode=mode, filters=Filters(doc_ids=frozenset({doc_id})))

@@ -242,7 +242,9 @@ class Health(BaseModel):
     model: str = Field(description="向量模型名，多个以 「 + 」 连接")
     models: list[ModelInfo] = Field(description="各向量模型")
     built_at: str | None = Field(description="索引构建时间（ISO 8601）")
-    index_version: str = Field(description="当前索引版本（data/index/CURRENT）")
+    index_version: str = Field(description="当前索引版本（data/index/CURRENT，或 Milvus 别名指向的版本）")
+    store: Literal["faiss", "milvus"] = Field(description="索引存储：本机索引目录（faiss）或 Milvus")
+    store_reachable: bool = Field(description="存储可以访问（Milvus 不可访问时本接口返回 503 store_unavailable）")
 
 
 class ClientConfig(BaseModel):

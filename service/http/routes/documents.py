@@ -26,8 +26,8 @@ from service.http.schemas import (
     RemovedDocument,
     UploadJob,
 )
-from service.index import document_rows
 from service.jobs import Job, nothing_added, problem_rows
+from service.store import document_rows
 from service.update import ADDED, REPLACED, classify_files
 
 read_routes = APIRouter(prefix="/api", dependencies=[Depends(require_read_key)])
@@ -78,7 +78,7 @@ UPLOAD_RESPONSES = {
 @read_routes.get("/documents", summary="文档列表", response_model=DocumentList)
 def list_documents(snapshot: SnapshotDep) -> DocumentList:
     """已收录的全部文档及其段落数、字数。"""
-    return DocumentList(documents=[DocumentSummary(**row) for row in document_rows(snapshot.searcher.index)])
+    return DocumentList(documents=[DocumentSummary(**row) for row in document_rows(snapshot.searcher.store)])
 
 
 @read_routes.get(
@@ -89,8 +89,8 @@ def list_documents(snapshot: SnapshotDep) -> DocumentList:
 )
 def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     """文档全文及每个段落在全文中的位置（text[start:end] 即段落原文）。"""
-    index = snapshot.searcher.index
-    document = index.documents.get(doc_id)
+    store = snapshot.searcher.store
+    document = store.documents.get(doc_id)
     if document is None:
         raise ApiError(404, "document_not_found", f"未找到文档：{doc_id}")
     return DocumentDetail(
@@ -106,7 +106,7 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
             PassageSpan(
                 passage_id=p.passage_id, start=p.start, end=p.end, section=p.section, paragraph=p.paragraph, page=p.page
             )
-            for p in index.passages.many(index.passages.rows_of(doc_id)).values()
+            for p in store.passages_of(doc_id)
         ],
     )
 
@@ -118,7 +118,7 @@ def check_upload(request: Request, settings: Settings, received: list[ReceivedFi
     """
     files = [(upload.name, upload.path) for upload in received]
     live = request.app.state.live
-    _, report = classify_files(live.current().searcher.index, files, settings)
+    _, report = classify_files(live.current().searcher.store, files, settings)
     accepted = report.having(ADDED, REPLACED)
     if not accepted:
         status, code, message = nothing_added(report)

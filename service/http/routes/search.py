@@ -75,7 +75,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
         question = checked_query(body.question, settings)
-        documents = snapshot.searcher.index.documents
+        documents = snapshot.searcher.store.documents
 
         def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
             return [

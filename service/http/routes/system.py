@@ -5,15 +5,25 @@ from fastapi import APIRouter
 from embeddings.model import licence_of
 from service.config import DEFAULT_MODE, MODES
 from service.http.deps import SettingsDep, SnapshotDep
+from service.http.errors import error_responses
 from service.http.schemas import ClientConfig, Health, ModelInfo
+from service.milvus import check_reachable
 
 system_routes = APIRouter(prefix="/api")
 
 
-@system_routes.get("/health", summary="服务状态", response_model=Health)
-def health(snapshot: SnapshotDep) -> Health:
-    """索引和模型的概况；服务正常时 status 为 ok。"""
-    manifest = snapshot.searcher.index.manifest
+@system_routes.get(
+    "/health",
+    summary="服务状态",
+    response_model=Health,
+    responses=error_responses((503, "索引不可用，或 Milvus 不可访问（store_unavailable）")),
+)
+def health(snapshot: SnapshotDep, settings: SettingsDep) -> Health:
+    """索引、存储和模型的概况；服务正常时 status 为 ok，Milvus 不可访问时返回 503（store_unavailable）。"""
+    store = snapshot.searcher.store
+    if store.kind == "milvus":
+        check_reachable(settings)
+    manifest = store.manifest
     return Health(
         documents=manifest["document_count"],
         passages=manifest["passage_count"],
@@ -26,6 +36,8 @@ def health(snapshot: SnapshotDep) -> Health:
         ],
         built_at=manifest.get("built_at"),
         index_version=snapshot.version,
+        store=store.kind,
+        store_reachable=True,
     )
 
 

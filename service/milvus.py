@@ -1,0 +1,689 @@
+"""Milvus as the store (DJQA_STORE=milvus): the same versions and rankings, shared by any number of servers.
+
+Each index version is three collections, `<prefix>_<version>_<part>`:
+
+- `u` (units): one entity per embedded unit: unit id, passage row, the document's id, type and year
+  (filters are Milvus expressions on them), one FLOAT_VECTOR field per model (`vec_<i>`, manifest order).
+- `p` (passages): one per passage: row, the same document fields, the passage and its BM25 tokens as
+  JSON, and its BM25 weights as a SPARSE_FLOAT_VECTOR over word numbers. The weights are bm25s's, from
+  the project's own jieba tokens, so a question's sparse vector (its words' numbers, each counted)
+  scores every passage exactly as the FAISS store's column sums do.
+- `r` (records): the manifest, the documents (JSON in parts: a field holds at most 64 KB) and the
+  vocabulary (word -> its number and how many passages hold it).
+
+The alias `<prefix>` names the live version's records collection. A change (build, add, remove)
+writes a whole new version beside the live one, checks its counts, and only then moves the alias:
+one atomic step, so a search never sees half a build, and servers follow the alias within a second
+(service/live.py). A change cannot be an upsert into the live collections: every passage's BM25
+weights depend on the whole corpus (idf, mean length), so adding one document changes them all, and
+in-place edits would make the two stores rank differently and expose half-done changes. Kept
+passages are copied with their vectors (never re-embedded); the previous version is kept for the
+searches still reading it, older ones are dropped.
+
+The vector indexes are FLAT (exact, as the FAISS store is below 50,000 units) unless
+DJQA_MILVUS_INDEX says otherwise; passages of the nearest units are scored exactly over all their
+units, as in service/store.py.
+"""
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+import numpy as np
+import scipy.sparse
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from service.config import Settings
+from service.index import (
+    FORMAT_VERSION,
+    REBUILD_HINT,
+    Chunk,
+    IndexBusy,
+    IndexUnavailable,
+    UnitIds,
+    as_json,
+    build_bm25,
+    check_manifest,
+    corpus_fingerprint,
+    passage_from_json,
+)
+from service.records import Document, Passage
+from service.store import DENSE_ROWS_PER_CANDIDATE, UNITS_PER_CANDIDATE, Filters, LexicalScores
+
+# Failures reach the user as StoreUnreachable; embedded Milvus Lite's gRPC server logs a traceback for
+# each call it does not implement (pymilvus asks for a timestamp while waiting for a new index).
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+
+UNITS, PASSAGES, RECORDS = "u", "p", "r"
+MAX_RESULTS = 16_384  # Milvus's largest limit for one search or query
+TEXT_FIELD_BYTES = 65_535  # Milvus's largest VARCHAR
+DOCUMENT_PART_CHARS = 16_000  # at most 4 bytes each in UTF-8: a part always fits a field
+KEY_BYTES = 512
+INSERT_BATCH = 1_000  # entities per insert: a few MB of vectors per message
+COPY_ROWS = 2_000  # passages copied at a time from the previous version by a change
+TERM_CACHE_WORDS = 100_000  # vocabulary lookups kept per version (a version never changes)
+# A passage with no words (all stopwords) still needs a non-empty sparse vector: a weight on a word
+# number no vocabulary reaches and no question asks for scores nothing.
+NO_WORD = 4_294_967_294
+logger = logging.getLogger("dangjian_qa")
+
+
+class StoreUnreachable(Exception):
+    """Milvus did not answer (stopped, unreachable, overloaded); the service recovers once it does."""
+
+    def __init__(self, uri: str, error: Exception) -> None:
+        reason = getattr(error, "message", None) or str(error) or type(error).__name__
+        super().__init__(f"向量数据库 Milvus（{uri}）暂时无法访问：{reason[:200]}。恢复后服务会自动继续，请稍后重试")
+
+
+class VersionMoved(IndexBusy):
+    """Another writer (on another machine) switched the live version while this change was being built."""
+
+    def __init__(self) -> None:
+        Exception.__init__(self, "另一个索引写入操作刚刚更新了索引，本次更改未生效；请重试")
+
+
+def literal(value: str) -> str:
+    """A Milvus expression's string literal (double-quoted, C-style escapes)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def numbers(values: Iterable[int]) -> str:
+    return "[" + ",".join(str(int(value)) for value in values) + "]"
+
+
+def filter_expression(filters: Filters) -> str:
+    """Filters as a Milvus expression over the document fields that units and passages both carry."""
+    terms = []
+    if filters.doc_ids is not None:
+        terms.append(f"doc_id in [{','.join(literal(d) for d in sorted(filters.doc_ids))}]")
+    if filters.doc_type is not None:
+        terms.append(f"doc_type == {literal(filters.doc_type)}")
+    if filters.year is not None:
+        terms.append(f"year == {int(filters.year)}")
+    return " and ".join(terms)
+
+
+def term_key(token: str) -> str:
+    return f"t:{token}"
+
+
+def usable_token(token: str) -> bool:
+    """Words longer than a key holds are left out of the vocabulary (jieba rarely makes one: a long URL)."""
+    return len(term_key(token).encode()) <= KEY_BYTES
+
+
+def collection(prefix: str, version: str, part: str) -> str:
+    return f"{prefix}_{version}_{part}"
+
+
+def version_of(records_collection: str, prefix: str) -> str:
+    return records_collection.removeprefix(f"{prefix}_").removesuffix(f"_{RECORDS}")
+
+
+# ---------- connection ----------
+
+_clients: dict[tuple[str, str], MilvusClient] = {}
+_clients_lock = threading.Lock()
+
+
+LITE_IN_USE = RuntimeError(
+    "无法打开 Milvus Lite 数据文件，可能已被另一个进程占用（一个文件只能由一个进程打开，多个进程请共用 "
+    "`python -m milvus_lite server`）"
+)
+
+
+def client_for(settings: Settings) -> MilvusClient:
+    """One client per store and process (gRPC channels are thread-safe and reconnect by themselves).
+
+    A path ending in .db starts Milvus Lite inside this process (pymilvus runs it); only one process
+    can open such a path, so several servers share a Milvus Lite gRPC server or a Milvus server instead.
+    """
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    key = (settings.milvus_uri, token)
+    with _clients_lock:
+        if key not in _clients:
+            try:
+                _clients[key] = MilvusClient(settings.milvus_uri, token=token, timeout=settings.milvus_timeout_s)
+            except Exception as error:  # pymilvus reports a bad address or a locked Lite file in its own ways
+                reason = LITE_IN_USE if settings.milvus_uri.endswith(".db") else error
+                raise StoreUnreachable(settings.milvus_uri, reason) from error
+        return _clients[key]
+
+
+@contextmanager
+def reaching(uri: str) -> Iterator[None]:
+    """Milvus's failures as StoreUnreachable (503 in the API)."""
+    try:
+        yield
+    except MilvusException as error:
+        raise StoreUnreachable(uri, error) from error
+
+
+def live_version(client: MilvusClient, prefix: str, uri: str) -> str | None:
+    """The version the alias names, or None when there is none yet."""
+    with reaching(uri):
+        if prefix not in client.list_aliases().get("aliases", []):
+            return None
+        return version_of(client.describe_alias(prefix)["collection_name"], prefix)
+
+
+def check_reachable(settings: Settings) -> None:
+    """StoreUnreachable unless Milvus answers a small request within a few seconds."""
+    with reaching(settings.milvus_uri):
+        client_for(settings).list_aliases(timeout=min(settings.milvus_timeout_s, 3.0))
+
+
+# ---------- reading ----------
+
+
+class MilvusStore:
+    """A Milvus version, read per question; only its documents and manifest are held in memory."""
+
+    kind = "milvus"
+    concurrent = True  # each model's search is a round trip: they overlap with BM25's
+
+    def __init__(self, client: MilvusClient, settings: Settings, version: str) -> None:
+        self.client = client
+        self.uri = settings.milvus_uri
+        self.timeout = settings.milvus_timeout_s
+        self.version = version
+        prefix = settings.milvus_collection
+        self.units, self.passages_name, self.records = (
+            collection(prefix, version, part) for part in (UNITS, PASSAGES, RECORDS)
+        )
+        self.terms: dict[str, tuple[int, int] | None] = {}
+        self.manifest = json.loads(self.record_values("manifest")[0]["value"])
+        self.passage_count = int(self.manifest["passage_count"])
+        self.max_units = max(1, int(self.manifest["max_units_per_passage"]))
+        self.exact = self.manifest["milvus_index"] == "FLAT"
+        self.fields = {model["name"]: f"vec_{i}" for i, model in enumerate(self.manifest["models"])}
+        self.documents, self.counts = self.read_documents()
+
+    def call(self, method: Callable, *args: object, **kwargs: object):
+        """One Milvus call; a collection the store released (a restarted Milvus Lite) is loaded again first."""
+        with reaching(self.uri):
+            try:
+                return method(*args, timeout=self.timeout, **kwargs)
+            except MilvusException as error:
+                if "released" not in str(error.message):
+                    raise
+                for name in (self.units, self.passages_name, self.records):
+                    self.client.load_collection(name, timeout=self.timeout)
+                return method(*args, timeout=self.timeout, **kwargs)
+
+    def query_all(self, name: str, expression: str, fields: list[str]) -> list[dict]:
+        """Every entity matching, MAX_RESULTS at a time (Milvus caps one query)."""
+        found: list[dict] = []
+        while True:
+            batch = self.call(
+                self.client.query, name, filter=expression, output_fields=fields, limit=MAX_RESULTS, offset=len(found)
+            )
+            found += batch
+            if len(batch) < MAX_RESULTS:
+                return found
+
+    def record_values(self, key: str) -> list[dict]:
+        return self.call(self.client.query, self.records, filter=f"key == {literal(key)}", output_fields=["value"])
+
+    def read_documents(self) -> tuple[dict[str, Document], list[int]]:
+        parts = self.query_all(self.records, 'key like "d:%"', ["key", "value", "count"])
+        parts.sort(key=lambda part: part["key"])
+        texts: dict[int, list[str]] = {}
+        counts: dict[int, int] = {}
+        for part in parts:
+            number = int(part["key"].split(":")[1])
+            texts.setdefault(number, []).append(part["value"])
+            counts[number] = int(part["count"])
+        documents = {}
+        for number in sorted(texts):
+            fields = json.loads("".join(texts[number]))
+            documents[fields["doc_id"]] = Document(**{**fields, "sections": tuple(fields["sections"])})
+        if len(documents) != self.manifest["document_count"]:
+            raise IndexUnavailable(f"Milvus 中的索引版本 {self.version} 不完整（文档数与清单不一致）。{REBUILD_HINT}")
+        return documents, [counts[number] for number in sorted(counts)]
+
+    def allowed(self, filters: Filters) -> str:
+        return filter_expression(filters)
+
+    def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]:
+        """Exact scores of the rows: every unit of each is scored by Milvus, the best one wins."""
+        wanted = sorted({int(row) for row in rows})
+        best: dict[int, float] = {}
+        per_search = max(1, MAX_RESULTS // self.max_units)
+        for start in range(0, len(wanted), per_search):
+            batch = wanted[start : start + per_search]
+            hits = self.search(
+                self.units, self.fields[model], vector, len(batch) * self.max_units, f"row in {numbers(batch)}", ["row"]
+            )
+            for hit in hits:
+                row = hit["entity"]["row"]
+                best[row] = max(best.get(row, -np.inf), hit["distance"])
+        return best
+
+    def search(
+        self, name: str, field: str, query: object, limit: int, expression: str, fields: list[str]
+    ) -> list[dict]:
+        data = [query.tolist() if isinstance(query, np.ndarray) else query]
+        params = {"metric_type": "IP"}
+        limit = min(limit, MAX_RESULTS)
+        return self.call(
+            self.client.search,
+            name,
+            data=data,
+            anns_field=field,
+            limit=limit,
+            filter=expression,
+            output_fields=fields,
+            search_params=params,
+        )[0]
+
+    def dense(self, model: str, vector: np.ndarray, candidates: int, allowed: str) -> dict[int, float]:
+        """Scores of the passages owning the nearest units. With an exact (FLAT) index a passage's first
+        unit in the ranked list is its best one, so its score is already exact; an approximate index's
+        passages are scored again over all their units."""
+        hits = self.search(self.units, self.fields[model], vector, candidates * UNITS_PER_CANDIDATE, allowed, ["row"])
+        first: dict[int, float] = {}
+        for hit in hits:
+            first.setdefault(hit["entity"]["row"], hit["distance"])
+        rows = list(first)[: candidates * DENSE_ROWS_PER_CANDIDATE]
+        if self.exact:
+            return {row: first[row] for row in rows}
+        return self.row_scores(model, rows, vector)
+
+    def lexical(self, query_tokens: list[str], allowed: str, candidates: int) -> tuple[dict[int, float], LexicalScores]:
+        terms = self.vocabulary(query_tokens)
+        question: dict[int, float] = {}
+        for token in query_tokens:
+            if terms.get(token) is not None:
+                number = terms[token][0]
+                question[number] = question.get(number, 0.0) + 1.0
+        if not question:
+            return {}, lambda rows: dict.fromkeys(rows, 0.0)
+        hits = self.search(self.passages_name, "bm25", question, candidates, allowed, [])
+        top = {hit["row"]: hit["distance"] for hit in hits if hit["distance"] > 0}
+
+        def scores_of(rows: Iterable[int]) -> dict[int, float]:
+            scores = dict.fromkeys(rows, 0.0)
+            others = sorted(set(scores) - top.keys())
+            for start in range(0, len(others), MAX_RESULTS):
+                batch = others[start : start + MAX_RESULTS]
+                for hit in self.search(
+                    self.passages_name, "bm25", question, len(batch), f"row in {numbers(batch)}", []
+                ):
+                    scores[hit["row"]] = hit["distance"]
+            return scores | {row: score for row, score in top.items() if row in scores}
+
+        return top, scores_of
+
+    def vocabulary(self, tokens: Iterable[str]) -> dict[str, tuple[int, int] | None]:
+        """Each word's number and passage count (None: not in the vocabulary), remembered per version."""
+        wanted = {token for token in tokens if token and usable_token(token)}
+        missing = sorted(wanted - self.terms.keys())
+        if missing:
+            keys = ",".join(literal(term_key(token)) for token in missing)
+            found = self.call(
+                self.client.query, self.records, filter=f"key in [{keys}]", output_fields=["key", "number", "count"]
+            )
+            if len(self.terms) > TERM_CACHE_WORDS:
+                self.terms = {}
+            known = {entry["key"][2:]: (int(entry["number"]), int(entry["count"])) for entry in found}
+            self.terms |= {token: known.get(token) for token in missing}
+        return {token: self.terms.get(token) for token in wanted}
+
+    def frequencies(self, tokens: Iterable[str]) -> dict[str, int]:
+        return {token: term[1] for token, term in self.vocabulary(tokens).items() if term is not None}
+
+    def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]:
+        wanted = sorted({int(row) for row in rows})
+        found: dict[int, tuple[Passage, list[str]]] = {}
+        for start in range(0, len(wanted), MAX_RESULTS):
+            batch = wanted[start : start + MAX_RESULTS]
+            for entity in self.call(
+                self.client.query,
+                self.passages_name,
+                filter=f"row in {numbers(batch)}",
+                output_fields=["row", "passage", "tokens"],
+            ):
+                found[entity["row"]] = (passage_from_json(entity["passage"]), json.loads(entity["tokens"]))
+        return dict(sorted(found.items()))
+
+    def passages_of(self, doc_id: str) -> list[Passage]:
+        entities = self.query_all(self.passages_name, f"doc_id == {literal(doc_id)}", ["row", "passage"])
+        return [passage_from_json(entity["passage"]) for entity in sorted(entities, key=lambda e: e["row"])]
+
+    def passage_counts(self) -> list[int]:
+        return list(self.counts)
+
+    def rows(self, start: int, end: int, fields: list[str], name: str | None = None) -> list[dict]:
+        return self.query_all(name or self.passages_name, f"row >= {start} and row < {end}", fields)
+
+    def all_passages(self) -> Iterator[Passage]:
+        for start in range(0, self.passage_count, COPY_ROWS):
+            for entity in sorted(self.rows(start, start + COPY_ROWS, ["row", "passage"]), key=lambda e: e["row"]):
+                yield passage_from_json(entity["passage"])
+
+    def chunks(self, drop_doc_ids: set[str]) -> Iterator[Chunk]:
+        """The passages not in the dropped documents, with their units' vectors and ids, in row order."""
+        vector_fields = list(self.fields.values())
+        for start in range(0, self.passage_count, COPY_ROWS):
+            passages = sorted(
+                self.rows(start, start + COPY_ROWS, ["row", "doc_id", "passage", "tokens"]), key=lambda e: e["row"]
+            )
+            kept = [entity for entity in passages if entity["doc_id"] not in drop_doc_ids]
+            if not kept:
+                continue
+            units = self.rows(start, start + COPY_ROWS, ["unit", "row", *vector_fields], name=self.units)
+            kept_rows = {entity["row"] for entity in kept}
+            units = sorted((unit for unit in units if unit["row"] in kept_rows), key=lambda u: (u["row"], u["unit"]))
+            counts = dict.fromkeys((entity["row"] for entity in kept), 0)
+            for unit in units:
+                counts[unit["row"]] += 1
+            yield Chunk(
+                [passage_from_json(entity["passage"]) for entity in kept],
+                [json.loads(entity["tokens"]) for entity in kept],
+                list(counts.values()),
+                {
+                    model: np.array([unit[field] for unit in units], dtype=np.float32).reshape(len(units), -1)
+                    for model, field in self.fields.items()
+                },
+                np.array([unit["unit"] for unit in units], dtype=np.int64),
+            )
+
+
+def open_milvus_store(settings: Settings, models: list[dict], settings_note: str) -> MilvusStore:
+    """The live version in Milvus, checked against the configured models and settings like the FAISS store's."""
+    client = client_for(settings)
+    version = live_version(client, settings.milvus_collection, settings.milvus_uri)
+    if version is None:
+        raise IndexUnavailable(
+            f"Milvus（{settings.milvus_uri}）中还没有索引 {settings.milvus_collection}：请运行 "
+            "`dangjian-qa index`（DJQA_STORE=milvus）从文档构建，或 `dangjian-qa migrate` 从现有索引复制"
+        )
+    store = MilvusStore(client, settings, version)
+    check_manifest(store.manifest, models, settings_note)
+    return store
+
+
+# ---------- writing ----------
+
+
+def create_collections(client: MilvusClient, settings: Settings, version: str, models: list[dict]) -> None:
+    """The three empty collections of a version (see the module's docstring)."""
+    prefix, timeout = settings.milvus_collection, settings.milvus_timeout_s
+
+    def document_fields(schema) -> None:
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=KEY_BYTES)
+        schema.add_field("doc_type", DataType.VARCHAR, max_length=KEY_BYTES)
+        schema.add_field("year", DataType.INT64)
+
+    units = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    units.add_field("unit", DataType.INT64, is_primary=True)
+    units.add_field("row", DataType.INT64)
+    document_fields(units)
+    unit_indexes = client.prepare_index_params()
+    for position, model in enumerate(models):
+        units.add_field(f"vec_{position}", DataType.FLOAT_VECTOR, dim=int(model["dimension"]))
+        unit_indexes.add_index(f"vec_{position}", index_type=settings.milvus_index, metric_type="IP")
+    unit_indexes.add_index("row", index_type="INVERTED")
+
+    passages = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    passages.add_field("row", DataType.INT64, is_primary=True)
+    document_fields(passages)
+    passages.add_field("passage", DataType.VARCHAR, max_length=TEXT_FIELD_BYTES)
+    passages.add_field("tokens", DataType.VARCHAR, max_length=TEXT_FIELD_BYTES)
+    passages.add_field("bm25", DataType.SPARSE_FLOAT_VECTOR)
+    passage_indexes = client.prepare_index_params()
+    passage_indexes.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+
+    records = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    records.add_field("key", DataType.VARCHAR, is_primary=True, max_length=KEY_BYTES)
+    records.add_field("value", DataType.VARCHAR, max_length=TEXT_FIELD_BYTES)
+    records.add_field("number", DataType.INT64)
+    records.add_field("count", DataType.INT64)
+    records.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field in every collection
+    record_indexes = client.prepare_index_params()
+    record_indexes.add_index("unused", index_type="FLAT", metric_type="IP")
+
+    for part, schema, indexes in (
+        (UNITS, units, unit_indexes),
+        (PASSAGES, passages, passage_indexes),
+        (RECORDS, records, record_indexes),
+    ):
+        client.create_collection(
+            collection(prefix, version, part), schema=schema, index_params=indexes, timeout=timeout
+        )
+
+
+def insert(client: MilvusClient, name: str, entities: list[dict], timeout: float) -> None:
+    for start in range(0, len(entities), INSERT_BATCH):
+        client.insert(name, entities[start : start + INSERT_BATCH], timeout=timeout)
+
+
+def checked_text(text: str, what: str) -> str:
+    if len(text.encode()) > TEXT_FIELD_BYTES:
+        raise ValueError(f"{what} 超过 Milvus 字段上限（{TEXT_FIELD_BYTES} 字节）")
+    return text
+
+
+def sparse_rows(tokens: list[list[str]]) -> tuple[scipy.sparse.csr_matrix, dict[str, int], np.ndarray]:
+    """bm25s's weights by passage (CSR), its vocabulary, and each word's passage count."""
+    bm25 = build_bm25(tokens)
+    scores = bm25.scores
+    words = len(scores["indptr"]) - 1  # bm25s's vocabulary may name "" without a column for it
+    columns = scipy.sparse.csc_matrix((scores["data"], scores["indices"], scores["indptr"]), shape=(len(tokens), words))
+    vocabulary = {token: number for token, number in bm25.vocab_dict.items() if token and number < words}
+    return columns.tocsr(), vocabulary, np.diff(scores["indptr"])
+
+
+class MilvusVersionWriter:
+    """Writes one version's collections, chunk by chunk; passages wait for BM25, which needs them all."""
+
+    def __init__(
+        self, client: MilvusClient, settings: Settings, version: str, models: list[dict], first_unit_id: int
+    ) -> None:
+        self.client, self.settings, self.models = client, settings, models
+        self.timeout = settings.milvus_timeout_s
+        self.names = {
+            part: collection(settings.milvus_collection, version, part) for part in (UNITS, PASSAGES, RECORDS)
+        }
+        self.ids = UnitIds(first_unit_id)
+        self.passages: list[dict] = []
+        self.tokens: list[list[str]] = []
+        self.unit_count = 0
+        self.max_units = 0
+        create_collections(client, settings, version, models)
+
+    def append(self, chunk: Chunk, documents: dict[str, Document]) -> None:
+        ids = self.ids.of(chunk)
+        first_row = len(self.passages)
+        units: list[dict] = []
+        position = 0
+        for offset, (passage, tokens, count) in enumerate(
+            zip(chunk.passages, chunk.tokens, chunk.unit_counts, strict=True)
+        ):
+            document = documents[passage.doc_id]
+            fields = {"doc_id": passage.doc_id, "doc_type": document.doc_type or "", "year": document.year or 0}
+            self.passages.append(
+                fields
+                | {
+                    "row": first_row + offset,
+                    "passage": checked_text(as_json(asdict(passage)), f"段落 {passage.passage_id}"),
+                    "tokens": checked_text(as_json(tokens), f"段落 {passage.passage_id} 的词"),
+                }
+            )
+            for unit in range(position, position + count):
+                vectors = {
+                    f"vec_{i}": chunk.vectors[m["name"]][unit].astype(np.float32).tolist()
+                    for i, m in enumerate(self.models)
+                }
+                units.append(fields | vectors | {"unit": int(ids[unit]), "row": first_row + offset})
+            position += count
+            self.max_units = max(self.max_units, count)
+        self.tokens += chunk.tokens
+        self.unit_count += len(units)
+        insert(self.client, self.names[UNITS], units, self.timeout)
+
+    def finish(self, documents: list[Document]) -> dict:
+        """Passages with their BM25 weights, the vocabulary and the documents; the manifest's counts."""
+        weights, vocabulary, frequencies = sparse_rows(self.tokens)
+        for start in range(0, len(self.passages), INSERT_BATCH):
+            batch = self.passages[start : start + INSERT_BATCH]
+            for entity in batch:
+                row = weights.getrow(entity["row"])
+                entity["bm25"] = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True)) or {NO_WORD: 1.0}
+            insert(self.client, self.names[PASSAGES], batch, self.timeout)
+        unused = [0.0, 0.0]
+        terms = [
+            {"key": term_key(token), "value": "", "number": number, "count": int(frequencies[number]), "unused": unused}
+            for token, number in vocabulary.items()
+            if usable_token(token)
+        ]
+        insert(self.client, self.names[RECORDS], terms, self.timeout)
+        passages_per_document: dict[str, int] = {}
+        for entity in self.passages:
+            passages_per_document[entity["doc_id"]] = passages_per_document.get(entity["doc_id"], 0) + 1
+        parts = []
+        for number, document in enumerate(documents):
+            text = as_json(asdict(document))
+            for part, start in enumerate(range(0, max(len(text), 1), DOCUMENT_PART_CHARS)):
+                parts.append(
+                    {
+                        "key": f"d:{number:09d}:{part:06d}",
+                        "value": text[start : start + DOCUMENT_PART_CHARS],
+                        "number": number,
+                        "count": passages_per_document.get(document.doc_id, 0),
+                        "unused": unused,
+                    }
+                )
+        insert(self.client, self.names[RECORDS], parts, self.timeout)
+        return {
+            "passage_count": len(self.passages),
+            "unit_count": self.unit_count,
+            "document_count": len(documents),
+            "next_unit_id": self.ids.next_unit_id,
+            "max_units_per_passage": self.max_units,
+            "terms": len(terms),
+        }
+
+    def seal(self, manifest: dict) -> None:
+        """Store the manifest, flush, and check that Milvus holds every entity before anyone may read it."""
+        unused = [0.0, 0.0]
+        record = {
+            "key": "manifest",
+            "value": checked_text(as_json(manifest), "清单"),
+            "number": 0,
+            "count": 0,
+            "unused": unused,
+        }
+        insert(self.client, self.names[RECORDS], [record], self.timeout)
+        expected = {UNITS: manifest["unit_count"], PASSAGES: manifest["passage_count"]}
+        for part, name in self.names.items():
+            self.client.flush(name, timeout=self.timeout)
+            if part in expected:
+                found = self.client.query(
+                    name, filter="", output_fields=["count(*)"], consistency_level="Strong", timeout=self.timeout
+                )
+                if int(found[0]["count(*)"]) != expected[part]:
+                    raise StoreUnreachable(self.settings.milvus_uri, RuntimeError(f"{name} 写入不完整"))
+
+
+def drop_version(client: MilvusClient, prefix: str, version: str, timeout: float) -> None:
+    for part in (UNITS, PASSAGES, RECORDS):
+        client.drop_collection(collection(prefix, version, part), timeout=timeout)
+
+
+def versions_in(client: MilvusClient, prefix: str, timeout: float) -> set[str]:
+    """Every version with a collection in Milvus (complete or not)."""
+    names = client.list_collections(timeout=timeout)
+    return {
+        name.removeprefix(f"{prefix}_")[: -len(part) - 1]
+        for name in names
+        for part in (UNITS, PASSAGES, RECORDS)
+        if name.startswith(f"{prefix}_") and name.endswith(f"_{part}")
+    }
+
+
+def write_milvus_version(
+    settings: Settings,
+    documents: list[Document],
+    chunks: Iterable[Chunk],
+    models: list[dict],
+    settings_note: str,
+    previous: MilvusStore | None = None,
+    extra: dict | None = None,
+) -> tuple[str, dict]:
+    """Write a new complete version from chunks (kept passages first), then move the alias to it.
+
+    `previous` is the version the change starts from: if another writer moved the alias since, the
+    new version is dropped and VersionMoved raised (writers on one machine also share the index
+    folder's lock). A failure before the switch drops what was written: the live version is untouched.
+    Returns the version's name and manifest.
+    """
+    client = client_for(settings)
+    prefix, timeout, uri = settings.milvus_collection, settings.milvus_timeout_s, settings.milvus_uri
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "_" + uuid.uuid4().hex[:8]
+    starting_from = live_version(client, prefix, uri)
+    with reaching(uri):
+        # Collections of versions that are neither live nor the one before were left by a killed writer.
+        for stale in versions_in(client, prefix, timeout) - {
+            starting_from,
+            previous_of(client, settings, starting_from),
+        }:
+            drop_version(client, prefix, stale, timeout)
+        try:
+            by_id = {document.doc_id: document for document in documents}
+            first_unit_id = int(previous.manifest.get("next_unit_id", 0)) if previous is not None else 0
+            writer = MilvusVersionWriter(client, settings, version, models, first_unit_id)
+            for chunk in chunks:
+                writer.append(chunk, by_id)
+            manifest = {
+                **(extra or {}),
+                "format_version": FORMAT_VERSION,
+                "store": "milvus",
+                "milvus_index": settings.milvus_index,
+                "previous_version": starting_from,
+                "models": [
+                    {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])}
+                    for m in models
+                ],
+                **writer.finish(documents),
+                "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
+                "settings": settings_note,
+                "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            writer.seal(manifest)
+            if previous is not None and live_version(client, prefix, uri) != previous.version:
+                raise VersionMoved()
+            records = collection(prefix, version, RECORDS)
+            if starting_from is None:
+                client.create_alias(records, prefix, timeout=timeout)
+            else:
+                client.alter_alias(records, prefix, timeout=timeout)
+        except BaseException:
+            try:
+                drop_version(client, prefix, version, timeout)
+            except MilvusException:
+                logger.warning("未能删除未完成的 Milvus 索引版本 %s，下次写入时会清理", version)
+            raise
+        for old in versions_in(client, prefix, timeout) - {version, starting_from}:
+            drop_version(client, prefix, old, timeout)
+    return version, manifest
+
+
+def previous_of(client: MilvusClient, settings: Settings, version: str | None) -> str | None:
+    """The version before `version` (kept for searches still reading it), from its manifest."""
+    if version is None:
+        return None
+    records = collection(settings.milvus_collection, version, RECORDS)
+    found = client.query(
+        records, filter='key == "manifest"', output_fields=["value"], timeout=settings.milvus_timeout_s
+    )
+    return json.loads(found[0]["value"]).get("previous_version") if found else None
