@@ -52,6 +52,8 @@ COPY . .
 # index seeds/ with the serving venv, which proves that serving needs no torch. data/cache (vector
 # cache, trimmed jieba dictionary) ships with data/index, so adding documents later re-encodes nothing
 # already seen. One RUN: with the vfs storage driver every layer of this stage is a full 2.3 GB copy.
+# data/uploads and data/jobs exist (owned by djqa after the copy below) so that volumes mounted there
+# start writable by the service (deploy/docker-compose.yml).
 RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
     && /opt/export/bin/pip install --no-deps . \
@@ -60,7 +62,8 @@ RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/pip 
     && mkdir -p /app && cp -r seeds /app/seeds && cd /app \
     && /opt/export/bin/python -m embeddings.model "$DJQA_MODELS_DIR/m3e-small" \
     && /opt/export/bin/python -m embeddings.export "$DJQA_MODELS_DIR/m3e-small" \
-    && /opt/venv/bin/dangjian-qa index
+    && /opt/venv/bin/dangjian-qa index \
+    && mkdir -p data/uploads data/jobs
 
 
 FROM ${BASE_IMAGE}

@@ -59,6 +59,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 class Server:
     """`dangjian-qa serve` in a subprocess on a free loopback port; a context manager.
 
@@ -205,6 +210,46 @@ def http_benchmarks(questions: Sequence[str], requests: int, duration: float) ->
     return results
 
 
+def store_benchmark(env: dict[str, str], questions: Sequence[str], requests: int, duration: float) -> dict:
+    """Single-client /api/search and /api/ask latency, 1- and 16-client throughput and peak RSS of one
+    server with `env` (how the FAISS and Milvus stores compare, in the same run)."""
+    with Server(env={"DJQA_QUERY_CACHE_SIZE": "0", **env}) as server:
+        server.wait_until_answering(questions[0])
+        search = single_client(server.url, "/api/search", questions, requests)
+        ask = single_client(server.url, "/api/ask", questions, requests)
+        levels = [asyncio.run(load_level(server.url, "/api/search", questions, n, duration)) for n in (1, 16)]
+        rss = int(memory_mb("VmHWM", str(server.process.pid)) * 2**20)
+    return {"search": search, "ask": ask, "throughput": levels, "server_peak_rss_bytes": rss}
+
+
+def milvus_stores(questions: Sequence[str], requests: int, duration: float) -> dict:
+    """The seeds' index copied into Milvus Lite (`dangjian-qa migrate`), served two ways: from Milvus
+    Lite's gRPC server in its own process (as replicas share it), and embedded in the server (a .db path)."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="djqa-bench-milvus-", dir=PROJECT_ROOT / "data") as scratch:
+        port = free_port()
+        command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", f"{scratch}/grpc", "--port", str(port)]
+        store = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            uri = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while not listening(port) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            env = {"DJQA_STORE": "milvus", "DJQA_MILVUS_URI": uri}
+            subprocess.run([str(CLI), "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
+            results["grpc"] = store_benchmark(env, questions, requests, duration)
+            results["grpc"]["store_peak_rss_bytes"] = int(memory_mb("VmHWM", str(store.pid)) * 2**20)
+            print(f"  Milvus Lite gRPC server: {results['grpc']['search']}", flush=True)
+        finally:
+            store.terminate()
+            store.wait()
+        env = {"DJQA_STORE": "milvus", "DJQA_MILVUS_URI": f"{scratch}/embedded.db"}
+        subprocess.run([str(CLI), "migrate"], env={**os.environ, **env}, check=True, capture_output=True)
+        results["embedded"] = store_benchmark(env, questions, requests, duration)
+        print(f"  Milvus Lite embedded: {results['embedded']['search']}", flush=True)
+    return results
+
+
 def previous_commit(revision: str, questions: Sequence[str], requests: int, duration: float) -> dict:
     """Single-client /api/search latency and 1- and 16-client throughput of an earlier commit's server,
     on its own index of the seeds, measured in this run so that the two are comparable."""
@@ -300,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     results["cold_start"] = cold_start(questions[0], args.cold_starts)
     print("HTTP latency and throughput …", flush=True)
     results["http"] = http_benchmarks(questions, args.requests, args.duration)
+    print("the same on Milvus Lite …", flush=True)
+    results["milvus"] = milvus_stores(questions, args.requests, args.duration)
     if args.compare:
         print(f"the same against {args.compare} …", flush=True)
         results["previous"] = previous_commit(args.compare, questions, args.requests, args.duration)

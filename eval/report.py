@@ -330,6 +330,8 @@ def bench_markdown(results: dict) -> str:
         ),
         f"Server peak RSS (VmHWM) after the load: **{size(http['server_peak_rss_bytes'])}**.",
     ]
+    if milvus := results.get("milvus"):
+        parts += stores_markdown(http, milvus)
     if previous := results.get("previous"):
         parts += previous_markdown(http, previous)
     build = results["index_build"]
@@ -349,6 +351,41 @@ def bench_markdown(results: dict) -> str:
     if scale := results.get("scale"):
         parts += scale_markdown(scale)
     return "\n\n".join(parts) + "\n"
+
+
+def stores_markdown(http: dict, milvus: dict) -> list[str]:
+    """The FAISS store beside Milvus Lite (its gRPC server, and embedded), measured in the same run."""
+    runs = {
+        "FAISS (default)": http,
+        "Milvus Lite, gRPC server": milvus["grpc"],
+        "Milvus Lite, embedded": milvus["embedded"],
+    }
+    levels = {name: {level["clients"]: level for level in run["throughput"]} for name, run in runs.items()}
+    rows = [
+        ["POST /api/search, single client: median / p95 ms"]
+        + [f"{run['search']['median_ms']:.1f} / {run['search']['p95_ms']:.1f}" for run in runs.values()],
+        ["POST /api/ask, single client: median / p95 ms"]
+        + [f"{run['ask']['median_ms']:.1f} / {run['ask']['p95_ms']:.1f}" for run in runs.values()],
+        *(
+            [f"throughput, {clients} client(s): requests/s"]
+            + [f"{levels[name][clients]['requests_per_second']:.1f}" for name in runs]
+            for clients in (1, 16)
+        ),
+        ["errors (all requests)"]
+        + [
+            str(run["search"]["errors"] + run["ask"]["errors"] + sum(levels[name][n]["errors"] for n in (1, 16)))
+            for name, run in runs.items()
+        ],
+        ["service peak RSS"] + [size(run["server_peak_rss_bytes"]) for run in runs.values()],
+        ["Milvus Lite server peak RSS", "–", size(milvus["grpc"]["store_peak_rss_bytes"]), "(in the service)"],
+    ]
+    return [
+        "## Stores side by side (seeds, same run)",
+        table(["measure", *runs], rows),
+        "The seeds' index copied into Milvus Lite with `dangjian-qa migrate`; every store ranks the same"
+        " passages (tests/test_milvus.py). Milvus Lite is Milvus's pure-Python edition for tests and small"
+        " installations; a Milvus server or cluster answers the same requests from its C++ engine.",
+    ]
 
 
 def previous_markdown(http: dict, previous: dict) -> list[str]:

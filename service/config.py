@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # Prefix of the collections and name of the alias that names the live version.
     milvus_collection: str = Field(default="djqa", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
     # FLAT is exact and ranks as the FAISS store does; HNSW suits millions of passages on a cluster.
-    milvus_index: Literal["FLAT", "HNSW", "IVF_FLAT"] = "FLAT"
+    milvus_index: Literal["FLAT", "HNSW"] = "FLAT"
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per call: an unreachable store fails fast
     seeds_dir: Path = PROJECT_ROOT / "seeds"
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"

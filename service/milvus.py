@@ -66,6 +66,7 @@ TEXT_FIELD_BYTES = 65_535  # Milvus's largest VARCHAR
 DOCUMENT_PART_CHARS = 16_000  # at most 4 bytes each in UTF-8: a part always fits a field
 KEY_BYTES = 512
 INSERT_BATCH = 1_000  # entities per insert: a few MB of vectors per message
+QUERY_BATCH = 4_000  # entities per page when reading many (documents, a document's passages, a copy)
 COPY_ROWS = 2_000  # passages copied at a time from the previous version by a change
 TERM_CACHE_WORDS = 100_000  # vocabulary lookups kept per version (a version never changes)
 # A passage with no words (all stopwords) still needs a non-empty sparse vector: a weight on a word
@@ -220,15 +221,18 @@ class MilvusStore:
                 return method(*args, timeout=self.timeout, **kwargs)
 
     def query_all(self, name: str, expression: str, fields: list[str]) -> list[dict]:
-        """Every entity matching, MAX_RESULTS at a time (Milvus caps one query)."""
+        """Every entity matching, by Milvus's query iterator (one query stops at MAX_RESULTS)."""
         found: list[dict] = []
-        while True:
-            batch = self.call(
-                self.client.query, name, filter=expression, output_fields=fields, limit=MAX_RESULTS, offset=len(found)
-            )
-            found += batch
-            if len(batch) < MAX_RESULTS:
-                return found
+        iterator = self.call(
+            self.client.query_iterator, name, batch_size=QUERY_BATCH, filter=expression, output_fields=fields
+        )
+        with reaching(self.uri):
+            try:
+                while batch := iterator.next():
+                    found += batch
+            finally:
+                iterator.close()
+        return found
 
     def record_values(self, key: str) -> list[dict]:
         return self.call(self.client.query, self.records, filter=f"key == {literal(key)}", output_fields=["value"])
@@ -254,26 +258,39 @@ class MilvusStore:
         return filter_expression(filters)
 
     def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]:
-        """Exact scores of the rows: every unit of each is scored by Milvus, the best one wins."""
+        """Exact scores of the rows: every unit of each is scored, the best one wins.
+
+        A FLAT index scores the rows' units itself (a filtered exact search); an approximate index's
+        filtered search may skip units, so their vectors are read and scored here instead.
+        """
         wanted = sorted({int(row) for row in rows})
         best: dict[int, float] = {}
-        per_search = max(1, MAX_RESULTS // self.max_units)
-        for start in range(0, len(wanted), per_search):
-            batch = wanted[start : start + per_search]
-            hits = self.search(
-                self.units, self.fields[model], vector, len(batch) * self.max_units, f"row in {numbers(batch)}", ["row"]
-            )
-            for hit in hits:
-                row = hit["entity"]["row"]
-                best[row] = max(best.get(row, -np.inf), hit["distance"])
+        per_call = max(1, MAX_RESULTS // self.max_units)
+        for start in range(0, len(wanted), per_call):
+            batch = wanted[start : start + per_call]
+            expression = f"row in {numbers(batch)}"
+            if self.exact:
+                limit = len(batch) * self.max_units
+                scored = [
+                    (hit["entity"]["row"], hit["distance"])
+                    for hit in self.search(self.units, self.fields[model], vector, limit, expression, ["row"])
+                ]
+            else:
+                units = self.query_all(self.units, expression, ["row", self.fields[model]])
+                matrix = np.array([unit[self.fields[model]] for unit in units], dtype=np.float32)
+                scores = matrix @ vector.astype(np.float32) if units else []
+                scored = [(unit["row"], float(score)) for unit, score in zip(units, scores, strict=True)]
+            for row, score in scored:
+                best[row] = max(best.get(row, -np.inf), score)
         return best
 
     def search(
         self, name: str, field: str, query: object, limit: int, expression: str, fields: list[str]
     ) -> list[dict]:
         data = [query.tolist() if isinstance(query, np.ndarray) else query]
-        params = {"metric_type": "IP"}
         limit = min(limit, MAX_RESULTS)
+        # HNSW explores at least as many candidates as the results asked for (its ef); FLAT ignores it.
+        params = {"metric_type": "IP", "params": {"ef": max(limit, 64)}}
         return self.call(
             self.client.search,
             name,
@@ -309,10 +326,11 @@ class MilvusStore:
             return {}, lambda rows: dict.fromkeys(rows, 0.0)
         hits = self.search(self.passages_name, "bm25", question, candidates, allowed, [])
         top = {hit["row"]: hit["distance"] for hit in hits if hit["distance"] > 0}
+        every_match_found = len(hits) < candidates  # then every other passage scores 0
 
         def scores_of(rows: Iterable[int]) -> dict[int, float]:
             scores = dict.fromkeys(rows, 0.0)
-            others = sorted(set(scores) - top.keys())
+            others = [] if every_match_found else sorted(set(scores) - top.keys())
             for start in range(0, len(others), MAX_RESULTS):
                 batch = others[start : start + MAX_RESULTS]
                 for hit in self.search(
@@ -683,6 +701,7 @@ def previous_of(client: MilvusClient, settings: Settings, version: str | None) -
     if version is None:
         return None
     records = collection(settings.milvus_collection, version, RECORDS)
+    client.load_collection(records, timeout=settings.milvus_timeout_s)  # a restarted Milvus Lite released it
     found = client.query(
         records, filter='key == "manifest"', output_fields=["value"], timeout=settings.milvus_timeout_s
     )
