@@ -24,11 +24,10 @@ from service.engine import (
 )
 from service.index import IndexBusy, IndexUnavailable
 from service.ingest.read import SUPPORTED_SUFFIXES
-from service.milvus import StoreUnreachable
 from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
-from service.store import document_rows
+from service.store import StoreUnreachable, document_rows
 from service.update import (
     ADDED,
     DUPLICATE,

@@ -13,8 +13,8 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_searcher, store_version
 from service.index import IndexUnavailable
-from service.milvus import StoreUnreachable
 from service.search import Searcher
+from service.store import StoreUnreachable
 from service.tokenize import WordTokenizer
 from service.update import AddReport, Progress, UnknownDocuments, add_files, delete_documents
 

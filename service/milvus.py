@@ -53,7 +53,7 @@ from service.index import (
     passage_from_json,
 )
 from service.records import Document, Passage
-from service.store import DENSE_ROWS_PER_CANDIDATE, UNITS_PER_CANDIDATE, Filters, LexicalScores
+from service.store import DENSE_ROWS_PER_CANDIDATE, UNITS_PER_CANDIDATE, Filters, LexicalScores, StoreUnreachable
 
 # Failures reach the user as StoreUnreachable; embedded Milvus Lite's gRPC server logs a traceback for
 # each call it does not implement (pymilvus asks for a timestamp while waiting for a new index).
@@ -73,14 +73,6 @@ TERM_CACHE_WORDS = 100_000  # vocabulary lookups kept per version (a version nev
 # number no vocabulary reaches and no question asks for scores nothing.
 NO_WORD = 4_294_967_294
 logger = logging.getLogger("dangjian_qa")
-
-
-class StoreUnreachable(Exception):
-    """Milvus did not answer (stopped, unreachable, overloaded); the service recovers once it does."""
-
-    def __init__(self, uri: str, error: Exception) -> None:
-        reason = getattr(error, "message", None) or str(error) or type(error).__name__
-        super().__init__(f"向量数据库 Milvus（{uri}）暂时无法访问：{reason[:200]}。恢复后服务会自动继续，请稍后重试")
 
 
 class VersionMoved(IndexBusy):
@@ -174,12 +166,6 @@ def live_version(client: MilvusClient, prefix: str, uri: str) -> str | None:
         if prefix not in client.list_aliases().get("aliases", []):
             return None
         return version_of(client.describe_alias(prefix)["collection_name"], prefix)
-
-
-def check_reachable(settings: Settings) -> None:
-    """StoreUnreachable unless Milvus answers a small request within a few seconds."""
-    with reaching(settings.milvus_uri):
-        client_for(settings).list_aliases(timeout=min(settings.milvus_timeout_s, 3.0))
 
 
 # ---------- reading ----------
@@ -379,6 +365,11 @@ class MilvusStore:
 
     def passage_counts(self) -> list[int]:
         return list(self.counts)
+
+    def check_reachable(self) -> None:
+        """StoreUnreachable unless Milvus answers a small request within a few seconds."""
+        with reaching(self.uri):
+            self.client.list_aliases(timeout=min(self.timeout, 3.0))
 
     def rows(self, start: int, end: int, fields: list[str], name: str | None = None) -> list[dict]:
         return self.query_all(name or self.passages_name, f"row >= {start} and row < {end}", fields)

@@ -33,6 +33,14 @@ DENSE_ROWS_PER_CANDIDATE = 2
 LexicalScores = Callable[[Iterable[int]], dict[int, float]]  # rows -> their BM25 scores (0 when none)
 
 
+class StoreUnreachable(Exception):
+    """The store did not answer (Milvus stopped, unreachable, overloaded); the service recovers once it does."""
+
+    def __init__(self, uri: str, error: Exception) -> None:
+        reason = getattr(error, "message", None) or str(error) or type(error).__name__
+        super().__init__(f"向量数据库 Milvus（{uri}）暂时无法访问：{reason[:200]}。恢复后服务会自动继续，请稍后重试")
+
+
 @dataclass(frozen=True)
 class Filters:
     """Restrictions applied together with the query; None means no restriction."""
@@ -73,6 +81,8 @@ class Store(Protocol):
     def all_passages(self) -> Iterator[Passage]: ...
 
     def chunks(self, drop_doc_ids: set[str]) -> Iterator[Chunk]: ...
+
+    def check_reachable(self) -> None: ...
 
 
 def idf(document_frequency: int, passage_count: int) -> float:
@@ -262,3 +272,6 @@ class FaissStore:
 
     def chunks(self, drop_doc_ids: set[str]) -> Iterator[Chunk]:
         return kept_chunks(self.index, drop_doc_ids)
+
+    def check_reachable(self) -> None:
+        """A loaded index folder is always at hand."""

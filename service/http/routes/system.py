@@ -7,7 +7,6 @@ from service.config import DEFAULT_MODE, MODES
 from service.http.deps import SettingsDep, SnapshotDep
 from service.http.errors import error_responses
 from service.http.schemas import ClientConfig, Health, ModelInfo
-from service.milvus import check_reachable
 
 system_routes = APIRouter(prefix="/api")
 
@@ -18,11 +17,10 @@ system_routes = APIRouter(prefix="/api")
     response_model=Health,
     responses=error_responses((503, "索引不可用，或 Milvus 不可访问（store_unavailable）")),
 )
-def health(snapshot: SnapshotDep, settings: SettingsDep) -> Health:
+def health(snapshot: SnapshotDep) -> Health:
     """索引、存储和模型的概况；服务正常时 status 为 ok，Milvus 不可访问时返回 503（store_unavailable）。"""
     store = snapshot.searcher.store
-    if store.kind == "milvus":
-        check_reachable(settings)
+    store.check_reachable()
     manifest = store.manifest
     return Health(
         documents=manifest["document_count"],
