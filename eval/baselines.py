@@ -16,7 +16,7 @@ import numpy as np
 
 from embeddings.encoder import TextEncoder
 from service.config import Settings
-from service.engine import load_current, write_passages
+from service.engine import open_store, write_passages
 from service.records import Passage
 from service.search import Searcher
 from service.tokenize import WORD
@@ -91,11 +91,11 @@ def embed_context_searcher(searcher: Searcher, settings: Settings, with_context:
     """The same passages re-indexed (under the cache folder) with title/section prefixing set to with_context."""
     index_dir = settings.cache_dir / "ablation-index"
     shutil.rmtree(index_dir, ignore_errors=True)
-    ablated = settings.model_copy(update={"embed_context": with_context, "index_dir": index_dir})
+    ablated = settings.model_copy(update={"embed_context": with_context, "index_dir": index_dir, "store": "faiss"})
     documents, passages = list(searcher.store.documents.values()), list(searcher.store.all_passages())
     write_passages(documents, passages, ablated, searcher.encoders, searcher.tokenizer)
     return Searcher(
-        load_current(ablated, searcher.encoders),
+        open_store(ablated, searcher.encoders),
         searcher.encoders,
         searcher.tokenizer,
         dense_weight=searcher.dense_weight,
