@@ -1,9 +1,10 @@
 """Speed: `make bench` (python -m eval.bench) measures start-up, latency, throughput, memory and indexing.
 
 Everything runs on this machine over loopback against `dangjian-qa serve` on a free port, started
-and stopped here. Benchmarks report; they never assert times. Writes eval/results/bench.json,
+and stopped here: on the FAISS store, on Milvus Lite (its gRPC server, and embedded), and optionally
+an earlier commit's server. Benchmarks report; they never assert times. Writes eval/results/bench.json,
 bench.md, bench_latency.png and bench_scale.png. `--quick` skips the scale runs (`dangjian-qa bench-scale`
-at 10k, 100k and 1M passages, about 25 minutes; service/scale.py).
+at 10k, 100k and 1M passages, about 25 of its 35 minutes; service/scale.py).
 """
 
 import argparse
