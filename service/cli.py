@@ -27,7 +27,7 @@ from service.ingest.read import SUPPORTED_SUFFIXES
 from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
-from service.store import StoreUnreachable, document_rows
+from service.stores import StoreUnreachable, document_rows
 from service.update import (
     ADDED,
     DUPLICATE,

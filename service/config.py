@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     models: Annotated[tuple[str, ...], NoDecode] = ("m3e-small", "multilingual-e5-small")
     models_dir: Path = PROJECT_ROOT / "models"
     # Where the index lives: "faiss", an index directory (index_dir) read by this process alone, or
-    # "milvus", collections in Milvus (service/milvus.py) that any number of servers share.
+    # "milvus", collections in Milvus (service/stores/milvus.py) that any number of servers share.
     store: Literal["faiss", "milvus"] = "faiss"
     index_dir: Path = PROJECT_ROOT / "data" / "index"
     # Milvus: a path ending in .db is an embedded Milvus Lite (this process only); http(s)://host:19530

@@ -30,7 +30,8 @@ from service.ingest.read import SUPPORTED_SUFFIXES
 from service.originals import original_files
 from service.records import Document, Passage
 from service.search import Searcher
-from service.store import FaissStore, Store
+from service.stores import Store
+from service.stores.faiss import FaissStore
 from service.tokenize import WordTokenizer, trimmed_dictionary
 
 
@@ -137,10 +138,10 @@ def write_passages(
     return version
 
 
-def milvus_module() -> ModuleType:
-    """service.milvus, imported when the Milvus store is configured: pymilvus (with pandas) costs 0.4 s
-    and 110 MB at start-up, which a server on the FAISS store never needs."""
-    return importlib.import_module("service.milvus")
+def milvus_part(name: str) -> ModuleType:
+    """service.stores.milvus or .milvus_writer, imported only when the Milvus store is configured:
+    pymilvus (with pandas) costs 0.4 s and 110 MB at start-up, which the FAISS store never needs."""
+    return importlib.import_module(f"service.stores.{name}")
 
 
 def save_version(
@@ -160,8 +161,8 @@ def save_version(
     folder's pending plan for FAISS, straight after the alias moves for Milvus.
     """
     if settings.store == "milvus":
-        milvus = milvus_module()
-        version, manifest = milvus.write_milvus_version(settings, documents, chunks, models, note, previous, extra)
+        writer = milvus_part("milvus_writer")
+        version, manifest = writer.write_milvus_version(settings, documents, chunks, models, note, previous, extra)
         carry_out(moves, removals)
         return version, manifest
     before = previous.index if isinstance(previous, FaissStore) else None
@@ -171,7 +172,7 @@ def save_version(
 
 def store_lock(settings: Settings, create: bool = False) -> AbstractContextManager[None]:
     """The writers' lock. Milvus writers on one machine share the index folder's (made if missing);
-    writers on other machines are caught when they switch versions (milvus.VersionMoved)."""
+    writers on other machines are caught when they switch versions (milvus_writer.VersionMoved)."""
     create = create or settings.store == "milvus"
     return writer_lock(settings.index_dir, create=create, timeout=settings.writer_wait_seconds)
 
@@ -179,7 +180,7 @@ def store_lock(settings: Settings, create: bool = False) -> AbstractContextManag
 def store_version(settings: Settings) -> str | None:
     """The name of the live version, or None when there is none."""
     if settings.store == "milvus":
-        milvus = milvus_module()
+        milvus = milvus_part("milvus")
         return milvus.live_version(milvus.client_for(settings), settings.milvus_collection, settings.milvus_uri)
     return current_version(settings.index_dir)
 
@@ -216,7 +217,7 @@ def load_current(settings: Settings, encoders: Encoders) -> SearchIndex:
 def open_store(settings: Settings, encoders: Encoders) -> Store:
     """The live version of the configured store, checked against the configured models and settings."""
     if settings.store == "milvus":
-        return milvus_module().open_milvus_store(settings, models_info(encoders), settings_note(settings))
+        return milvus_part("milvus").open_milvus_store(settings, models_info(encoders), settings_note(settings))
     return FaissStore(load_current(settings, encoders))
 
 

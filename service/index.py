@@ -313,6 +313,20 @@ class VersionWriter:
         }
 
 
+def new_manifest(documents: list[Document], models: list[dict], settings_note: str, fields: dict) -> dict:
+    """A version's manifest (either store): what built it, checked at load (check_manifest), and `fields`."""
+    return {
+        **fields,
+        "format_version": FORMAT_VERSION,
+        "models": [
+            {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])} for m in models
+        ],
+        "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
+        "settings": settings_note,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 def write_version(
     index_dir: Path,
     documents: list[Document],
@@ -347,19 +361,8 @@ def write_version(
         if moves or removals:
             pending = {"moves": [[str(a), str(b)] for a, b in moves], "removals": [str(path) for path in removals]}
             (staging / PENDING).write_text(json.dumps(pending, ensure_ascii=False, indent=2), encoding="utf-8")
-        manifest = {
-            **(extra or {}),
-            "format_version": FORMAT_VERSION,
-            "models": [
-                {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])}
-                for m in models
-            ],
-            **counts,
-            "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
-            "settings": settings_note,
-            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "files": file_checksums(staging),
-        }
+        manifest = new_manifest(documents, models, settings_note, {**(extra or {}), **counts})
+        manifest["files"] = file_checksums(staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2))
         fsync_tree(staging)
     except BaseException as error:

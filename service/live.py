@@ -14,7 +14,7 @@ from service.embed import Encoders
 from service.engine import open_searcher, store_version
 from service.index import IndexUnavailable
 from service.search import Searcher
-from service.store import StoreUnreachable
+from service.stores import StoreUnreachable
 from service.tokenize import WordTokenizer
 from service.update import AddReport, Progress, UnknownDocuments, add_files, delete_documents
 

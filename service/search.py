@@ -1,4 +1,4 @@
-"""Dense, lexical (BM25) and hybrid ranking over a store (service/store.py): fusion, explanations, highlights."""
+"""Dense, lexical (BM25) and hybrid ranking over a store (service/stores/): fusion, explanations, highlights."""
 
 import time
 from collections.abc import Callable, Container, Mapping, Sequence
@@ -10,7 +10,7 @@ import numpy as np
 from service.config import MODES
 from service.embed import Encoders
 from service.records import Document, Hit, ModelEvidence, Passage
-from service.store import Filters, Store, idf
+from service.stores import Filters, Store, idf
 from service.text import context_around
 from service.tokenize import WordTokenizer
 
@@ -140,7 +140,7 @@ class Ranking:
 
 
 class Searcher:
-    """Ranks passages for a question from a store (service/store.py), with the encoders and the tokenizer."""
+    """Ranks passages for a question from a store (service/stores/), with the encoders and the tokenizer."""
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ from service.ingest import Limits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
 from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
 from service.records import Document, Passage
-from service.store import Store
+from service.stores import Store
 from service.tokenize import WordTokenizer
 
 # What happened to each file; the API maps them to 201 / 409 / 415 / 413 / 413 / 422.

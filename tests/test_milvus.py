@@ -16,9 +16,10 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import migrate_to_milvus, open_searcher, open_store, store_version
 from service.index import IndexUnavailable
-from service.milvus import VersionMoved, client_for, filter_expression, literal, versions_in
 from service.search import Searcher
-from service.store import Filters
+from service.stores import Filters
+from service.stores.milvus import client_for, filter_expression, literal
+from service.stores.milvus_writer import VersionMoved, versions_in
 from service.tokenize import WordTokenizer
 from service.update import Change, add_files, delete_documents, removal, save_change
 from tests.conftest import free_port, live_server, milvus_lite_server, run_cli, stop_server, write

@@ -22,7 +22,7 @@ from starlette.routing import Match
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
-from service.store import StoreUnreachable
+from service.stores import StoreUnreachable
 from service.update import UnknownDocuments, WouldEmptyIndex
 
 logger = logging.getLogger("dangjian_qa")

@@ -27,7 +27,7 @@ from service.http.schemas import (
     UploadJob,
 )
 from service.jobs import Job, nothing_added, problem_rows
-from service.store import document_rows
+from service.stores import document_rows
 from service.update import ADDED, REPLACED, classify_files
 
 read_routes = APIRouter(prefix="/api", dependencies=[Depends(require_read_key)])

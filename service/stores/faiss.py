@@ -1,93 +1,14 @@
-"""Where passages live and what a search asks of them: the Store protocol and the FAISS store.
+"""The FAISS store: an index directory's live version (service/index.py), searched in this process."""
 
-A store answers a handful of questions for a Searcher (service/search.py), which does fusion,
-explanations and highlights itself and so ranks the same whichever store answered:
-
-- `dense`: exact scores of the passages owning the units nearest a question's vector, for one model;
-- `row_scores`: exact scores of given passages for one model (every unit of each, best one wins);
-- `lexical`: the best BM25 passages, and a way to score other passages for the same question;
-- `frequencies`: how many passages hold each word (for idf);
-- `passages`: the hits' passages and tokens.
-
-Filters are turned into the store's own form once per search (`allowed`). FaissStore answers from
-an index directory (service/index.py, the default); MilvusStore from Milvus (service/milvus.py).
-"""
-
-import math
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from service.index import Chunk, SearchIndex, kept_chunks
-from service.records import Document, Passage
+from service.records import Passage
 from service.rowfile import RowFile
-
-UNITS_PER_CANDIDATE = 4  # passages have several embedded units; fetch enough to fill the candidates
-# Passages scored exactly from the nearest units, per candidate: re-scoring reads each one's units
-# from disk in a large index. Two per candidate kept recall@10 at 0.98 on 100,000 passages.
-DENSE_ROWS_PER_CANDIDATE = 2
-
-LexicalScores = Callable[[Iterable[int]], dict[int, float]]  # rows -> their BM25 scores (0 when none)
-
-
-class StoreUnreachable(Exception):
-    """The store did not answer (Milvus stopped, unreachable, overloaded); the service recovers once it does."""
-
-    def __init__(self, uri: str, error: Exception) -> None:
-        reason = getattr(error, "message", None) or str(error) or type(error).__name__
-        super().__init__(f"向量数据库 Milvus（{uri}）暂时无法访问：{reason[:200]}。恢复后服务会自动继续，请稍后重试")
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Restrictions applied together with the query; None means no restriction."""
-
-    doc_ids: frozenset[str] | None = None
-    doc_type: str | None = None
-    year: int | None = None
-
-
-class Store(Protocol):
-    """One index version, as a Searcher and the document routes read it."""
-
-    kind: str  # "faiss" or "milvus"
-    version: str
-    manifest: dict
-    documents: dict[str, Document]  # in the order they were added
-    passage_count: int
-    concurrent: bool  # whether each model's search is worth running beside the others
-
-    def allowed(self, filters: Filters) -> object: ...
-
-    def dense(self, model: str, vector: np.ndarray, candidates: int, allowed: object) -> dict[int, float]: ...
-
-    def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]: ...
-
-    def lexical(
-        self, query_tokens: list[str], allowed: object, candidates: int
-    ) -> tuple[dict[int, float], LexicalScores]: ...
-
-    def frequencies(self, tokens: Iterable[str]) -> dict[str, int]: ...
-
-    def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]: ...
-
-    def passages_of(self, doc_id: str) -> list[Passage]: ...
-
-    def passage_counts(self) -> list[int]: ...
-
-    def all_passages(self) -> Iterator[Passage]: ...
-
-    def chunks(self, drop_doc_ids: set[str]) -> Iterator[Chunk]: ...
-
-    def check_reachable(self) -> None: ...
-
-
-def idf(document_frequency: int, passage_count: int) -> float:
-    """BM25's (Lucene) inverse document frequency; a word no passage uses gets the largest value."""
-    return math.log(1 + (passage_count - document_frequency + 0.5) / (document_frequency + 0.5))
+from service.stores import DENSE_ROWS_PER_CANDIDATE, UNITS_PER_CANDIDATE, Filters, LexicalScores
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -123,24 +44,6 @@ def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.nda
         rows.prefetch()  # BM25 columns are read for every question: have them in memory early
         return lambda spans: rows.read(spans).view(array.dtype).ravel()
     return lambda spans: np.concatenate([array[start:end] for start, end in spans])
-
-
-def document_rows(store: Store) -> list[dict]:
-    """The indexed documents as the user manages them, in the order they were added."""
-    return [
-        {
-            "doc_id": document.doc_id,
-            "title": document.title,
-            "source": document.source,
-            "doc_type": document.doc_type,
-            "year": document.year,
-            "level": document.level,
-            "passages": count,
-            "characters": len(document.text),
-            "added_at": document.added_at,
-        }
-        for document, count in zip(store.documents.values(), store.passage_counts(), strict=True)
-    ]
 
 
 class FaissStore:
