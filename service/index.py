@@ -137,6 +137,11 @@ def passage_from_json(text: str) -> Passage:
     return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
 
 
+def document_from_fields(fields: dict) -> Document:
+    """A Document from its asdict() fields read back from JSON (lists become tuples again)."""
+    return Document(**{**fields, "sections": tuple(fields["sections"])})
+
+
 @dataclass
 class SearchIndex:
     """A loaded version: small arrays in memory, everything large memory-mapped or read per hit."""
@@ -571,9 +576,7 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         check_manifest(manifest, models, settings_note)
         verify_files(version_dir, manifest)
-        documents = [
-            Document(**{**d, "sections": tuple(d["sections"])}) for d in read_jsonl(version_dir / "documents.jsonl")
-        ]
+        documents = [document_from_fields(fields) for fields in read_jsonl(version_dir / "documents.jsonl")]
         unit_ids = np.load(version_dir / "units.npy")  # in memory: searched per question
         row_starts = np.load(version_dir / "rows.npy")
         doc_rows = np.load(version_dir / "doc_rows.npy")

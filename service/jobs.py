@@ -35,6 +35,7 @@ from pathlib import Path
 from service.atomic import fsync_directory, write_atomic
 from service.index import IndexBusy, IndexUnavailable
 from service.live import LiveIndex
+from service.stores import StoreUnreachable
 from service.update import (
     ADDED,
     DUPLICATE,
@@ -294,8 +295,9 @@ class JobWorker:
             report = self.live.add_files(
                 files, on_progress=self.progress(job), job_id=job.job_id, before_save=lambda rep: self.commit(job, rep)
             )
-        except (IndexUnavailable, IndexBusy) as error:
+        except (IndexUnavailable, IndexBusy, StoreUnreachable) as error:
             code = "index_busy" if isinstance(error, IndexBusy) else "index_unavailable"
+            code = "store_unavailable" if isinstance(error, StoreUnreachable) else code
             job.error, job.status = {"code": code, "message": str(error)}, 503
             self.finish(job, FAILED_STATE)
             return

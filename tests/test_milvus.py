@@ -56,6 +56,14 @@ def milvus_settings(
     return settings
 
 
+@pytest.fixture
+def private_milvus(milvus_settings: Settings, encoders: Encoders, tmp_path: Path) -> Settings:
+    """A copy of the seed index in collections of its own, free to change."""
+    settings = milvus_copy(milvus_settings, tmp_path)
+    migrate_to_milvus(settings, encoders)
+    return settings
+
+
 @pytest.fixture(scope="module")
 def milvus_searcher(milvus_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer) -> Searcher:
     return open_searcher(milvus_settings, encoders, tokenizer)
@@ -112,6 +120,14 @@ def test_documents_and_their_passages_are_read_back_whole(searcher: Searcher, mi
     assert milvus_store.passages_of(doc_id) == faiss_store.passages_of(doc_id)
 
 
+def test_a_year_no_field_can_hold_matches_nothing_instead_of_failing(
+    searcher: Searcher, milvus_searcher: Searcher
+) -> None:
+    for year in (10**20, 2**63, -(2**63) - 1):
+        for store_searcher in (searcher, milvus_searcher):
+            assert store_searcher.search("党建工作", top_k=3, filters=Filters(year=year)) == []
+
+
 def test_filter_values_are_quoted_not_interpreted() -> None:
     assert literal('a"b\\c\nd') == '"a\\"b\\\\c\\nd"'
     expression = filter_expression(Filters(doc_ids=frozenset({'x" or doc_id != "'}), doc_type="讲话", year=2024))
@@ -148,10 +164,9 @@ def test_the_eval_set_scores_the_same_through_both_stores_apis(
 
 
 def test_add_and_remove_write_new_versions_and_keep_one_before(
-    milvus_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, tmp_path: Path
+    private_milvus: Settings, encoders: Encoders, tokenizer: WordTokenizer, tmp_path: Path
 ) -> None:
-    settings = milvus_copy(milvus_settings, tmp_path)
-    migrate_to_milvus(settings, encoders)
+    settings = private_milvus
     first = store_version(settings)
     report = add_files(settings, encoders, tokenizer, [write(tmp_path / "in", "发热门诊.txt", FEVER)])
     assert report.version == store_version(settings) != first
@@ -169,10 +184,9 @@ def test_add_and_remove_write_new_versions_and_keep_one_before(
 
 
 def test_a_change_that_fails_leaves_the_live_version_and_no_debris(
-    milvus_settings: Settings, encoders: Encoders, tmp_path: Path
+    private_milvus: Settings, encoders: Encoders
 ) -> None:
-    settings = milvus_copy(milvus_settings, tmp_path)
-    migrate_to_milvus(settings, encoders)
+    settings = private_milvus
     store = open_store(settings, encoders)
     before = (store.version, versions_in(client_for(settings), settings.milvus_collection, 10))
 
@@ -192,10 +206,9 @@ def test_a_change_that_fails_leaves_the_live_version_and_no_debris(
 
 
 def test_a_change_built_on_a_version_another_writer_replaced_is_refused(
-    milvus_settings: Settings, encoders: Encoders, tmp_path: Path
+    private_milvus: Settings, encoders: Encoders
 ) -> None:
-    settings = milvus_copy(milvus_settings, tmp_path)
-    migrate_to_milvus(settings, encoders)
+    settings = private_milvus
     stale = open_store(settings, encoders)
     migrate_to_milvus(settings, encoders)  # another writer's change goes live meanwhile
     live = store_version(settings)
@@ -288,6 +301,10 @@ def test_two_replicas_share_one_store_and_survive_its_restart(
             print(f"the other replica answered with the new document {seconds:.1f} s after the job was done")
 
             stop_server(store)
+            files = {"files": ("护理.txt", "护理部党支部开展“最美护士”评选活动。".encode())}
+            job = writer.post("/api/documents", files=files, headers={"X-API-Key": KEY}).json()
+            until(60, lambda: job_state()["state"] in ("done", "failed"))
+            assert job_state()["status"] == 503 and job_state()["error"]["code"] == "store_unavailable"
             for client in (writer, reader):
                 response = client.post("/api/search", json=question)
                 assert response.status_code == 503 and response.json()["error"]["code"] == "store_unavailable"

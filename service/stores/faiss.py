@@ -111,7 +111,7 @@ class FaissStore:
         k = min(candidates * UNITS_PER_CANDIDATE, count)
         positions = self.index.vectors[model].nearest(vector, k, allowed_units)
         rows = first_occurrences(self.index.rows_of_positions(positions))[: candidates * DENSE_ROWS_PER_CANDIDATE]
-        return self.row_scores(model, rows.tolist(), vector)
+        return self.row_scores(model, rows, vector)
 
     def lexical(
         self, query_tokens: list[str], allowed: np.ndarray | None, candidates: int

@@ -35,7 +35,14 @@ import numpy as np
 from pymilvus import MilvusClient, MilvusException
 
 from service.config import Settings
-from service.index import REBUILD_HINT, Chunk, IndexUnavailable, check_manifest, passage_from_json
+from service.index import (
+    REBUILD_HINT,
+    Chunk,
+    IndexUnavailable,
+    check_manifest,
+    document_from_fields,
+    passage_from_json,
+)
 from service.records import Document, Passage
 from service.stores import DENSE_ROWS_PER_CANDIDATE, UNITS_PER_CANDIDATE, Filters, LexicalScores, StoreUnreachable
 
@@ -47,6 +54,7 @@ logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 UNITS, PASSAGES, RECORDS = "u", "p", "r"
 MAX_RESULTS = 16_384  # Milvus's largest limit for one search or query
 KEY_BYTES = 512
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 QUERY_BATCH = 4_000  # entities per page when reading many (documents, a document's passages, a copy)
 COPY_ROWS = 2_000  # passages copied at a time from the previous version by a change
 TERM_CACHE_WORDS = 100_000  # vocabulary lookups kept per version (a version never changes)
@@ -70,7 +78,8 @@ def filter_expression(filters: Filters) -> str:
     if filters.doc_type is not None:
         terms.append(f"doc_type == {literal(filters.doc_type)}")
     if filters.year is not None:
-        terms.append(f"year == {int(filters.year)}")
+        # A year no INT64 field holds matches no document (Milvus would refuse the literal).
+        terms.append(f"year == {filters.year}" if INT64_MIN <= filters.year <= INT64_MAX else "year in []")
     return " and ".join(terms)
 
 
@@ -144,7 +153,7 @@ class MilvusStore:
     kind = "milvus"
     concurrent = True  # each model's search is a round trip: they overlap with BM25's
 
-    def __init__(self, client: MilvusClient, settings: Settings, version: str) -> None:
+    def __init__(self, client: MilvusClient, settings: Settings, version: str, manifest: dict) -> None:
         self.client = client
         self.uri = settings.milvus_uri
         self.timeout = settings.milvus_timeout_s
@@ -154,7 +163,7 @@ class MilvusStore:
             collection(prefix, version, part) for part in (UNITS, PASSAGES, RECORDS)
         )
         self.terms: dict[str, tuple[int, int] | None] = {}
-        self.manifest = json.loads(self.record_values("manifest")[0]["value"])
+        self.manifest = manifest
         self.passage_count = int(self.manifest["passage_count"])
         self.max_units = max(1, int(self.manifest["max_units_per_passage"]))
         self.exact = self.manifest["milvus_index"] == "FLAT"
@@ -187,9 +196,6 @@ class MilvusStore:
                 iterator.close()
         return found
 
-    def record_values(self, key: str) -> list[dict]:
-        return self.call(self.client.query, self.records, filter=f"key == {literal(key)}", output_fields=["value"])
-
     def read_documents(self) -> tuple[dict[str, Document], list[int]]:
         parts = self.query_all(self.records, 'key like "d:%"', ["key", "value", "count"])
         parts.sort(key=lambda part: part["key"])
@@ -202,7 +208,7 @@ class MilvusStore:
         documents = {}
         for number in sorted(texts):
             fields = json.loads("".join(texts[number]))
-            documents[fields["doc_id"]] = Document(**{**fields, "sections": tuple(fields["sections"])})
+            documents[fields["doc_id"]] = document_from_fields(fields)
         if len(documents) != self.manifest["document_count"]:
             raise IndexUnavailable(f"Milvus 中的索引版本 {self.version} 不完整（文档数与清单不一致）。{REBUILD_HINT}")
         return documents, [counts[number] for number in sorted(counts)]
@@ -383,6 +389,19 @@ def open_milvus_store(settings: Settings, models: list[dict], settings_note: str
             f"Milvus（{settings.milvus_uri}）中还没有索引 {settings.milvus_collection}：请运行 "
             "`dangjian-qa index`（DJQA_STORE=milvus）从文档构建，或 `dangjian-qa migrate` 从现有索引复制"
         )
-    store = MilvusStore(client, settings, version)
-    check_manifest(store.manifest, models, settings_note)
-    return store
+    manifest = read_manifest(client, settings, version)
+    check_manifest(manifest, models, settings_note)  # before the documents are read: a mismatch costs nothing
+    return MilvusStore(client, settings, version, manifest)
+
+
+def read_manifest(client: MilvusClient, settings: Settings, version: str) -> dict:
+    """A version's manifest, from its records collection (loaded again if a restarted Milvus Lite released it)."""
+    records = collection(settings.milvus_collection, version, RECORDS)
+    with reaching(settings.milvus_uri):
+        client.load_collection(records, timeout=settings.milvus_timeout_s)
+        found = client.query(
+            records, filter='key == "manifest"', output_fields=["value"], timeout=settings.milvus_timeout_s
+        )
+    if not found:
+        raise IndexUnavailable(f"Milvus 中的索引版本 {version} 不完整（没有清单）。{REBUILD_HINT}")
+    return json.loads(found[0]["value"])

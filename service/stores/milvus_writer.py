@@ -2,9 +2,9 @@
 collections, stream units in, add passages with their BM25 weights once all are known, seal, check,
 move the alias, drop what is no longer needed."""
 
-import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from service.stores.milvus import (
     collection,
     live_version,
     reaching,
+    read_manifest,
     term_key,
     usable_token,
 )
@@ -97,6 +98,11 @@ def create_collections(client: MilvusClient, settings: Settings, version: str, m
 def insert(client: MilvusClient, name: str, entities: list[dict], timeout: float) -> None:
     for start in range(0, len(entities), INSERT_BATCH):
         client.insert(name, entities[start : start + INSERT_BATCH], timeout=timeout)
+
+
+def record(key: str, value: str = "", number: int = 0, count: int = 0) -> dict:
+    """An entity of a version's records collection (its vector field is unused, see create_collections)."""
+    return {"key": key, "value": value, "number": number, "count": count, "unused": [0.0, 0.0]}
 
 
 def checked_text(text: str, what: str) -> str:
@@ -172,29 +178,20 @@ class MilvusVersionWriter:
                 row = weights.getrow(entity["row"])
                 entity["bm25"] = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True)) or {NO_WORD: 1.0}
             insert(self.client, self.names[PASSAGES], batch, self.timeout)
-        unused = [0.0, 0.0]
         terms = [
-            {"key": term_key(token), "value": "", "number": number, "count": int(frequencies[number]), "unused": unused}
+            record(term_key(token), number=number, count=int(frequencies[number]))
             for token, number in vocabulary.items()
             if usable_token(token)
         ]
         insert(self.client, self.names[RECORDS], terms, self.timeout)
-        passages_per_document: dict[str, int] = {}
-        for entity in self.passages:
-            passages_per_document[entity["doc_id"]] = passages_per_document.get(entity["doc_id"], 0) + 1
+        passages_per_document = Counter(entity["doc_id"] for entity in self.passages)
         parts = []
         for number, document in enumerate(documents):
             text = as_json(asdict(document))
             for part, start in enumerate(range(0, max(len(text), 1), DOCUMENT_PART_CHARS)):
-                parts.append(
-                    {
-                        "key": f"d:{number:09d}:{part:06d}",
-                        "value": text[start : start + DOCUMENT_PART_CHARS],
-                        "number": number,
-                        "count": passages_per_document.get(document.doc_id, 0),
-                        "unused": unused,
-                    }
-                )
+                value = text[start : start + DOCUMENT_PART_CHARS]
+                count = passages_per_document[document.doc_id]
+                parts.append(record(f"d:{number:09d}:{part:06d}", value, number, count))
         insert(self.client, self.names[RECORDS], parts, self.timeout)
         return {
             "passage_count": len(self.passages),
@@ -207,15 +204,8 @@ class MilvusVersionWriter:
 
     def seal(self, manifest: dict) -> None:
         """Store the manifest, flush, and check that Milvus holds every entity before anyone may read it."""
-        unused = [0.0, 0.0]
-        record = {
-            "key": "manifest",
-            "value": checked_text(as_json(manifest), "清单"),
-            "number": 0,
-            "count": 0,
-            "unused": unused,
-        }
-        insert(self.client, self.names[RECORDS], [record], self.timeout)
+        entry = record("manifest", checked_text(as_json(manifest), "清单"))
+        insert(self.client, self.names[RECORDS], [entry], self.timeout)
         expected = {UNITS: manifest["unit_count"], PASSAGES: manifest["passage_count"]}
         for part, name in self.names.items():
             self.client.flush(name, timeout=self.timeout)
@@ -304,11 +294,4 @@ def write_milvus_version(
 
 def previous_of(client: MilvusClient, settings: Settings, version: str | None) -> str | None:
     """The version before `version` (kept for searches still reading it), from its manifest."""
-    if version is None:
-        return None
-    records = collection(settings.milvus_collection, version, RECORDS)
-    client.load_collection(records, timeout=settings.milvus_timeout_s)  # a restarted Milvus Lite released it
-    found = client.query(
-        records, filter='key == "manifest"', output_fields=["value"], timeout=settings.milvus_timeout_s
-    )
-    return json.loads(found[0]["value"]).get("previous_version") if found else None
+    return None if version is None else read_manifest(client, settings, version).get("previous_version")
