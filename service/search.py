@@ -1,7 +1,7 @@
 """Dense, lexical (BM25) and hybrid ranking over a store (service/stores/): fusion, explanations, highlights."""
 
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -127,6 +127,26 @@ def highlight_spans(text: str, terms: list[str]) -> tuple[tuple[int, int], ...]:
     return tuple(merged)
 
 
+class EncodedQuestion(Mapping[str, np.ndarray]):
+    """A question's vector from every model, encoded side by side in QUERY_POOL; reading one waits for it.
+
+    Encoding is most of a search (e5 alone takes 15–20 ms), so the search tokenizes, runs BM25 and
+    works out the filters while the models run, and takes each vector only when it needs it.
+    """
+
+    def __init__(self, futures: Mapping[str, Future[np.ndarray]]) -> None:
+        self.futures = dict(futures)
+
+    def __getitem__(self, model: str) -> np.ndarray:
+        return self.futures[model].result()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.futures)
+
+    def __len__(self) -> int:
+        return len(self.futures)
+
+
 @dataclass(frozen=True)
 class Ranking:
     """One search's evidence: combined dense scores and ranks, each model's, and BM25's."""
@@ -161,12 +181,11 @@ class Searcher:
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
         self.unseen_idf = idf(0, store.passage_count)
 
-    def query_vectors(self, query: str) -> dict[str, np.ndarray]:
-        """The question's vector from every model, encoded concurrently."""
-        if len(self.encoders) == 1:
-            return {name: encoder.encode_query(query) for name, encoder in self.encoders.items()}
-        futures = {name: QUERY_POOL.submit(encoder.encode_query, query) for name, encoder in self.encoders.items()}
-        return {name: future.result() for name, future in futures.items()}
+    def query_vectors(self, query: str) -> EncodedQuestion:
+        """The question's vector from every model; the models start at once and run concurrently."""
+        return EncodedQuestion(
+            {name: QUERY_POOL.submit(encoder.encode_query, query) for name, encoder in self.encoders.items()}
+        )
 
     def per_model(self, work: Callable[..., dict[int, float]], *args: object) -> Future[dict[int, float]]:
         """One model's part of a search: beside the others and BM25 when the store says it pays off
@@ -194,7 +213,7 @@ class Searcher:
         top_k: int = 5,
         mode: str = "hybrid",
         filters: Filters = Filters(),
-        query_vectors: dict[str, np.ndarray] | None = None,
+        query_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> list[Hit]:
         """The top_k passages for the query, best first, each with its component ranks and scores.
 
@@ -202,18 +221,21 @@ class Searcher:
         searches and scores sentences with the same ones)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
+        if mode in ("hybrid", "dense") and query_vectors is None:
+            query_vectors = self.query_vectors(query)  # the models start now; what follows runs beside them
         query_tokens = self.tokenizer.query_tokens(query)
         allowed = self.store.allowed(filters)
         lexical: dict[int, float] = {}
-        searches = {}
-        if mode in ("hybrid", "dense"):
-            query_vectors = query_vectors or self.query_vectors(query)
-            searches = {
-                model: self.per_model(self.store.dense, model, vector, self.candidates, allowed)
-                for model, vector in query_vectors.items()
-            }
         if mode in ("hybrid", "lexical"):
             lexical, lexical_of = self.store.lexical(query_tokens, allowed, self.candidates)
+        lexical_weight = self.lexical_weight * self.coverage(query_tokens) if mode == "hybrid" else 0.0
+        searches = {}
+        if query_vectors is not None and mode in ("hybrid", "dense"):
+            # Each vector is taken here, not in the pool: pool tasks never wait on the pool themselves.
+            searches = {
+                model: self.per_model(self.store.dense, model, query_vectors[model], self.candidates, allowed)
+                for model in query_vectors
+            }
         dense = {model: search.result() for model, search in searches.items()}
         if dense:
             # Every retriever scores every candidate, so that fusion compares like with like.
@@ -227,7 +249,7 @@ class Searcher:
         combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
             lexical = lexical_of(combined.keys() | lexical.keys())
-            fused = fuse(dense, self.model_weights, lexical, self.lexical_weight * self.coverage(query_tokens))
+            fused = fuse(dense, self.model_weights, lexical, lexical_weight)
         elif mode == "dense":
             fused = combined
         else:

@@ -20,7 +20,8 @@ def live_snapshot(request: Request) -> Snapshot:
     return request.app.state.live.current()
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
+    # async: FastAPI would run a plain function in its thread pool, a hop per request for a lookup.
     return request.app.state.settings
 
 
@@ -104,7 +105,7 @@ def require_write_key(
     require_key(request, settings, "writes_disabled", message)
 
 
-def require_read_key(request: Request, settings: SettingsDep) -> None:
+async def require_read_key(request: Request, settings: SettingsDep) -> None:
     """Searches and document reads: open unless settings.read_requires_key."""
     if settings.read_requires_key:
         message = "本服务要求提供密钥才能查询（DJQA_READ_REQUIRES_KEY），但未设置 DJQA_API_KEY；请设置后重启服务"
