@@ -312,12 +312,14 @@ def index_build() -> dict:
     return {"passages": passages, "units": units, **runs}
 
 
-def scale_run(count: int) -> dict:
+def scale_run(count: int, clause_units: bool) -> dict:
     """`dangjian-qa bench-scale --passages COUNT --json` (it builds, then measures in a fresh process)."""
+    env = {**os.environ, "DJQA_CLAUSE_UNITS": str(clause_units).lower()}
     with tempfile.TemporaryDirectory(prefix="djqa-bench-scale-", dir=PROJECT_ROOT / "data") as scratch:
         done = subprocess.run(
             [str(CLI), "bench-scale", "--passages", str(count), "--json", "--dir", scratch],
             cwd=PROJECT_ROOT,
+            env=env,
             capture_output=True,
             text=True,
             check=True,
@@ -331,7 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description="速度基准测试")
     parser.add_argument("--quick", action="store_true", help="跳过规模测试")
     parser.add_argument(
-        "--scale", default="10000,100000,1000000", help="规模测试的合成段落数，逗号分隔（默认 10000,100000,1000000）"
+        "--scale",
+        default="10000,100000",
+        help="规模测试的合成段落数，逗号分隔（默认 10000,100000；按默认设置含分句单元）",
+    )
+    parser.add_argument(
+        "--scale-without-clauses",
+        default="100000,1000000",
+        help="不含分句单元（DJQA_CLAUSE_UNITS=false）的规模测试段落数（默认 100000,1000000）",
     )
     parser.add_argument("--requests", type=int, default=500, help="单客户端请求数（默认 500）")
     parser.add_argument("--duration", type=float, default=5.0, help="每个并发级别的秒数（默认 5）")
@@ -353,11 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         results["previous"] = previous_commit(args.compare, questions, args.requests, args.duration)
     print("index build …", flush=True)
     results["index_build"] = index_build()
-    if not args.quick and args.scale:
+    if not args.quick:
+        runs = [(int(size), True) for size in args.scale.split(",") if size]
+        runs += [(int(size), False) for size in args.scale_without_clauses.split(",") if size]
         results["scale"] = []
-        for count in (int(size) for size in args.scale.split(",")):
-            print(f"scale run with {count:,} synthetic passages …", flush=True)
-            results["scale"].append(scale_run(count))
+        for count, clause_units in runs:
+            print(f"scale run with {count:,} synthetic passages, clause units {clause_units} …", flush=True)
+            results["scale"].append(scale_run(count, clause_units))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     report = bench_markdown(results)

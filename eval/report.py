@@ -408,6 +408,10 @@ def previous_markdown(http: dict, previous: dict) -> list[str]:
     ]
 
 
+def clause_label(run: dict) -> str:
+    return "clause units" if run.get("clause_units", False) else "sentence units"
+
+
 def scale_markdown(runs: list[dict]) -> list[str]:
     """`dangjian-qa bench-scale` at each corpus size, one column per size."""
     measures = [
@@ -435,14 +439,16 @@ def scale_markdown(runs: list[dict]) -> list[str]:
         f"{runs[0]['seed_sentences']} sentences, 20 passages to a document. **The vectors are composed, not "
         "embedded** (embedding a million passages here would take days): a sentence unit has the real model's "
         "vector of its seed sentence plus noise (cosine ≈ 0.95), the whole passage the normalised mean of its "
-        "sentences. The index, the load and the searches are the product's code. Each size is measured in a "
+        "sentences, a clause unit its seed clause's vector plus noise (runs with clause units, the default; "
+        "the others with `DJQA_CLAUSE_UNITS=false`). The index, the load and the searches are the product's "
+        "code. Each size is measured in a "
         f"fresh process over the {runs[0]['questions']} eval questions, twice (latency given the question's "
         "vectors, the encoding's median shown apart; the second pass is a running server's steady state, the "
         "first reads the index from disk), recall over 60 of them. RSS counts the process's own memory and "
         "the pages of files it maps (the approximate indexes are read in; unit vectors and BM25 columns are "
         "read with pread through the shared page cache).",
         table(
-            ["measure", *(f"{r['passages']:,} passages" for r in runs)],
+            ["measure", *(f"{r['passages']:,} passages, {clause_label(r)}" for r in runs)],
             [[name, *(f(r) for r in runs)] for name, f in measures],
         ),
         "![scale](bench_scale.png)",
@@ -462,16 +468,22 @@ def scale_chart(runs: list[dict], path: Path) -> Path:
     chinese = use_cjk_font()
     sizes = [run["passages"] for run in runs]
     figure, left = plt.subplots(figsize=(7, 4.5))
-    left.plot(sizes, [run["p50_ms"] for run in runs], "o-", color="tab:blue", label="p50")
-    left.plot(sizes, [run["p95_ms"] for run in runs], "^:", color="tab:blue", label="p95")
+    right = left.twinx()
+    for clause_units, fill in ((True, "full"), (False, "none")):
+        chosen = [run for run in runs if run.get("clause_units", False) == clause_units]
+        if not chosen:
+            continue
+        label = clause_label(chosen[0]) if not chinese else ("含分句单元" if clause_units else "仅整段与句子单元")
+        at = [run["passages"] for run in chosen]
+        left.plot(at, [r["p50_ms"] for r in chosen], "o-", color="tab:blue", fillstyle=fill, label=f"p50, {label}")
+        left.plot(at, [r["p95_ms"] for r in chosen], "^:", color="tab:blue", fillstyle=fill, label=f"p95, {label}")
+        right.plot(at, [r["rss_mb"] / 1024 for r in chosen], "s--", color="tab:red", fillstyle=fill)
     left.set_xscale("log")
-    left.set_xticks(sizes, [f"{size:,}" for size in sizes])
+    left.set_xticks(sorted(set(sizes)), [f"{size:,}" for size in sorted(set(sizes))])
     left.set_xlabel("段落数" if chinese else "passages")
     left.set_ylabel("混合检索延迟（毫秒）" if chinese else "hybrid latency (ms)", color="tab:blue")
     left.set_ylim(bottom=0)
-    left.legend(loc="upper left")
-    right = left.twinx()
-    right.plot(sizes, [run["rss_mb"] / 1024 for run in runs], "s--", color="tab:red")
+    left.legend(loc="upper left", fontsize="small")
     right.set_ylabel("服务内存 RSS（GB）" if chinese else "serving RSS (GB)", color="tab:red")
     right.set_ylim(bottom=0)
     left.set_title("规模：延迟与内存" if chinese else "Scale: latency and memory")

@@ -81,7 +81,10 @@ def settings_note(settings: Settings) -> str:
     dictionary = settings.user_dict.read_bytes() if settings.user_dict.is_file() else b""
     stopwords = settings.stopwords.read_bytes() if settings.stopwords.is_file() else b""
     words = hashlib.sha256(dictionary + b"\0" + stopwords).hexdigest()[:16]
-    return f"embed_context={settings.embed_context};words={words};jieba_min_freq={settings.jieba_min_freq}"
+    return (
+        f"embed_context={settings.embed_context};clause_units={settings.clause_units};"
+        f"words={words};jieba_min_freq={settings.jieba_min_freq}"
+    )
 
 
 def source_files(folder: Path) -> list[Path]:
@@ -119,7 +122,9 @@ def indexed_chunks(
     with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
         for start in range(0, len(passages), BUILD_CHUNK):
             batch = passages[start : start + BUILD_CHUNK]
-            unit_vectors, tokens = embed_and_tokenize(batch, encoders, tokenizer, settings.embed_context)
+            unit_vectors, tokens = embed_and_tokenize(
+                batch, encoders, tokenizer, settings.embed_context, settings.clause_units
+            )
             yield new_chunk(batch, unit_vectors, tokens)
             bar.update(len(batch))
 

@@ -3,8 +3,9 @@
 Embedding a million passages on two cores takes days, so the corpus is synthetic and its vectors
 composed: every passage is 2-5 sentences drawn at random from the seeds; a sentence unit gets the
 real model's vector of that seed sentence plus a little noise (cosine ~0.95 to it, so that copies
-of one sentence are distinct points, as a real corpus's sentences are), and the whole-passage unit
-the normalised mean of its sentences' vectors. BM25 tokens are the seed sentences' own. Everything
+of one sentence are distinct points, as a real corpus's sentences are), a clause unit (with
+settings.clause_units) likewise its seed clause's, and the whole-passage unit the normalised mean
+of its sentences' vectors. BM25 tokens are the seed sentences' own. Everything
 after that is the product's code path: VersionWriter (chunks, approximate index, BM25, passage
 table), load_index, Searcher.
 
@@ -31,9 +32,10 @@ import faiss
 import numpy as np
 
 from service.config import PROJECT_ROOT, Settings
-from service.embed import MIN_SENTENCE_UNIT
-from service.engine import models_info, open_encoders, open_searcher, open_tokenizer, settings_note
+from service.embed import MIN_SENTENCE_UNIT, Encoders, clause_texts
+from service.engine import models_info, open_encoders, open_searcher, open_tokenizer, settings_note, source_files
 from service.index import Chunk, write_version
+from service.ingest import ingest_paths
 from service.records import Document, Passage
 from service.search import Searcher
 from service.text import sentence_spans
@@ -69,15 +71,33 @@ def unit_normalised(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+@dataclass(frozen=True)
+class SeedClauses:
+    """The clause units of the seed sentences (service.embed.clause_texts): each sentence's clause
+    numbers and every clause's vector per model; no clauses when the index has no clause units."""
+
+    of_sentence: list[np.ndarray]  # int64 clause numbers of each seed sentence
+    vectors: dict[str, np.ndarray]  # model -> (clauses, dimension)
+
+
+def jittered(vectors: np.ndarray, noise: np.random.Generator) -> np.ndarray:
+    """Each vector plus a little noise, normalised (cosine ~0.95 to the original)."""
+    jitter = noise.standard_normal(vectors.shape, dtype=np.float32) * (NOISE / np.sqrt(vectors.shape[1]))
+    return unit_normalised(vectors + jitter)
+
+
 def synthetic_chunks(
     sentences: list[SeedSentence],
     count: int,
     vectors: dict[str, np.ndarray],
     tokens: list[list[str]],
     documents: list[Document],
+    clauses: SeedClauses,
     seed: int = 7,
 ) -> Iterator[Chunk]:
-    """`count` synthetic passages in chunks; appends their documents to `documents` as it goes."""
+    """`count` synthetic passages in chunks; appends their documents to `documents` as it goes.
+
+    A passage's units are laid out as unit_texts does: the whole, its sentences, their clauses."""
     rng, noise = random.Random(seed), np.random.default_rng(seed)
     for first in range(0, count, CHUNK_PASSAGES):
         picks = [
@@ -110,19 +130,38 @@ def synthetic_chunks(
         flat = np.concatenate([np.array(chosen) for chosen in picks])
         lengths = np.array([len(chosen) for chosen in picks])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        unit_counts = lengths + 1
+        clause_flat = np.concatenate([np.zeros(0, dtype=np.int64), *(clauses.of_sentence[s] for s in flat)])
+        clause_counts = np.add.reduceat([len(clauses.of_sentence[s]) for s in flat], starts)
+        unit_counts = 1 + lengths + clause_counts
         unit_starts = np.concatenate([[0], np.cumsum(unit_counts)[:-1]])
         whole_at = unit_starts
-        sentence_at = np.setdiff1d(np.arange(int(unit_counts.sum())), whole_at)
+        sentence_at = layout(unit_starts + 1, lengths)
+        clause_at = layout(unit_starts + 1 + lengths, clause_counts)
         chunk_vectors = {}
         for model, model_vectors in vectors.items():
             units = np.empty((int(unit_counts.sum()), model_vectors.shape[1]), dtype=np.float32)
             units[whole_at] = unit_normalised(np.add.reduceat(model_vectors[flat], starts, axis=0))
-            jitter = noise.standard_normal((len(flat), model_vectors.shape[1]), dtype=np.float32)
-            jitter *= NOISE / np.sqrt(model_vectors.shape[1])
-            units[sentence_at] = unit_normalised(model_vectors[flat] + jitter)
+            units[sentence_at] = jittered(model_vectors[flat], noise)
+            units[clause_at] = jittered(clauses.vectors[model][clause_flat], noise)
             chunk_vectors[model] = units
         yield Chunk(passages, chunk_tokens, unit_counts.tolist(), chunk_vectors)
+
+
+def layout(firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Positions firsts[i], firsts[i]+1, … (counts[i] of them) for every i, concatenated."""
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(firsts, counts) + offsets
+
+
+def seed_clauses(texts: list[str], encoders: Encoders, with_clauses: bool) -> SeedClauses:
+    """The seed sentences' clauses and their real vectors (none without clause units)."""
+    per_sentence = [clause_texts(text) if with_clauses else [] for text in texts]
+    bounds = np.cumsum([0, *(len(found) for found in per_sentence)])
+    flat = [clause for found in per_sentence for clause in found]
+    return SeedClauses(
+        [np.arange(bounds[i], bounds[i + 1], dtype=np.int64) for i in range(len(texts))],
+        {name: encoder.encode(flat) for name, encoder in encoders.items()},
+    )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -132,19 +171,21 @@ def folder_bytes(folder: Path) -> int:
 def build(count: int, index_dir: Path, settings: Settings) -> dict:
     """Write the synthetic index of `count` passages into index_dir; what it cost."""
     encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
-    seeds = open_searcher(settings, encoders, tokenizer).store.all_passages()
-    sentences = seed_sentences(seeds)
+    # The seeds read from their files, not from an index: a scale run needs no index of its settings.
+    sentences = seed_sentences(iter(ingest_paths(source_files(settings.seeds_dir)).passages))
     texts = [sentence.text for sentence in sentences]
     vectors = {name: encoder.encode(texts) for name, encoder in encoders.items()}
     tokens = [tokenizer.tokens(text) for text in texts]
+    clauses = seed_clauses(texts, encoders, settings.clause_units)
     documents: list[Document] = []
     started = time.perf_counter()
-    chunks = synthetic_chunks(sentences, count, vectors, tokens, documents)
+    chunks = synthetic_chunks(sentences, count, vectors, tokens, documents, clauses)
     version_dir = write_version(index_dir, documents, chunks, models_info(encoders), settings_note(settings))
     build_seconds = time.perf_counter() - started
     manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
     return {
         "passages": count,
+        "clause_units": settings.clause_units,
         "units": manifest["unit_count"],
         "documents": len(documents),
         "seed_sentences": len(sentences),

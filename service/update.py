@@ -226,7 +226,9 @@ def embed_in_batches(
     with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
         for start in range(0, len(passages), EMBED_BATCH):
             batch = passages[start : start + EMBED_BATCH]
-            vectors, batch_tokens = embed_and_tokenize(batch, encoders, tokenizer, settings.embed_context)
+            vectors, batch_tokens = embed_and_tokenize(
+                batch, encoders, tokenizer, settings.embed_context, settings.clause_units
+            )
             for name, model_vectors in vectors.items():
                 unit_vectors[name] += model_vectors
             tokens += batch_tokens

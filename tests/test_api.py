@@ -80,7 +80,8 @@ def test_context_is_the_neighbouring_text_of_the_same_document(client: TestClien
         assert len(before) <= 151 and len(after) <= 151
         # Cut at sentence ends: a context that does not reach the document's edge starts a sentence.
         if before and not before.startswith("…") and len(text[: result["start"]].strip()) > len(before):
-            assert text[: result["start"]].rstrip()[: -len(before)].rstrip()[-1] in "。！？；;!?\n”」）)"
+            # (a line break counts: a heading line ends without a mark, so only spaces are stripped)
+            assert text[: result["start"]].rstrip()[: -len(before)].rstrip(" \t\u3000")[-1] in "。！？；;!?\n”」）)"
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])

@@ -121,13 +121,13 @@ def test_mismatched_index_is_refused_with_the_fix(
         open_searcher(small_settings, encoders, tokenizer)
 
 
-@pytest.mark.parametrize("change", ["embed_context", "dictionary"])
+@pytest.mark.parametrize("change", ["embed_context", "clause_units", "dictionary"])
 def test_index_built_with_other_settings_is_refused_with_the_fix(
     small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer, change: str
 ) -> None:
     build_index([write(tmp_path / "docs", "a.txt", DOC_A)], small_settings, encoders, tokenizer)
-    if change == "embed_context":
-        changed = small_settings.model_copy(update={"embed_context": not small_settings.embed_context})
+    if change in ("embed_context", "clause_units"):
+        changed = small_settings.model_copy(update={change: not getattr(small_settings, change)})
     else:
         terms = write(tmp_path, "terms.txt", small_settings.user_dict.read_text(encoding="utf-8") + "新词条\n")
         changed = small_settings.model_copy(update={"user_dict": terms})

@@ -126,7 +126,9 @@ def test_only_new_passages_are_encoded(
         monkeypatch.setattr(encoder, "embed_batch", counting_embed_batch)
     add_files(settings, encoders, tokenizer, [write(tmp_path / "docs", "fever.txt", FEVER_CLINIC)])
     new_passages = [p for p in load_current(settings, encoders).passages if p.doc_id == "fever"]
-    expected = sorted(text for p in new_passages for text in unit_texts(p, settings.embed_context))
+    expected = sorted(
+        text for p in new_passages for text in unit_texts(p, settings.embed_context, settings.clause_units)
+    )
     assert all(sorted(texts) == expected for texts in embedded.values()) and len(new_passages) == 2
 
 
