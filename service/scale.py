@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from service.config import PROJECT_ROOT, Settings
@@ -39,6 +38,7 @@ from service.ingest import ingest_paths
 from service.records import Document, Passage
 from service.search import Searcher
 from service.text import sentence_spans
+from service.vectors import one_thread_per_search
 
 PASSAGES_PER_DOCUMENT = 20
 SENTENCES_PER_PASSAGE = (2, 5)  # the seeds' body paragraphs hold two to five sentences mostly
@@ -241,7 +241,7 @@ def exact_top_rows(searcher: Searcher, model: str, queries: np.ndarray, k: int) 
 
 def measure(index_dir: Path, settings: Settings) -> dict:
     """In a fresh process: time to the first answer, then latency, memory and recall."""
-    faiss.omp_set_num_threads(1)  # as the server does (service/serve.py)
+    one_thread_per_search()  # as the server does (service/serve.py)
     searcher = open_searcher(
         settings.model_copy(update={"store": "faiss", "index_dir": index_dir, "query_cache_size": 0})
     )

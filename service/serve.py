@@ -2,13 +2,13 @@
 
 import time
 
-import faiss
 import uvicorn
 
 from service.config import Settings
 from service.engine import NothingToIndex, build_index, indexable_files, open_encoders, open_tokenizer, store_version
 from service.http.app import create_app
 from service.index import IndexUnavailable
+from service.vectors import one_thread_per_search
 
 
 def missing_index_message(settings: Settings) -> str:
@@ -34,9 +34,7 @@ def serve(settings: Settings, build_missing: bool) -> None:
         if not report.corpus.documents:
             raise NothingToIndex("；".join(report.corpus.problems) or f"{settings.seeds_dir} 中没有可读的文档")
         print(f"已索引 {len(report.corpus.documents)} 篇文档、{len(report.corpus.passages)} 个段落", flush=True)
-    # One question's vector search is too small to split across threads: OpenMP's hand-off made a
-    # 45,000-unit scan take 8 ms instead of 3.8, and concurrent requests keep both cores busy anyway.
-    faiss.omp_set_num_threads(1)
+    one_thread_per_search()
     app = create_app(settings, encoders, tokenizer)
     manifest = app.state.live.current().searcher.store.manifest
     print(

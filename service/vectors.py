@@ -16,6 +16,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from service.rowfile import RowFile
 
@@ -27,6 +28,7 @@ EXACT_MAX_UNITS = 50_000
 # million (4096 lists) 256 probes gave 0.995, 512 gave 1.0 at 5 ms more per model.
 PROBED_SHARE = 8
 MIN_PROBES, MAX_PROBES = 32, 256  # few lists: each probe is cheap; many: the shortlist is already full
+GATHER_SHARE = 4  # scoring a quarter of a small matrix's units or more: multiply all, then pick
 SHORTLIST_UNITS = 1_000  # units the codes shortlist for exact re-scoring (400 gave recall 0.91)
 # 4-bit fast-scan PQ codes, one sub-quantizer per dimension (m3e: 256 bytes a unit, e5: 192): with
 # one per two dimensions recall@10 fell to 0.96 (m3e) and 0.95 (e5, whose cosines sit in a narrow
@@ -117,6 +119,18 @@ class UnitReader:
         return self.decoder.sa_decode(self.rows.read(spans))
 
 
+def one_thread_per_search() -> None:
+    """Run FAISS and numpy's BLAS on the calling thread only, for the rest of the process.
+
+    One question's vector work is too small to split: OpenMP's hand-off made a 45,000-unit scan take
+    8 ms instead of 3.8, and OpenBLAS's threads spin on the cores the encoders need (16 concurrent
+    searches: 35 instead of 43 per second once passages had clause units). Concurrent requests keep
+    both cores busy anyway.
+    """
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")
+
+
 @dataclass
 class UnitVectors:
     """One model's unit vectors of a version: the exact matrix and what finds nearest units in it."""
@@ -139,6 +153,8 @@ class UnitVectors:
         if not len(positions):
             return np.zeros(0, dtype=np.float32)
         if self.exact is not None:
+            if len(positions) * GATHER_SHARE >= len(self.exact):
+                return (self.exact @ query)[positions]  # one pass over the matrix beats copying most of it
             return self.exact[positions] @ query
         return self.reader.read(positions) @ query
 
