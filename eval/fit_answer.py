@@ -1,54 +1,33 @@
 """Fit /api/ask's not-found gate and sentence selection on the dev split only: `python -m eval.fit_answer`.
 
-The gate is a logistic regression over service.answer.Evidence (each model's best cosine and its
-typicality, lexical coverage, retriever agreement, verbatim match), on-topic questions labelled 1 and
-off-topic ones 0, classes weighted equally (there are far fewer off-topic questions) and a small L2
-penalty. First it writes each model's domain centre (the normalised mean of the index's
-whole-passage vectors: passages only, no question) to service/resources/domain_centres.json, keeping
-the other models' entries. It prints the fitted weights as a `Gate(...)` to paste into
-service/answer.py's GATES, with the dev rates they give; then a small grid over the sentence
-selection, scored on dev by key-fact presence and sentence precision. Test-split questions are never
-read here.
+The gate is a logistic regression over service.answer.Evidence (each model's best cosine, lexical
+coverage, retriever agreement), on-topic questions labelled 1 and off-topic ones 0, classes weighted
+equally (there are far fewer off-topic questions) and a small L2 penalty. It prints the fitted
+weights as a `Gate(...)` to paste into service/answer.py's GATES, with the dev rates they give;
+then a small grid over the sentence selection, scored on dev by key-fact presence and sentence
+precision. Test-split questions are never read here.
 """
 
 import argparse
 import itertools
-import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
 
 from eval.questions import OFFTOPIC_KINDS, ON_TOPIC_KINDS, load_questions
 from eval.run import ask_outcome
-from service.answer import DOMAIN_CENTRES, Answerer, Evidence, Gate, Selection, confidence, domain_centres
+from service.answer import Answerer, Evidence, Gate, Selection, confidence
 from service.config import Settings
-from service.embed import unit_texts
 from service.engine import open_searcher
-from service.search import Searcher
 
 L2 = 0.01
 
 
 def features(evidence: Evidence, models: list[str]) -> list[float]:
     cosines = [evidence.cosines.get(model, 0.0) for model in models]
-    typicality = [evidence.typicality.get(model, 0.0) for model in models]
-    return [1.0, *cosines, *typicality, evidence.coverage, evidence.agreement, evidence.verbatim]
-
-
-def write_domain_centres(searcher: Searcher, with_context: bool, path: Path = DOMAIN_CENTRES) -> None:
-    """Each model's normalised mean whole-passage vector, keyed by model with its weights hash."""
-    texts = [unit_texts(passage, with_context)[0] for passage in searcher.store.all_passages()]
-    rows = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for name, encoder in searcher.encoders.items():
-        mean = encoder.encode(texts).mean(axis=0)
-        centre = mean / np.linalg.norm(mean)
-        rows[name] = {"weights_sha256": encoder.weights_sha256, "centre": [round(float(x), 6) for x in centre]}
-    lines = [f"{json.dumps(name)}: {json.dumps(row)}" for name, row in sorted(rows.items())]
-    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")  # one model a line
-    domain_centres.cache_clear()
+    return [1.0, *cosines, evidence.coverage, evidence.agreement, evidence.verbatim]
 
 
 def fit_logistic(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -69,10 +48,9 @@ def fit_logistic(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def as_gate(theta: np.ndarray, models: list[str]) -> Gate:
-    bias, *per_model, coverage, agreement, verbatim = (round(float(value), 3) for value in theta)
-    cosine_weights = dict(zip(models, per_model[: len(models)], strict=True))
-    typicality_weights = dict(zip(models, per_model[len(models) :], strict=True))
-    return Gate(bias, cosine_weights, coverage, agreement, verbatim, typicality_weights)
+    bias, *cosines, coverage, agreement, verbatim = (round(float(value), 3) for value in theta)
+    cosine_weights = dict(zip(models, cosines, strict=True))
+    return Gate(bias, cosine_weights, coverage=coverage, agreement=agreement, verbatim=verbatim)
 
 
 def main() -> int:
@@ -80,7 +58,6 @@ def main() -> int:
     parser.parse_args()
     settings = Settings(query_cache_size=4096)
     searcher = open_searcher(settings)
-    write_domain_centres(searcher, settings.embed_context)
     models = list(searcher.encoders)
     questions = [q for q in load_questions(split="dev") if q.kind in (*ON_TOPIC_KINDS, *OFFTOPIC_KINDS)]
     answerer = Answerer(searcher, settings.answer_min_confidence)

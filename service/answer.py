@@ -8,27 +8,19 @@ every query (fused scores are min-max normalised per query, so they do not):
   0.65–0.75, multilingual-e5-small packs everything into 0.80–0.92), so each gets its own weight;
 - `coverage`: the IDF-weighted share of the question's words that the best-covered hit contains
   (a word the corpus never uses weighs most, so 「红烧肉」 alone sinks a question);
-- `agreement`: the share of retrievers (each model and BM25) that rank the top hit in their own top 3;
-- `typicality`: each model's cosine between the question and the mean direction of the domain's
-  passages (DOMAIN_CENTRES). A spoken question sits far from written text in every direction, so its
-  best cosine is low even when it hits; a near-domain question (入党申请书怎么写) is typical of the
-  domain without any passage answering it. With this the gate reads the best cosine against the
-  question's own baseline (dev, leave-one-out: on-topic answered 84% → 91% at the same refusals).
+- `agreement`: the share of retrievers (each model and BM25) that rank the top hit in their own top 3.
 
-    confidence = logistic(bias + Σ w_m · cosine_m + Σ t_m · typicality_m + w_c · coverage + w_a · agreement)
+    confidence = logistic(bias + Σ w_m · cosine_m + w_c · coverage + w_a · agreement)
 
 answered when confidence ≥ settings.answer_min_confidence (0.5). The weights (GATES, one set per
 model profile) are fitted by `python -m eval.fit_answer` on the dev split only; its output and the
 test-split numbers are in the README.
 """
 
-import json
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cache
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,7 +28,7 @@ from service.records import Hit
 from service.search import Searcher, term_coverage
 from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SEMICOLONS, sentence_spans
 
-QueryVectors = Mapping[str, np.ndarray]  # a question's vector from each model (search.EncodedQuestion)
+QueryVectors = dict[str, np.ndarray]  # a question's vector from each model
 NOT_FOUND = "未找到与该问题相关的内容。可以换个说法，或使用更具体的党建术语。"
 
 MAX_SENTENCES = 4
@@ -62,7 +54,6 @@ class Evidence:
     coverage: float
     agreement: float
     verbatim: float = 0.0  # 1 when a top hit contains the whole question as typed (a keyword query)
-    typicality: dict[str, float] = field(default_factory=dict)  # each model's cosine to its domain centre
 
 
 @dataclass(frozen=True)
@@ -74,7 +65,6 @@ class Gate:
     coverage: float
     agreement: float
     verbatim: float = 0.0
-    typicality_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,29 +80,19 @@ class Selection:
 # Fitted by `python -m eval.fit_answer` on the dev split only (one gate per model profile); a profile
 # not listed uses the model-free gate. Test-split numbers are reported, never tuned on.
 GATES: dict[frozenset[str], Gate] = {
-    # dev: on-topic answered 81/90, off-topic refused 27/29
+    # dev: on-topic answered 78/90, off-topic refused 27/29
     frozenset({"m3e-small", "multilingual-e5-small"}): Gate(
-        bias=-92.521,
-        cosine_weights={"m3e-small": 0.711, "multilingual-e5-small": 48.333},
-        coverage=1.185,
-        agreement=2.649,
-        verbatim=1.135,
-        typicality_weights={"m3e-small": -8.86, "multilingual-e5-small": 59.412},
+        bias=-64.737,
+        cosine_weights={"m3e-small": 0.456, "multilingual-e5-small": 69.494},
+        coverage=0.954,
+        agreement=2.323,
+        verbatim=0.964,
     ),
-    # The permissive profile (DJQA_MODELS=multilingual-e5-small): dev on-topic answered 78/90, off-topic refused 25/29
+    # The permissive profile (DJQA_MODELS=multilingual-e5-small): dev on-topic answered 78/90, off-topic refused 26/29
     frozenset({"multilingual-e5-small"}): Gate(
-        bias=-89.536,
-        cosine_weights={"multilingual-e5-small": 48.151},
-        coverage=1.446,
-        agreement=1.452,
-        verbatim=1.287,
-        typicality_weights={"multilingual-e5-small": 50.127},
+        bias=-65.297, cosine_weights={"multilingual-e5-small": 71.027}, coverage=1.216, agreement=1.447, verbatim=1.081
     ),
 }
-# Each model's domain centre: the normalised mean of the seeds' whole-passage vectors, written by
-# `python -m eval.fit_answer` with the gate (from passages only, never from questions). A centre is
-# used only for the weights it was computed with.
-DOMAIN_CENTRES = Path(__file__).resolve().parent / "resources" / "domain_centres.json"
 MODEL_FREE_GATE = Gate(bias=-2.0, cosine_weights={}, coverage=3.0, agreement=2.0)
 SELECTION = Selection()
 ASKS_NUMBER = re.compile(r"多少|几[个名人家次项条年月天岁]|哪一?年|何时|什么时候|比例|百分之|数量|多久|多长")
@@ -158,20 +138,6 @@ def gather_evidence(
     return Evidence(cosines=cosines, coverage=coverage, agreement=agreement, verbatim=verbatim)
 
 
-@cache
-def domain_centres(path: Path = DOMAIN_CENTRES) -> dict[tuple[str, str], np.ndarray]:
-    """(model name, weights sha256) -> that model's domain centre (a unit vector)."""
-    if not path.is_file():
-        return {}
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    return {(name, row["weights_sha256"]): np.asarray(row["centre"], dtype=np.float32) for name, row in rows.items()}
-
-
-def typicality(query_vectors: QueryVectors, centres: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Each model's cosine between the question and its domain centre (models without one are left out)."""
-    return {model: float(query_vectors[model] @ centre) for model, centre in centres.items()}
-
-
 def gate_for(models: Sequence[str]) -> Gate:
     """The gate fitted for this set of models, else the model-free one."""
     return GATES.get(frozenset(models), MODEL_FREE_GATE)
@@ -182,7 +148,6 @@ def confidence(evidence: Evidence, gate: Gate) -> float:
     score = gate.bias + gate.coverage * evidence.coverage + gate.agreement * evidence.agreement
     score += gate.verbatim * evidence.verbatim
     score += sum(weight * evidence.cosines.get(model, 0.0) for model, weight in gate.cosine_weights.items())
-    score += sum(weight * evidence.typicality.get(model, 0.0) for model, weight in gate.typicality_weights.items())
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, score))))
 
 
@@ -326,24 +291,17 @@ class Answerer:
         self.min_confidence = min_confidence
         self.selection = selection
         self.gate = gate_for(list(searcher.encoders))
-        centres = domain_centres()
-        self.centres = {
-            name: centres[name, encoder.weights_sha256]
-            for name, encoder in searcher.encoders.items()
-            if (name, encoder.weights_sha256) in centres
-        }
 
     def evidence(
         self, question: str, query_vectors: QueryVectors | None = None, top_k: int = EVIDENCE_HITS
     ) -> tuple[list[Hit], Evidence]:
         """max(top_k, EVIDENCE_HITS) hits for the question and the evidence of the first EVIDENCE_HITS:
         the ranking does not depend on top_k, so one search serves both."""
-        query_vectors = query_vectors if query_vectors is not None else self.searcher.query_vectors(question)
         hits = self.searcher.search(question, top_k=max(top_k, EVIDENCE_HITS), query_vectors=query_vectors)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
         idf = self.searcher.idf_of(tokens)
         evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, idf, self.searcher.unseen_idf, question)
-        return hits, replace(evidence, typicality=typicality(query_vectors, self.centres))
+        return hits, evidence
 
     def answer(self, question: str, top_k: int = 5) -> Answer:
         """An extractive, cited answer from the best of the top_k passages, or not-found below the bar."""

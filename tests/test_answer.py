@@ -1,9 +1,6 @@
-import json
 import re
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from service.answer import (
     ASKS_NUMBER,
@@ -18,13 +15,11 @@ from service.answer import (
     as_statement,
     compose_answer,
     confidence,
-    domain_centres,
     gate_for,
     gather_evidence,
     select_sentences,
     sentence_scores,
     split_sentences,
-    typicality,
 )
 from service.records import Hit, ModelEvidence, Passage
 from service.search import Searcher, idf, term_coverage
@@ -122,37 +117,6 @@ def test_confidence_grows_with_the_evidence() -> None:
         <= confidence(Evidence({"m": 1.0}, 1.0, 1.0), GATE)
         <= 1.0
     )
-
-
-def test_typicality_weighs_in_per_model() -> None:
-    gate = Gate(bias=-20.0, cosine_weights={"m": 20.0}, coverage=0.0, agreement=0.0, typicality_weights={"m": -10.0})
-    plain = Evidence({"m": 0.9}, 0.0, 0.0)
-    typical = Evidence({"m": 0.9}, 0.0, 0.0, typicality={"m": 0.8})
-    assert confidence(typical, gate) < confidence(plain, gate)
-    assert confidence(Evidence({"m": 0.9}, 0.0, 0.0, typicality={"other": 0.8}), gate) == confidence(plain, gate)
-
-
-def test_typicality_is_the_cosine_to_each_models_centre() -> None:
-    vectors = {"a": unit(1.0, 0.0), "b": unit(1.0, 1.0)}
-    assert typicality(vectors, {"a": unit(0.0, 1.0), "b": unit(1.0, 1.0)}) == pytest.approx({"a": 0.0, "b": 1.0})
-    assert typicality(vectors, {}) == {}
-
-
-def test_domain_centres_are_keyed_by_model_and_weights(tmp_path: Path) -> None:
-    path = tmp_path / "centres.json"
-    path.write_text(json.dumps({"m": {"weights_sha256": "abc", "centre": [0.6, 0.8]}}), encoding="utf-8")
-    centres = domain_centres(path)
-    assert list(centres) == [("m", "abc")]
-    assert np.allclose(centres["m", "abc"], [0.6, 0.8])
-    assert domain_centres(tmp_path / "missing.json") == {}
-
-
-def test_the_shipped_centres_fit_the_shipped_models(searcher: Searcher) -> None:
-    # A centre computed with other weights would be silently ignored; the default models must have theirs.
-    answerer = Answerer(searcher, 0.5)
-    assert set(answerer.centres) == set(searcher.encoders)
-    for centre in answerer.centres.values():
-        assert abs(float(np.linalg.norm(centre)) - 1.0) < 1e-3
 
 
 def test_an_unknown_model_profile_uses_the_model_free_gate() -> None:
