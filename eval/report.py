@@ -338,7 +338,7 @@ def bench_markdown(results: dict) -> str:
     cold, warm = build["cold"], build["warm"]
     rate = (
         f"embedding {cold['passages_per_second']:.1f} passages/s ({cold['units_per_second']:.1f} units/s: each passage "
-        f"is embedded whole and sentence by sentence, {build['units']} units), "
+        f"is embedded whole, sentence by sentence and clause by clause, {build['units']} units), "
         if "passages_per_second" in cold
         else ""
     )
