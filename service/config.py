@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # Prefix passages with title and section path before embedding (see embeddings.encoder).
     embed_context: bool = False
     # Embed each clause of a passage's sentences too (service.embed.unit_texts): better ranking of
-    # spoken questions for about 2.5 times the vectors; see the README on large corpora.
+    # spoken questions for about three times the vectors; see the README on large corpora.
     clause_units: bool = True
     batch_size: int = Field(default=32, ge=1)
     # Threads of each model's runs. The models run side by side (a question is encoded by both at

@@ -32,7 +32,7 @@ def unit_texts(passage: Passage, with_context: bool, with_clauses: bool = False)
     passage's dense score is the best of its units (see search.Searcher). A spoken question often
     names one point of a sentence (「党员一人包几个同事」 for 「…党员联系职工“网格化”管理体系…」), and the
     sentence's other clauses pull its vector away: clause units lifted dev MRR@10 0.791 → 0.843
-    (spoken style 0.488 → 0.600), for about 2.5 times the vectors. Prefixing title and section
+    (spoken style 0.488 → 0.600), for about three times the vectors. Prefixing title and section
     (with_context) was measured and hurts m3e-small on our dev set, so it is off by default.
     """
     whole = f"{passage.title}｜{passage.section}\n{passage.text}" if with_context else passage.text

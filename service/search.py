@@ -134,7 +134,7 @@ class EncodedQuestion(Mapping[str, np.ndarray]):
     starts at once in QUERY_POOL; the first (m3e-small by default, the cheap one) is encoded in the
     searching thread when its vector is first read, which a search does after tokenizing and BM25.
     So the two cores run e5 and the request's own work side by side, never three threads at once:
-    0.5 ms less per search over HTTP than starting both models in the pool (measured, seeds).
+    0.2–0.5 ms less per search over HTTP than starting both models in the pool (measured, seeds).
     """
 
     def __init__(self, encoders: Encoders, question: str) -> None:
