@@ -1,6 +1,7 @@
 """Dense, lexical (BM25) and hybrid ranking over a store (service/stores/): fusion, explanations, highlights."""
 
 import time
+import unicodedata
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,13 +31,29 @@ class QueryRejected(ValueError):
 
 
 def clean_query(text: str, max_chars: int) -> str:
-    """The question without surrounding white space; QueryRejected when empty or over max_chars."""
-    query = text.strip()
+    """The question without invisible characters or surrounding white space; QueryRejected when it
+    has nothing to search by (no letter or digit) or is over max_chars.
+
+    Control and format characters (NUL, zero-width spaces, a pasted BOM) are dropped, line breaks
+    and tabs become spaces: they match nothing. A question of only punctuation or emoji would still
+    rank every passage, top score 1.0, which reads as an answer; it is refused instead.
+    """
+    query = "".join(visible(char) for char in text).strip()
     if not query:
         raise QueryRejected("empty_query", "问题不能为空")
+    if not any(unicodedata.category(char)[0] in "LN" for char in query):
+        raise QueryRejected("empty_query", "问题中没有可检索的文字，请输入汉字、字母或数字")
     if len(query) > max_chars:
         raise QueryRejected("query_too_long", f"问题长度不能超过 {max_chars} 字")
     return query
+
+
+def visible(char: str) -> str:
+    """The character as a query keeps it: a space for line breaks and tabs, nothing for other
+    control and format characters."""
+    if char in "\t\n\r\v\f":
+        return " "
+    return "" if unicodedata.category(char) in ("Cc", "Cf") else char
 
 
 def min_max(scores: dict[int, float]) -> dict[int, float]:

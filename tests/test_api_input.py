@@ -81,6 +81,31 @@ def test_a_proper_surrogate_pair_is_an_ordinary_character(client: TestClient) ->
     assert response.status_code == 200 and response.json()["query"] == "党建😀"
 
 
+@pytest.mark.parametrize("query", ["？？？！！", "……", "😀😀", "\u200b\ufeff", "\x00\x07"])
+def test_a_question_with_nothing_to_search_by_is_400(client: TestClient, query: str) -> None:
+    # Punctuation, emoji or invisible characters alone used to rank every passage, the top at 1.0.
+    for response in (
+        client.post("/api/search", json={"query": query}),
+        client.post("/api/ask", json={"question": query}),
+        client.get("/api/search", params={"q": query}),
+    ):
+        assert error_code(response, 400) == "empty_query"
+
+
+def test_invisible_characters_in_a_question_are_dropped(client: TestClient) -> None:
+    plain = client.post("/api/search", json={"query": "党员发展工作"}).json()
+    pasted = client.post("/api/search", json={"query": "\ufeff党员\u200b发展\x00工作\n"}).json()
+    assert pasted["query"] == "党员发展工作"
+    assert [row["passage_id"] for row in pasted["results"]] == [row["passage_id"] for row in plain["results"]]
+
+
+@pytest.mark.parametrize("raw", ["q=%ED%A0%80", "q=%FF%FE", "q=%E5%85", "q=党建&doc_type=%C0"])
+def test_a_query_string_that_is_not_utf8_is_400(client: TestClient, raw: str) -> None:
+    # Starlette would read these as U+FFFD and search for it; a JSON body with them is refused too.
+    response = client.get(f"/api/search?{raw}")
+    assert error_code(response, 400) == "invalid_encoding"
+
+
 def test_top_k_written_as_a_whole_float_is_accepted(client: TestClient) -> None:
     assert len(client.post("/api/search", json={"query": "党建", "top_k": 3.0}).json()["results"]) == 3
     assert client.post("/api/ask", json={"question": "党建", "top_k": 2.0}).status_code == 200

@@ -20,10 +20,19 @@ def test_utf8_with_bom_is_read(tmp_path: Path) -> None:
     assert read_blocks(path)[0].text == "一、加强党的建设"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_with_its_bom_is_read(tmp_path: Path, encoding: str) -> None:
+    # Windows Notepad's 「Unicode」 is UTF-16 LE with a BOM.
+    path = tmp_path / "notepad.txt"
+    raw = TEXT.encode("utf-16-be") if encoding == "utf-16-be" else TEXT.encode("utf-16")
+    path.write_bytes(b"\xfe\xff" + raw if encoding == "utf-16-be" else raw)
+    assert [b.text for b in read_blocks(path)][:2] == TEXT.splitlines()
+
+
 def test_undecodable_file_is_reported_by_name_and_skipped(tmp_path: Path) -> None:
     good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
     good.write_text(TEXT, encoding="utf-8")
-    bad.write_bytes(b"\xff\xfe\x00\x81\x30" * 40 + b"\x81")
+    bad.write_bytes(b"\x81\x30\xff\xfe\x00" * 40 + b"\x81")
     corpus = ingest_paths([bad, good])
     assert [d.doc_id for d in corpus.documents] == ["good"]
     assert len(corpus.problems) == 1 and "bad.txt" in corpus.problems[0]

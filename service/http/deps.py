@@ -3,6 +3,7 @@
 import hmac
 import threading
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -110,6 +111,18 @@ async def require_read_key(request: Request, settings: SettingsDep) -> None:
     if settings.read_requires_key:
         message = "本服务要求提供密钥才能查询（DJQA_READ_REQUIRES_KEY），但未设置 DJQA_API_KEY；请设置后重启服务"
         require_key(request, settings, "key_not_configured", message)
+
+
+async def utf8_query_string(request: Request) -> None:
+    """400 invalid_encoding when a query-string value is not UTF-8 (「%ED%A0%80」, 「%FF」): Starlette
+    would read it as U+FFFD and search for that, where a JSON body with the same text is refused."""
+    for pair in request.scope["query_string"].split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+        except UnicodeDecodeError as error:
+            field = name.decode("ascii", "replace")
+            raise ApiError(400, "invalid_encoding", f"查询参数「{field}」不是合法的 UTF-8 文本") from error
 
 
 def checked_query(text: str, settings: Settings) -> str:

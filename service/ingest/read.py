@@ -1,10 +1,11 @@
 """Read source files into blocks of text; decoding problems become ReadError, never crashes.
 
-Formats: .txt and .md (UTF-8 or GB18030), .docx (python-docx: heading styles, tables in document
+Formats: .txt and .md (UTF-8, UTF-16 with a BOM, or GB18030), .docx (python-docx: heading styles, tables in document
 order) and .pdf with a text layer (pypdf: page numbers kept, running headers, footers and page
 numbers dropped, lines broken by the layout joined back into paragraphs).
 """
 
+import codecs
 import logging
 import math
 import posixpath
@@ -68,13 +69,15 @@ def check_characters(count: int, limits: Limits, name: str) -> None:
 
 
 def decode_text(raw: bytes, name: str) -> str:
-    """Decode UTF-8 (with or without BOM), falling back to GB18030 as many office files are GBK."""
-    for encoding in ("utf-8-sig", "gb18030"):
+    """Decode UTF-8 (with or without BOM), UTF-16 with its BOM (Windows Notepad's 「Unicode」), else
+    GB18030, as many office files are GBK."""
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    for encoding in ("utf-16",) if utf16 else ("utf-8-sig", "gb18030"):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
-    raise ReadError(f"{name}：无法识别的文本编码（既不是 UTF-8 也不是 GB18030）")
+    raise ReadError(f"{name}：无法识别的文本编码（支持 UTF-8、带 BOM 的 UTF-16 和 GB18030）")
 
 
 def text_blocks(text: str) -> list[Block]:

@@ -9,7 +9,14 @@ from fastapi.responses import StreamingResponse
 
 from service.config import DEFAULT_MODE, Settings
 from service.generate import AskResult
-from service.http.deps import GeneratorDep, SettingsDep, SnapshotDep, checked_query, require_read_key
+from service.http.deps import (
+    GeneratorDep,
+    SettingsDep,
+    SnapshotDep,
+    checked_query,
+    require_read_key,
+    utf8_query_string,
+)
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
 from service.http.schemas import (
     EXAMPLE_QUERY,
@@ -31,7 +38,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     SearchRequest, AskRequest = models.search, models.ask
     read_key = [Depends(require_read_key)]
     json_routes = APIRouter(route_class=JsonBodyRoute, prefix="/api", responses=ERROR_RESPONSES, dependencies=read_key)
-    query_routes = APIRouter(prefix="/api", dependencies=read_key)
+    query_routes = APIRouter(prefix="/api", dependencies=[*read_key, Depends(utf8_query_string)])
 
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
     def search_post(body: SearchRequest, snapshot: SnapshotDep, settings: SettingsDep) -> SearchResponse:  # type: ignore[valid-type]
