@@ -104,19 +104,31 @@ def updated_ann(
 
 
 class UnitReader:
-    """Reads units of a float16 matrix file (one read per run of consecutive positions), as float32."""
+    """Scores units of a float16 matrix file against a question (one read per run of consecutive positions)."""
 
     def __init__(self, path: Path, dimension: int) -> None:
         self.rows = RowFile(path, 0, dimension * 2)
-        # faiss converts float16 with F16C instructions, 1.6x faster than numpy's astype.
-        self.decoder = faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_fp16)
+        self.dimension = dimension
 
-    def read(self, positions: np.ndarray) -> np.ndarray:
-        """The units at `positions` (ascending)."""
+    def scores(self, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Inner products of the units at `positions` (ascending) with the query, in float32.
+
+        The rows are handed to a float16 scalar-quantizer index as its codes and searched for all of
+        them: faiss computes on float16 with SIMD, 2.5x faster than decoding to float32 and
+        multiplying (3,000 units: 0.53 ms instead of 1.35). The index is made per call, so
+        concurrent searches share nothing.
+        """
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         firsts, lasts = np.r_[0, breaks], np.r_[breaks, len(positions)]
         spans = list(zip(positions[firsts].tolist(), (positions[lasts - 1] + 1).tolist(), strict=True))
-        return self.decoder.sa_decode(self.rows.read(spans))
+        codes = self.rows.read(spans)
+        flat = faiss.IndexScalarQuantizer(self.dimension, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        faiss.copy_array_to_vector(codes.ravel(), flat.codes)
+        flat.ntotal = len(codes)
+        found, order = flat.search(np.ascontiguousarray(query[None, :], dtype=np.float32), len(codes))
+        scores = np.empty(len(codes), dtype=np.float32)
+        scores[order[0]] = found[0]
+        return scores
 
 
 def one_thread_per_search() -> None:
@@ -156,7 +168,7 @@ class UnitVectors:
             if len(positions) * GATHER_SHARE >= len(self.exact):
                 return (self.exact @ query)[positions]  # one pass over the matrix beats copying most of it
             return self.exact[positions] @ query
-        return self.reader.read(positions) @ query
+        return self.reader.scores(positions, query)
 
     def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
         """Positions of the units nearest the query, best first, among `allowed` positions when given.
@@ -181,4 +193,13 @@ class UnitVectors:
         probes = min(max(lists // PROBED_SHARE, min(lists, MIN_PROBES)), MAX_PROBES)
         params = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
         _, found = self.ann.search(query[None, :], max(k, SHORTLIST_UNITS), params=params)
-        return np.searchsorted(self.unit_ids, found[0][found[0] >= 0])
+        return self.positions_of_ids(found[0][found[0] >= 0])
+
+    def positions_of_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Where the units with these ids are: a subtraction while the ids are consecutive (no
+        document removed from the middle), else a binary search, which took 0.5–0.9 ms a search on
+        1.4 M units, their pages rarely in cache."""
+        first, last = int(self.unit_ids[0]), int(self.unit_ids[-1])
+        if last - first + 1 == len(self.unit_ids):
+            return ids - first
+        return np.searchsorted(self.unit_ids, ids)
