@@ -48,13 +48,18 @@ def sentence_spans(text: str, pattern: re.Pattern[str] = SENTENCE) -> list[tuple
     return spans
 
 
+def equal_share(length: int, limit: int) -> int:
+    """The size of each of the fewest near-equal pieces of at most `limit` that make up `length`."""
+    return math.ceil(length / math.ceil(length / limit))
+
+
 def equal_pieces(start: int, end: int, limit: int) -> list[tuple[int, int]]:
     """[start, end) cut into the fewest near-equal pieces of at most `limit` characters.
 
     A page of characters without a single mark (a scan's text layer, a pasted table) would otherwise
     be one passage: shown whole, and read whole by the embedding model's tokenizer.
     """
-    size = math.ceil((end - start) / math.ceil((end - start) / limit))
+    size = equal_share(end - start, limit)
     return [(first, min(first + size, end)) for first in range(start, end, size)]
 
 

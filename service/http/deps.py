@@ -3,7 +3,7 @@
 import hmac
 import threading
 from typing import Annotated
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -114,15 +114,12 @@ async def require_read_key(request: Request, settings: SettingsDep) -> None:
 
 
 async def utf8_query_string(request: Request) -> None:
-    """400 invalid_encoding when a query-string value is not UTF-8 (「%ED%A0%80」, 「%FF」): Starlette
+    """400 invalid_encoding when the query string is not UTF-8 (「%ED%A0%80」, 「%FF」): Starlette
     would read it as U+FFFD and search for that, where a JSON body with the same text is refused."""
-    for pair in request.scope["query_string"].split(b"&"):
-        name, _, value = pair.partition(b"=")
-        try:
-            unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
-        except UnicodeDecodeError as error:
-            field = name.decode("ascii", "replace")
-            raise ApiError(400, "invalid_encoding", f"查询参数「{field}」不是合法的 UTF-8 文本") from error
+    try:
+        parse_qsl(request.scope["query_string"].decode("utf-8"), errors="strict")  # raw bytes, then %XX escapes
+    except UnicodeDecodeError as error:
+        raise ApiError(400, "invalid_encoding", "查询参数不是合法的 UTF-8 文本") from error
 
 
 def checked_query(text: str, settings: Settings) -> str:

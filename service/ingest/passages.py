@@ -8,12 +8,11 @@ marks, and text with no marks at all into equal pieces.
 """
 
 import hashlib
-import math
 from datetime import UTC, datetime
 
 from service.ingest.structure import outline
 from service.records import Block, Document, Passage
-from service.text import sentence_spans
+from service.text import equal_share, sentence_spans
 
 PASSAGE_MAX = 250
 
@@ -22,7 +21,7 @@ def split_paragraph(text: str, limit: int = PASSAGE_MAX) -> list[tuple[int, int]
     """Near-equal pieces of at most `limit` characters, cut only between sentences."""
     if len(text) <= limit:
         return [(0, len(text))]
-    target = math.ceil(len(text) / math.ceil(len(text) / limit))
+    target = equal_share(len(text), limit)
     pieces: list[tuple[int, int]] = []
     start = end = 0
     for s_start, s_end in sentence_spans(text):
