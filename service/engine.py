@@ -58,6 +58,7 @@ def open_encoders(settings: Settings) -> Encoders:
             settings.batch_size,
             settings.query_cache_size,
             settings.encoder_threads,
+            settings.encoder_engine,
         )
         encoders[encoder.model_name] = encoder
     return encoders
@@ -69,7 +70,12 @@ def open_tokenizer(settings: Settings) -> WordTokenizer:
 
 
 def model_info(encoder: TextEncoder) -> dict:
-    return {"name": encoder.model_name, "weights_sha256": encoder.weights_sha256, "dimension": encoder.dimension}
+    return {
+        "name": encoder.model_name,
+        "weights_sha256": encoder.weights_sha256,
+        "engine": encoder.engine,
+        "dimension": encoder.dimension,
+    }
 
 
 def models_info(encoders: Encoders) -> list[dict]:
@@ -123,7 +129,7 @@ def indexed_chunks(
         for start in range(0, len(passages), BUILD_CHUNK):
             batch = passages[start : start + BUILD_CHUNK]
             unit_vectors, tokens = embed_and_tokenize(
-                batch, encoders, tokenizer, settings.embed_context, settings.clause_units
+                batch, encoders, tokenizer, settings.embed_context, settings.clause_units, settings.index_workers
             )
             yield new_chunk(batch, unit_vectors, tokens)
             bar.update(len(batch))

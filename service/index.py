@@ -324,7 +324,8 @@ def new_manifest(documents: list[Document], models: list[dict], settings_note: s
         **fields,
         "format_version": FORMAT_VERSION,
         "models": [
-            {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])} for m in models
+            {key: m[key] for key in ("name", "weights_sha256", "engine")} | {"dimension": int(m["dimension"])}
+            for m in models
         ],
         "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
         "settings": settings_note,
@@ -533,7 +534,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def model_names(models: list[dict]) -> str:
-    return " + ".join(f"{m['name']}（权重 {str(m['weights_sha256'])[:12]}）" for m in models)
+    return " + ".join(f"{m['name']}（权重 {str(m['weights_sha256'])[:12]}，引擎 {m.get('engine')}）" for m in models)
 
 
 def check_manifest(manifest: dict, models: list[dict], settings_note: str) -> None:
@@ -542,8 +543,10 @@ def check_manifest(manifest: dict, models: list[dict], settings_note: str) -> No
         raise IndexUnavailable(
             f"索引格式版本 {manifest.get('format_version')} 与本程序的版本 {FORMAT_VERSION} 不一致，{REBUILD_HINT}"
         )
-    built = [(m.get("name"), m.get("weights_sha256"), m.get("dimension")) for m in manifest.get("models", [])]
-    wanted = [(m["name"], m["weights_sha256"], int(m["dimension"])) for m in models]
+    # The engine counts too: int8 and float32 vectors of one text differ slightly.
+    keys = ("name", "weights_sha256", "engine", "dimension")
+    built = [tuple(m.get(key) for key in keys) for m in manifest.get("models", [])]
+    wanted = [tuple(m[key] for key in keys) for m in models]
     if built != wanted:
         raise IndexUnavailable(
             f"索引由模型 {model_names(manifest.get('models', []))} 构建，当前配置的模型是 {model_names(models)}；"

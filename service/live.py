@@ -85,7 +85,7 @@ class LiveIndex:
     ) -> AddReport:
         """update.add_files on the served index; the new version is served before this returns."""
         report = add_files(
-            self.settings,
+            self.settings.model_copy(update={"encode_workers": 1}),  # a core stays free for questions
             self.encoders,
             self.tokenizer,
             files,

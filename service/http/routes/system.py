@@ -28,7 +28,10 @@ def health(snapshot: SnapshotDep) -> Health:
         model=" + ".join(model["name"] for model in manifest["models"]),
         models=[
             ModelInfo(
-                name=model["name"], weights_sha256=model["weights_sha256"], licence=licence_of(model["weights_sha256"])
+                name=model["name"],
+                weights_sha256=model["weights_sha256"],
+                engine=model["engine"],
+                licence=licence_of(model["weights_sha256"]),
             )
             for model in manifest["models"]
         ],
