@@ -164,7 +164,10 @@ def document_from_fields(fields: dict) -> Document:
 
 @dataclass
 class SearchIndex:
-    """A loaded version: small arrays in memory, everything large memory-mapped or read per hit."""
+    """A loaded version: small arrays in memory, everything large memory-mapped or read per hit.
+
+    Any thread may read it; close() is for its owner (a store), once nothing reads it any more.
+    """
 
     manifest: dict
     documents: dict[str, Document]  # in the order they were added
