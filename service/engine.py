@@ -238,10 +238,15 @@ def migrate_to_milvus(settings: Settings, encoders: Encoders) -> tuple[str, dict
     milvus_settings = settings.model_copy(update={"store": "milvus"})
     with store_lock(milvus_settings):
         source = open_store(faiss_settings, encoders)
-        manifest = source.manifest
-        extra = {key: manifest[key] for key in ("applied_jobs",) if key in manifest}
-        documents, chunks = list(source.documents.values()), source.chunks(set())
-        return save_version(milvus_settings, documents, chunks, manifest["models"], manifest["settings"], None, extra)
+        try:
+            manifest = source.manifest
+            extra = {key: manifest[key] for key in ("applied_jobs",) if key in manifest}
+            documents, chunks = list(source.documents.values()), source.chunks(set())
+            return save_version(
+                milvus_settings, documents, chunks, manifest["models"], manifest["settings"], None, extra
+            )
+        finally:
+            source.close()
 
 
 def open_searcher(

@@ -298,7 +298,9 @@ class JobWorker:
         except (IndexUnavailable, IndexBusy, StoreUnreachable) as error:
             code = "index_busy" if isinstance(error, IndexBusy) else "index_unavailable"
             code = "store_unavailable" if isinstance(error, StoreUnreachable) else code
-            job.error, job.status = {"code": code, "message": str(error)}, 503
+            logger.warning("上传任务 %s 失败：%s", job.job_id, error)  # the folder or the store's own words
+            message = getattr(error, "public_message", str(error))  # a job's error is read over HTTP
+            job.error, job.status = {"code": code, "message": message}, 503
             self.finish(job, FAILED_STATE)
             return
         except OSError as error:

@@ -20,6 +20,9 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
+# Calls to a remote store (Milvus) wait on the network, not on a core: they get threads of their own,
+# so that a slow or unreachable store never holds the threads that encode other requests' questions.
+STORE_POOL = ThreadPoolExecutor(16, "store-calls")
 
 
 class QueryRejected(ValueError):
@@ -222,7 +225,7 @@ class Searcher:
         (a large FAISS index, a Milvus round trip), else in this thread, where handing work to the
         pool costs more than it saves and competes with encoding."""
         if self.store.concurrent:
-            return QUERY_POOL.submit(work, *args)
+            return (STORE_POOL if self.store.remote else QUERY_POOL).submit(work, *args)
         done: Future[dict[int, float]] = Future()
         done.set_result(work(*args))
         return done

@@ -24,6 +24,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -299,31 +300,48 @@ def add_files(
     """
     with store_lock(settings):
         remove_incoming(settings.uploads_dir)
-        index = open_store(settings, encoders)
-        change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
-        if report.changed:
-            extra = {}
-            if job_id is not None:
-                extra["applied_jobs"] = [*index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
-            if before_save is not None:
-                before_save(report)
-            moves: list[tuple[Path, Path]] = []
-            removals: list[Path] = []
-            previous = store_version(settings)
-            try:
-                for outcome in report.having(ADDED, REPLACED):
-                    staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
-                    moves += staged
-                    removals += others
-                report.version, _ = save_change(index, change, settings, extra, moves, removals)
-            except BaseException:
-                if store_version(settings) == previous:  # never live: its copies are debris
-                    for staged_copy, _ in moves:
-                        staged_copy.unlink(missing_ok=True)
-                raise
+        with closing(open_store(settings, encoders)) as index:  # its files now, not at garbage collection
+            report = add_to(index, files, settings, encoders, tokenizer, progress, on_progress, job_id, before_save)
         for outcome in report.outcomes:
             if missing_original(settings, outcome):
                 keep_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
+    return report
+
+
+def add_to(
+    index: Store,
+    files: Sequence[Path | tuple[str, Path]],
+    settings: Settings,
+    encoders: Encoders,
+    tokenizer: WordTokenizer,
+    progress: bool,
+    on_progress: Progress | None,
+    job_id: str | None,
+    before_save: Callable[[AddReport], None] | None,
+) -> AddReport:
+    """add_files' change to `index`, under the writer lock: embed, stage the originals, save the version."""
+    change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
+    if not report.changed:
+        return report
+    extra = {}
+    if job_id is not None:
+        extra["applied_jobs"] = [*index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
+    if before_save is not None:
+        before_save(report)
+    moves: list[tuple[Path, Path]] = []
+    removals: list[Path] = []
+    previous = store_version(settings)
+    try:
+        for outcome in report.having(ADDED, REPLACED):
+            staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
+            moves += staged
+            removals += others
+        report.version, _ = save_change(index, change, settings, extra, moves, removals)
+    except BaseException:
+        if store_version(settings) == previous:  # never live: its copies are debris
+            for staged_copy, _ in moves:
+                staged_copy.unlink(missing_ok=True)
+        raise
     return report
 
 
@@ -341,8 +359,7 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
 
 def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> dict:
     """Remove the documents from the store; the new version's manifest, live before returning."""
-    with store_lock(settings):
-        index = open_store(settings, encoders)
+    with store_lock(settings), closing(open_store(settings, encoders)) as index:
         change = removal(index, doc_ids)
         removals = [path for doc_id in dict.fromkeys(doc_ids) for path in originals_of(settings.uploads_dir, doc_id)]
         return save_change(index, change, settings, removals=removals)[1]

@@ -17,6 +17,10 @@ from service.ingest.read import size_text
 # After a file passes the limit the rest of the body is read and dropped up to this many bytes, so
 # that an ordinary client gets the 413 answer instead of a reset connection; beyond it we stop reading.
 DRAIN_BYTES = 32 * 1024 * 1024
+# python-multipart refuses a header line over 4 KB with a bare parse error; it reads up to
+# MAX_HEADER_BYTES here, so that a file name over MAX_NAME_BYTES is refused with a message saying so.
+MAX_NAME_BYTES = 4096
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class FormError(Exception):
@@ -99,6 +103,12 @@ class FormReader:
         # A form's empty file input arrives as a part with filename="": nothing was chosen.
         if self.problem or options.get(b"name") != self.field.encode() or not filename:
             return
+        if len(filename) > MAX_NAME_BYTES:
+            shown = decode_header(filename)[:40]
+            self.problem = FormError(
+                f"文件名过长（{len(filename):,} 字节，最多 {MAX_NAME_BYTES:,} 字节）：{shown}…，请缩短文件名后重新上传"
+            )
+            return
         if len(self.files) >= self.max_files:
             self.problem = TooManyFiles(f"一次最多上传 {self.max_files} 个文件")
             return
@@ -147,7 +157,7 @@ async def receive_files(
     if not boundary:
         raise FormError("表单缺少 boundary 参数")
     reader = FormReader(field, folder, max_file_bytes, max_files)
-    parser = MultipartParser(boundary, reader.callbacks())
+    parser = MultipartParser(boundary, reader.callbacks(), max_header_size=MAX_HEADER_BYTES)
     dropped = 0
     try:
         async for chunk in chunks:
@@ -160,6 +170,8 @@ async def receive_files(
         if reader.problem is None:
             parser.finalize()
     except MultipartParseError as error:
+        if "header size" in str(error):
+            raise FormError(f"表单的某个头部超过 {MAX_HEADER_BYTES // 1024} KB（文件名过长？），无法解析") from error
         raise FormError("表单格式错误，无法解析上传的文件") from error
     finally:
         reader.close()

@@ -33,7 +33,13 @@ LexicalScores = Callable[[Iterable[int]], dict[int, float]]  # rows -> their BM2
 
 
 class StoreUnreachable(Exception):
-    """The store did not answer (Milvus stopped, unreachable, overloaded); the service recovers once it does."""
+    """The store did not answer (Milvus stopped, unreachable, overloaded); the service recovers once it does.
+
+    str() names the store's address and the client's own (English) reason, for the CLI and the log;
+    HTTP users get `public_message`, which names neither.
+    """
+
+    public_message = "向量数据库 Milvus 暂时无法访问。恢复后服务会自动继续，请稍后重试"
 
     def __init__(self, uri: str, error: Exception) -> None:
         reason = getattr(error, "message", None) or str(error) or type(error).__name__
@@ -58,6 +64,7 @@ class Store(Protocol):
     documents: dict[str, Document]  # in the order they were added
     passage_count: int
     concurrent: bool  # whether each model's search is worth running beside the others
+    remote: bool  # whether its calls wait on the network (Milvus) rather than on a core
 
     def allowed(self, filters: Filters) -> object: ...
 
@@ -82,6 +89,8 @@ class Store(Protocol):
     def chunks(self, drop_doc_ids: set[str]) -> Iterator[Chunk]: ...
 
     def check_reachable(self) -> None: ...
+
+    def close(self) -> None: ...  # by its owner, once nothing searches it
 
 
 def idf(document_frequency: int, passage_count: int) -> float:

@@ -37,19 +37,26 @@ def first_occurrences(values: np.ndarray) -> np.ndarray:
     return values[np.sort(first)]
 
 
-def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.ndarray]:
-    """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index), else in memory."""
+def column_reader(array: np.ndarray, opened: list[RowFile]) -> Callable[[list[tuple[int, int]]], np.ndarray]:
+    """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index; the file is added
+    to `opened`), else in memory."""
     if isinstance(array, np.memmap):
         rows = RowFile.of(array)
+        opened.append(rows)
         rows.prefetch()  # BM25 columns are read for every question: have them in memory early
         return lambda spans: rows.read(spans).view(array.dtype).ravel()
     return lambda spans: np.concatenate([array[start:end] for start, end in spans])
 
 
 class FaissStore:
-    """An index directory's version (service/index.py): FAISS or exact scans, bm25s columns, SQLite rows."""
+    """An index directory's version (service/index.py): FAISS or exact scans, bm25s columns, SQLite rows.
+
+    Thread-safe for searches (per-thread score buffers, pread, a locked passage table); close() is
+    for its owner, once no search uses it.
+    """
 
     kind = "faiss"
+    remote = False
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
@@ -63,7 +70,8 @@ class FaissStore:
         self.buffers = threading.local()
         bm25_scores = index.bm25.scores
         self.bm25_indptr = np.asarray(bm25_scores["indptr"])
-        self.bm25_columns = [column_reader(bm25_scores[name]) for name in ("data", "indices")]
+        self.row_files: list[RowFile] = []
+        self.bm25_columns = [column_reader(bm25_scores[name], self.row_files) for name in ("data", "indices")]
         documents = list(index.documents.values())
         self.doc_types = np.array([document.doc_type or "" for document in documents], dtype=object)
         self.doc_years = np.array([document.year or 0 for document in documents], dtype=np.int64)
@@ -178,3 +186,9 @@ class FaissStore:
 
     def check_reachable(self) -> None:
         """A loaded index folder is always at hand."""
+
+    def close(self) -> None:
+        """Close the version's files (passage table, the files read per search) and release its hold."""
+        for rows in self.row_files:
+            rows.close()
+        self.index.close()

@@ -152,6 +152,7 @@ class MilvusStore:
 
     kind = "milvus"
     concurrent = True  # each model's search is a round trip: they overlap with BM25's
+    remote = True  # its calls wait on the network: search.py runs them in STORE_POOL, not with encoding
 
     def __init__(self, client: MilvusClient, settings: Settings, version: str, manifest: dict) -> None:
         self.client = client
@@ -343,6 +344,9 @@ class MilvusStore:
         """StoreUnreachable unless Milvus answers a small request within a few seconds."""
         with reaching(self.uri):
             self.client.list_aliases(timeout=min(self.timeout, 3.0))
+
+    def close(self) -> None:
+        """Nothing of a version is open here: the client is shared by the process (client_for)."""
 
     def rows(self, start: int, end: int, fields: list[str], name: str | None = None) -> list[dict]:
         return self.query_all(name or self.passages_name, f"row >= {start} and row < {end}", fields)
