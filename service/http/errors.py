@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.collections import InvalidCollection, UnknownCollections
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
@@ -40,6 +41,11 @@ FIELD_NAMES = {
     "doc_type": "文档类型（doc_type）",
     "year": "年份（year）",
     "doc_id": "文档 ID（doc_id）",
+    "collections": "文档集范围（collections）",
+    "collection": "文档集（collection）",
+    "sort": "排序（sort）",
+    "page": "页码（page）",
+    "page_size": "每页条数（page_size）",
 }
 
 
@@ -88,6 +94,8 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     NotAForm: (415, "unsupported_media_type", str),
     TooManyFiles: (400, "too_many_files", str),
     FormError: (400, "invalid_form", str),
+    InvalidCollection: (422, "invalid_collection", str),
+    UnknownCollections: (422, "unknown_collection", str),
 }
 
 
@@ -200,6 +208,10 @@ def parameter_message(error: dict[str, Any]) -> str:
         return f"参数{name}必须是字符串"
     if kind == "list_type":
         return f"参数{name}必须是列表"
+    if kind == "too_long":
+        return f"参数{name}最多 {context.get('max_length')} 项"
+    if kind == "string_too_long":
+        return f"参数{name}最多 {context.get('max_length')} 个字符"
     if kind == "greater_than_equal":
         return f"参数{name}不能小于 {context['ge']}"
     if kind == "less_than_equal":
