@@ -18,6 +18,7 @@ __all__ = ["DEFAULT_COLLECTION", "InvalidCollection", "UnknownCollections", "che
 MAX_NAME_CHARS = 32
 # \w is Unicode: Chinese letters and digits count, so 「法律法规」 or 「2024年_支部」 are names.
 NAME = re.compile(r"[\w\-]+")
+DIGITS = re.compile(r"(\d+)")
 SORTS = ("added", "-added", "title", "-title", "passages", "-passages", "year", "-year")
 MAX_PAGE_SIZE = 200
 
@@ -88,9 +89,14 @@ class DocumentQuery:
     page_size: int | None = None  # None: every matching document on one page
 
 
+def natural(text: str) -> list[str | int]:
+    """A sort key that puts 「第2号」 before 「第10号」: runs of digits compare as numbers."""
+    return [int(part) if position % 2 else part for position, part in enumerate(DIGITS.split(text.lower()))]
+
+
 def sort_key(field: str):
     if field == "title":
-        return lambda row: (row["title"], row["doc_id"])
+        return lambda row: (natural(row["title"]), row["doc_id"])
     if field == "year":  # documents without a year last, also in descending order (see document_page)
         return lambda row: row["year"] or 0
     return lambda row: row["passages"]

@@ -81,6 +81,14 @@ def test_document_list_filters_sorts_and_pages() -> None:
     found = document_page(rows, DocumentQuery(text="标题3"))
     assert [row["doc_id"] for row in found["documents"]] == ["d3", "d10", "d17", "d24"]
     assert document_page(rows, DocumentQuery(collection="none"))["total"] == 0
+    titled = document_page(rows[:12], DocumentQuery(sort="title", page_size=3))["documents"]
+    assert [row["title"] for row in titled] == ["标题0", "标题0", "标题1"]
+    numbered = [{"doc_id": t, "title": t} for t in ("第10号", "第2号", "第1号")]
+    assert [r["title"] for r in document_page(numbered, DocumentQuery(sort="title"))["documents"]] == [
+        "第1号",
+        "第2号",
+        "第10号",
+    ]
 
 
 def test_added_documents_keep_their_collection_and_seeds_are_in_default(settings: Settings, encoders) -> None:

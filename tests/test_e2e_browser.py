@@ -325,7 +325,7 @@ def test_document_list_pages_filters_searches_and_sorts(browser: Browser, collec
     page.select_option("#doc-sort", "title")
     expect(page.locator("#doc-page-info")).to_have_text(f"第 1 / 2 页 · 共 {RULE_COUNT} 篇")
     titles = rows.locator(".col-title a").all_inner_texts()
-    assert titles == sorted(titles)
+    assert titles[:3] == ["第1号规定", "第2号规定", "第3号规定"] and titles[-1] == "第20号规定", "numbers in order"
     shot(page, "document-list-collections")
     context.close()
 
