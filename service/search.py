@@ -21,6 +21,9 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
+# Words' passage counts within scopes, remembered per index version (which never changes): counting a
+# common word's passages in a scope reads its whole BM25 column.
+SCOPED_COUNTS_KEPT = 50_000
 
 
 class QueryRejected(ValueError):
@@ -216,6 +219,7 @@ class Searcher:
         self.collections: dict[str, CollectionCount] = collection_counts(
             store.documents.values(), store.passage_counts()
         )
+        self.scoped_counts: dict[tuple[frozenset[str], str], int] = {}
 
     def query_vectors(self, query: str) -> EncodedQuestion:
         """The question's vector from every model (EncodedQuestion: encoded side by side, read when needed)."""
@@ -248,9 +252,22 @@ class Searcher:
 
     def idf_of(self, tokens: Sequence[str], scope: frozenset[str] | None = None) -> dict[str, float]:
         """The idf of each word the index (or the scope's collections) knows; a missing word has unseen_idf_of."""
-        frequencies = self.store.frequencies(set(tokens), scope)
+        frequencies = self.frequencies(set(tokens), scope)
         total = self.passages_in(scope)
         return {token: idf(frequency, total) for token, frequency in frequencies.items()}
+
+    def frequencies(self, tokens: set[str], scope: frozenset[str] | None) -> dict[str, int]:
+        """The store's passage counts of the words (in the scope), those of scopes remembered."""
+        if scope is None:
+            return self.store.frequencies(tokens)
+        missing = [token for token in tokens if (scope, token) not in self.scoped_counts]
+        if missing:
+            found = self.store.frequencies(missing, scope)
+            if len(self.scoped_counts) > SCOPED_COUNTS_KEPT:
+                self.scoped_counts = {}
+            self.scoped_counts |= {(scope, token): found.get(token, 0) for token in missing}
+        counts = {token: self.scoped_counts.get((scope, token), 0) for token in tokens}
+        return {token: count for token, count in counts.items() if count}
 
     def unseen_idf_of(self, scope: frozenset[str] | None) -> float:
         return self.unseen_idf if scope is None else idf(0, self.passages_in(scope))
