@@ -356,3 +356,26 @@ def test_search_scope_limits_results_to_one_collection(browser: Browser, collect
     expect(page.locator("#status")).to_contain_text("在文档集「default」中找到", timeout=20_000)
     assert page.locator("#scope").input_value() == "default"
     context.close()
+
+
+def test_manage_view_uploads_into_a_new_collection(browser: Browser, collections_url: str, tmp_path: Path) -> None:
+    document = tmp_path / "院感制度.txt"
+    document.write_text("医院感染管理委员会每季度召开一次会议，党员科主任带头落实手卫生和消毒隔离制度。\n", "utf-8")
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(f"{collections_url}/?view=manage")
+    expect(page.locator("#doc-page-info")).to_contain_text("共", timeout=10_000)
+    page.fill("#api-key", API_KEY)
+    page.fill("#upload-collection", "院感管理")
+    page.set_input_files("#upload-files", str(document))
+    page.click("#upload-btn")
+    expect(page.locator("#status")).to_contain_text("新增 1", timeout=60_000)
+    assert "文档集「院感管理」" in page.inner_text("#status")
+    page.select_option("#doc-collection", "院感管理")
+    expect(page.locator("#doc-page-info")).to_have_text("第 1 / 1 页 · 共 1 篇")
+    assert page.locator("#doc-table tbody tr .col-collection").all_inner_texts() == ["院感管理"]
+    page.fill("#upload-collection", "院感 管理")
+    page.set_input_files("#upload-files", str(document))
+    page.click("#upload-btn")
+    expect(page.locator("#status")).to_contain_text("只能包含汉字", timeout=10_000)
+    context.close()

@@ -626,7 +626,10 @@
       const summary = renderUploadResult(job.result || {});
       await loadDocuments();
       if (job.state === 'failed') setStatus(job.error ? job.error.message : '没有添加任何文档', 'error');
-      else setStatus(summary, (job.result.failed || []).length ? 'warn' : 'ok');
+      else {
+        const where = job.collection && job.collection !== 'default' ? `（文档集「${job.collection}」）` : '';
+        setStatus(summary + where, (job.result.failed || []).length ? 'warn' : 'ok');
+      }
       loadHealth();
     } catch (e) { handleWriteError(e); } finally { btn.disabled = false; }
   }
