@@ -16,6 +16,8 @@ from service.collections import (
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import build_index, load_current, open_searcher, source_files
+from service.index import IndexUnavailable, current_version
+from service.jobs import JobStore
 from service.originals import collection_file
 from service.search import Searcher
 from service.stores import Filters
@@ -189,3 +191,19 @@ def test_cli_adds_into_a_collection_lists_and_searches_it(
     assert unknown.returncode == 2 and "没有这些文档集" in unknown.stderr
     invalid = run_cli(private_settings, "add", "--collection", "a/b", str(law_files[0]))
     assert invalid.returncode == 2 and "只能包含" in invalid.stderr
+
+
+def test_an_index_of_the_previous_format_is_refused_naming_the_rebuild(private_settings: Settings, encoders) -> None:
+    version_dir = private_settings.index_dir / "versions" / current_version(private_settings.index_dir)
+    manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest["format_version"] = 3  # documents without collections; Milvus entities without the field
+    (version_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    with pytest.raises(IndexUnavailable, match=r"索引格式版本 3 与本程序的版本 4 不一致.*make index"):
+        load_current(private_settings, encoders)
+
+
+def test_a_queued_upload_job_keeps_its_collection_across_a_restart(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    job = store.create(store.receiving_folder(), [{"name": "a.txt", "path": "upload-0"}], {}, LAWS)
+    assert JobStore(tmp_path / "jobs").load(job.job_id).collection == LAWS
+    assert JobStore(tmp_path / "jobs").load(job.job_id).public()["collection"] == LAWS
