@@ -26,6 +26,7 @@ import numpy as np
 
 from service.records import Hit
 from service.search import Searcher, term_coverage
+from service.stores import Filters
 from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SEMICOLONS, sentence_spans
 
 QueryVectors = dict[str, np.ndarray]  # a question's vector from each model
@@ -293,34 +294,49 @@ class Answerer:
         self.gate = gate_for(list(searcher.encoders))
 
     def evidence(
-        self, question: str, query_vectors: QueryVectors | None = None, top_k: int = EVIDENCE_HITS
+        self,
+        question: str,
+        query_vectors: QueryVectors | None = None,
+        top_k: int = EVIDENCE_HITS,
+        filters: Filters = Filters(),
     ) -> tuple[list[Hit], Evidence]:
         """max(top_k, EVIDENCE_HITS) hits for the question and the evidence of the first EVIDENCE_HITS:
-        the ranking does not depend on top_k, so one search serves both."""
-        hits = self.searcher.search(question, top_k=max(top_k, EVIDENCE_HITS), query_vectors=query_vectors)
+        the ranking does not depend on top_k, so one search serves both. A scope's evidence uses its idf."""
+        top = max(top_k, EVIDENCE_HITS)
+        hits = self.searcher.search(question, top_k=top, filters=filters, query_vectors=query_vectors)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
-        idf = self.searcher.idf_of(tokens)
-        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, idf, self.searcher.unseen_idf, question)
+        scope = self.searcher.scope(filters.collections)
+        idf = self.searcher.idf_of(tokens, scope)
+        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, idf, self.searcher.unseen_idf_of(scope), question)
         return hits, evidence
 
-    def answer(self, question: str, top_k: int = 5) -> Answer:
+    def answer(self, question: str, top_k: int = 5, filters: Filters = Filters()) -> Answer:
         """An extractive, cited answer from the best of the top_k passages, or not-found below the bar."""
         query_vectors = self.searcher.query_vectors(question)
-        hits, score = self.gated_hits(question, top_k, query_vectors)
-        return self.extract(question, hits, score, query_vectors) if hits else not_found(score)
+        hits, score = self.gated_hits(question, top_k, query_vectors, filters)
+        return self.extract(question, hits, score, query_vectors, filters) if hits else not_found(score)
 
     def gated_hits(
-        self, question: str, top_k: int = 5, query_vectors: QueryVectors | None = None
+        self,
+        question: str,
+        top_k: int = 5,
+        query_vectors: QueryVectors | None = None,
+        filters: Filters = Filters(),
     ) -> tuple[list[Hit], float]:
         """The top_k hits and the confidence; no hits when the question is refused (off-topic)."""
-        hits, evidence = self.evidence(question, query_vectors, top_k)
+        hits, evidence = self.evidence(question, query_vectors, top_k, filters)
         score = confidence(evidence, self.gate)
         if not hits or score < self.min_confidence:
             return [], score
         return hits[:top_k], score
 
     def extract(
-        self, question: str, hits: list[Hit], score: float, query_vectors: QueryVectors | None = None
+        self,
+        question: str,
+        hits: list[Hit],
+        score: float,
+        query_vectors: QueryVectors | None = None,
+        filters: Filters = Filters(),
     ) -> Answer:
         """The extractive answer from hits that passed the gate (`query_vectors`: the question's, if known)."""
         best = hits[0].score
@@ -335,12 +351,13 @@ class Answerer:
         tokenizer = self.searcher.tokenizer
         asks_number = bool(ASKS_NUMBER.search(question))
         question_tokens = list(dict.fromkeys(tokenizer.tokens(question)))
+        scope = self.searcher.scope(filters.collections)
         scores = sentence_scores(
             cosines,
             question_tokens,
             [tokenizer.tokens(text) for text in texts],
-            self.searcher.idf_of(question_tokens),
-            self.searcher.unseen_idf,
+            self.searcher.idf_of(question_tokens, scope),
+            self.searcher.unseen_idf_of(scope),
             [asks_number and bool(NUMBER.search(text)) for text in texts],
             self.selection,
         )

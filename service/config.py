@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.collections import DEFAULT_COLLECTION, checked_collection
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # How a search ranks: both retrievers fused (search.fuse), the embedding model alone, or BM25 alone.
 MODES = ("hybrid", "dense", "lexical")
@@ -37,6 +39,8 @@ class Settings(BaseSettings):
     milvus_index: Literal["FLAT", "HNSW"] = "FLAT"
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per call: an unreachable store fails fast
     seeds_dir: Path = PROJECT_ROOT / "seeds"
+    # The collection (service/collections.py) that `dangjian-qa index` puts the seeds folder's files in.
+    seeds_collection: str = DEFAULT_COLLECTION
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.
     uploads_dir: Path = PROJECT_ROOT / "data" / "uploads"
@@ -136,6 +140,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one model")
         return value
+
+    @field_validator("seeds_collection")
+    @classmethod
+    def collection_name(cls, value: str) -> str:
+        return checked_collection(value)
 
     @model_validator(mode="after")
     def default_within_limit(self) -> "Settings":

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -27,7 +27,7 @@ from service.index import (
 )
 from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
-from service.originals import original_files
+from service.originals import kept_collection, original_files
 from service.records import Document, Passage
 from service.search import Searcher
 from service.stores import Store
@@ -214,10 +214,24 @@ def build_index(
         if with_uploads:
             paths = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
+        corpus.documents = in_collections(corpus.documents, paths, settings)
         encode_started = time.perf_counter()
         version = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
         encode_seconds = time.perf_counter() - encode_started
     return BuildReport(corpus, version, time.perf_counter() - started, encode_seconds)
+
+
+def in_collections(documents: list[Document], paths: list[Path], settings: Settings) -> list[Document]:
+    """The documents of a build in their collections: a kept original's recorded one (service/originals.py),
+    settings.seeds_collection for the other files."""
+    uploads = settings.uploads_dir.resolve()
+    collection_of = {
+        doc_id_for(path): kept_collection(settings.uploads_dir, path.stem)
+        if path.resolve().parent == uploads
+        else settings.seeds_collection
+        for path in paths
+    }
+    return [replace(document, collection=collection_of[document.doc_id]) for document in documents]
 
 
 def load_current(settings: Settings, encoders: Encoders) -> SearchIndex:

@@ -52,7 +52,9 @@ from service.atomic import fsync_directory, fsync_tree, write_atomic
 from service.records import Document, Passage
 from service.vectors import UnitVectors, ann_file, matrix_file, open_matrix, updated_ann
 
-FORMAT_VERSION = 3  # 3: float16 unit matrices, approximate index when large, passages in SQLite
+# 3: float16 unit matrices, approximate index when large, passages in SQLite; 4: every document names
+# its collection, and Milvus versions hold a collection field and word counts per collection.
+FORMAT_VERSION = 4
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
 # Checksums at load must stay cheap for a million-passage index (gigabytes of vectors): files up to
 # FULL_HASH_BYTES are hashed whole; larger ones by SAMPLE_BLOCKS blocks spread evenly over the file

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.answer import Answerer
+from service.collections import DEFAULT_COLLECTION
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_searcher, store_version
@@ -194,6 +195,7 @@ class LiveIndex:
         on_progress: Progress | None = None,
         job_id: str | None = None,
         before_save: Callable[[AddReport], None] | None = None,
+        collection: str = DEFAULT_COLLECTION,
     ) -> AddReport:
         """update.add_files on the served index; the new version is served before this returns."""
         report = add_files(
@@ -204,6 +206,7 @@ class LiveIndex:
             on_progress=on_progress,
             job_id=job_id,
             before_save=before_save,
+            collection=collection,
         )
         if report.changed:
             self.reload()

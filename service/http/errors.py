@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.collections import InvalidCollection, UnknownCollections
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
@@ -42,6 +43,11 @@ FIELD_NAMES = {
     "year": "年份（year）",
     "doc_id": "文档 ID（doc_id）",
     "stream": "流式输出（stream）",
+    "collections": "文档集范围（collections）",
+    "collection": "文档集（collection）",
+    "sort": "排序（sort）",
+    "page": "页码（page）",
+    "page_size": "每页条数（page_size）",
 }
 
 
@@ -90,6 +96,8 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     NotAForm: (415, "unsupported_media_type", str),
     TooManyFiles: (400, "too_many_files", str),
     FormError: (400, "invalid_form", str),
+    InvalidCollection: (422, "invalid_collection", str),
+    UnknownCollections: (422, "unknown_collection", str),
 }
 
 

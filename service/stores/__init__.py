@@ -5,8 +5,9 @@ explanations and highlights itself and so ranks the same whichever store answere
 
 - `dense`: exact scores of the passages owning the units nearest a question's vector, for one model;
 - `row_scores`: exact scores of given passages for one model (every unit of each, best one wins);
-- `lexical`: the best BM25 passages, and a way to score other passages for the same question;
-- `frequencies`: how many passages hold each word (for idf);
+- `lexical`: the best BM25 passages, and a way to score other passages for the same question (each
+  word's weight can be scaled: a search scoped to collections gives them the scope's idf);
+- `frequencies`: how many passages hold each word (for idf), in the index or in some collections;
 - `passages`: the hits' passages and tokens.
 
 Filters are turned into the store's own form once per search (`allowed`). FaissStore answers from
@@ -53,6 +54,7 @@ class Filters:
     doc_ids: frozenset[str] | None = None
     doc_type: str | None = None
     year: int | None = None
+    collections: frozenset[str] | None = None  # the search's scope (service/collections.py)
 
 
 class Store(Protocol):
@@ -73,10 +75,10 @@ class Store(Protocol):
     def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]: ...
 
     def lexical(
-        self, query_tokens: list[str], allowed: object, candidates: int
+        self, query_tokens: list[str], allowed: object, candidates: int, weights: dict[str, float] | None = None
     ) -> tuple[dict[int, float], LexicalScores]: ...
 
-    def frequencies(self, tokens: Iterable[str]) -> dict[str, int]: ...
+    def frequencies(self, tokens: Iterable[str], collections: frozenset[str] | None = None) -> dict[str, int]: ...
 
     def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]: ...
 
@@ -111,6 +113,7 @@ def document_rows(store: Store) -> list[dict]:
             "passages": count,
             "characters": len(document.text),
             "added_at": document.added_at,
+            "collection": document.collection,
         }
         for document, count in zip(store.documents.values(), store.passage_counts(), strict=True)
     ]
