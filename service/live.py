@@ -59,15 +59,24 @@ class LiveIndex:
         already on disk (an upload's job is done), and the next check tries again.
         """
         self.checked_at = time.monotonic()
+        previous = self.snapshot.version
         try:
             version = store_version(self.settings)
-            if not version or version == self.snapshot.version:
+            if not version or version == previous:
                 return
             self.snapshot = self.load()
         except (IndexUnavailable, StoreUnreachable) as error:
-            logger.warning("新索引无法加载，继续使用版本 %s：%s", self.snapshot.version, error)
+            logger.warning("新索引无法加载，继续使用版本 %s：%s", previous, error, extra={"version": previous})
             return
-        logger.info("已切换到新索引版本 %s", self.snapshot.version)
+        manifest = self.snapshot.searcher.store.manifest
+        logger.info(
+            "已切换到新索引版本 %s（原版本 %s；%d 篇文档、%d 个段落）",
+            self.snapshot.version,
+            previous,
+            manifest["document_count"],
+            manifest["passage_count"],
+            extra={"version": self.snapshot.version, "previous_version": previous},
+        )
 
     def reload(self) -> Snapshot:
         """Switch now, without waiting for the next check (after a change this process made);

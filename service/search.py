@@ -10,6 +10,7 @@ import numpy as np
 
 from service.config import MODES
 from service.embed import Encoders
+from service.monitoring import ENCODE_SECONDS, STAGE_SECONDS, timed
 from service.records import Document, Hit, ModelEvidence, Passage
 from service.stores import Filters, Store, idf
 from service.text import context_around
@@ -20,6 +21,10 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
+# Stage timers whose labels do not depend on the question, looked up once.
+LEXICAL_SECONDS = STAGE_SECONDS.labels("lexical", "")
+FUSION_SECONDS = STAGE_SECONDS.labels("fusion", "")
+ROWS_SECONDS = STAGE_SECONDS.labels("rows", "")
 
 
 class QueryRejected(ValueError):
@@ -158,8 +163,9 @@ class EncodedQuestion(Mapping[str, np.ndarray]):
         first, *others = encoders
         self.order = list(encoders)
         self.deferred = {first: encoders[first]} if others else {}
+        # Timed here, where the encoders are called: embeddings/ knows nothing of metrics.
         self.futures: dict[str, Future[np.ndarray]] = {
-            name: QUERY_POOL.submit(encoder.encode_query, question)
+            name: QUERY_POOL.submit(timed, ENCODE_SECONDS.labels(name), encoder.encode_query, question)
             for name, encoder in encoders.items()
             if name not in self.deferred
         }
@@ -168,7 +174,8 @@ class EncodedQuestion(Mapping[str, np.ndarray]):
     def __getitem__(self, model: str) -> np.ndarray:
         if model not in self.futures:
             encoded: Future[np.ndarray] = Future()
-            encoded.set_result(self.deferred[model].encode_query(self.question))
+            encoder = self.deferred[model]
+            encoded.set_result(timed(ENCODE_SECONDS.labels(model), encoder.encode_query, self.question))
             self.futures[model] = encoded
         return self.futures[model].result()
 
@@ -256,14 +263,25 @@ class Searcher:
         query_tokens = self.tokenizer.query_tokens(query)
         allowed = self.store.allowed(filters)
         lexical: dict[int, float] = {}
+        lexical_seconds = 0.0  # BM25's candidates now, its scores of the others after the dense side
         if mode in ("hybrid", "lexical"):
+            started = time.perf_counter()
             lexical, lexical_of = self.store.lexical(query_tokens, allowed, self.candidates)
+            lexical_seconds = time.perf_counter() - started
         lexical_weight = self.lexical_weight * self.coverage(query_tokens) if mode == "hybrid" else 0.0
         searches = {}
         if query_vectors is not None and mode in ("hybrid", "dense"):
             # Each vector is taken here, not in the pool: pool tasks never wait on the pool themselves.
             searches = {
-                model: self.per_model(self.store.dense, model, query_vectors[model], self.candidates, allowed)
+                model: self.per_model(
+                    timed,
+                    STAGE_SECONDS.labels("dense", model),
+                    self.store.dense,
+                    model,
+                    query_vectors[model],
+                    self.candidates,
+                    allowed,
+                )
                 for model in query_vectors
             }
         dense = {model: search.result() for model, search in searches.items()}
@@ -271,14 +289,36 @@ class Searcher:
             # Every retriever scores every candidate, so that fusion compares like with like.
             candidates = set(lexical).union(*dense.values())
             missing = {
-                model: self.per_model(self.store.row_scores, model, candidates - scores.keys(), query_vectors[model])
+                model: self.per_model(
+                    timed,
+                    STAGE_SECONDS.labels("rescore", model),
+                    self.store.row_scores,
+                    model,
+                    candidates - scores.keys(),
+                    query_vectors[model],
+                )
                 for model, scores in dense.items()
             }
             for model, scores in dense.items():
                 scores |= missing[model].result()
+        if mode == "hybrid":
+            started = time.perf_counter()
+            lexical = lexical_of(set().union(lexical, *dense.values()))
+            lexical_seconds += time.perf_counter() - started
+        if mode in ("hybrid", "lexical"):
+            LEXICAL_SECONDS.observe(lexical_seconds)
+        with FUSION_SECONDS.time():
+            fused, ranking = self.fused(mode, dense, lexical, lexical_weight)
+            ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
+        with ROWS_SECONDS.time():
+            return self.hits(ordered, fused, ranking, query_tokens)
+
+    def fused(
+        self, mode: str, dense: dict[str, dict[int, float]], lexical: dict[int, float], lexical_weight: float
+    ) -> tuple[dict[int, float], Ranking]:
+        """The mode's final scores of every candidate, and the evidence behind them."""
         combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
-            lexical = lexical_of(combined.keys() | lexical.keys())
             fused = fuse(dense, self.model_weights, lexical, lexical_weight)
         elif mode == "dense":
             fused = combined
@@ -293,8 +333,7 @@ class Searcher:
             lexical,
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
-        ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
-        return self.hits(ordered, fused, ranking, query_tokens)
+        return fused, ranking
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""

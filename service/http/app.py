@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.embed import Encoders
@@ -26,15 +27,22 @@ from service.grounding import GroundingChecker
 from service.http.deps import Generators
 from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
+from service.http.observe import Observe
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
-from service.http.routes.system import system_routes
+from service.http.routes.system import metrics_routes, system_routes
 from service.jobs import JobStore, JobWorker
-from service.live import LiveIndex
+from service.live import LiveIndex, Snapshot
+from service.monitoring import ServedState
 from service.tokenize import WordTokenizer
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 WARM_UP_QUESTION = "党建工作如何开展"
+
+
+def served(snapshot: Snapshot) -> tuple[str, str, dict]:
+    """What /metrics says of the served index: version, store kind and manifest."""
+    return snapshot.version, snapshot.searcher.store.kind, snapshot.searcher.store.manifest
 
 
 def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
@@ -62,13 +70,16 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
         redoc_url=None,
     )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(Observe)  # outermost: its duration and status include every other layer's
     app.state.live = live
     app.state.jobs = jobs
+    app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.state.metrics_registry.register(ServedState(lambda: served(live.current()), jobs.store.state_counts))
     app.state.settings = settings
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
     app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
     add_error_handlers(app)
-    for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
+    for router in [*search_routers(settings), read_routes, write_routes, system_routes, metrics_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")

@@ -22,6 +22,7 @@ from starlette.routing import Match
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
+from service.logs import REQUEST_ID
 from service.stores import StoreUnreachable
 from service.update import UnknownDocuments, WouldEmptyIndex
 
@@ -252,11 +253,14 @@ async def on_core_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # Starlette answers these outside the app's middleware (observe.Observe), so the id is added here.
+    headers = {"X-Request-ID": REQUEST_ID.get()}
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         logger.error("磁盘空间不足：%s %s：%s", request.method, request.url.path, error)
-        return error_response(507, "insufficient_storage", "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试")
+        message = "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试"
+        return error_response(507, "insufficient_storage", message, headers)
     logger.exception("未处理的错误：%s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "服务内部错误，请稍后重试")
+    return error_response(500, "internal_error", "服务内部错误，请稍后重试", headers)
 
 
 def add_error_handlers(app: FastAPI) -> None:

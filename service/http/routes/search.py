@@ -1,6 +1,11 @@
-"""Search and ask: validate the question, call the core, shape the answer."""
+"""Search and ask: validate the question, call the core, shape the answer.
+
+A refused question (/api/ask found nothing) is logged; the question's text only with
+DJQA_LOG_QUESTIONS=true, as is every searched question then.
+"""
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
@@ -31,6 +36,20 @@ from service.http.schemas import (
 from service.records import Hit
 from service.search import Filters, result_row, search_response
 
+logger = logging.getLogger("dangjian_qa")
+
+
+def log_question(kind: str, question: str, settings: Settings) -> None:
+    """The question's text, only when settings.log_questions asks for it."""
+    if settings.log_questions:
+        logger.info("%s：%s", kind, question, extra={"question": question})
+
+
+def log_refusal(result: AskResult) -> None:
+    if not result.answer.found:
+        confidence = round(result.answer.confidence, 4)
+        logger.info("问答未找到相关内容，未作回答（置信度 %.3f）", confidence, extra={"confidence": confidence})
+
 
 def search_routers(settings: Settings) -> list[APIRouter]:
     """POST/GET /api/search and POST /api/ask, with the limits of `settings` in their schemas."""
@@ -46,6 +65,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         doc_ids = None if body.doc_ids is None else frozenset(body.doc_ids)
         filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year)
         query = checked_query(body.query, settings)
+        log_question("检索", query, settings)
         return SearchResponse(**search_response(snapshot.searcher, query, body.top_k, body.mode, filters))
 
     @query_routes.get("/search", summary="检索段落（GET）", response_model=SearchResponse, responses=ERROR_RESPONSES)
@@ -70,6 +90,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         """与 POST /api/search 相同，参数放在查询串中，便于分享链接。"""
         filters = Filters(doc_type=doc_type, year=year)
         query = checked_query(q, settings)
+        log_question("检索", query, settings)
         return SearchResponse(**search_response(snapshot.searcher, query, top_k, mode, filters))
 
     @json_routes.post(
@@ -82,6 +103,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
         question = checked_query(body.question, settings)
+        log_question("问答", question, settings)
         documents = snapshot.searcher.store.documents
 
         def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
@@ -91,6 +113,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
             ]
 
         def response(result: AskResult) -> AskResponse:
+            log_refusal(result)
             answer = result.answer
             reason = result.fallback_code and ErrorDetail(code=result.fallback_code, message=result.fallback_message)
             return AskResponse(
