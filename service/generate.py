@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Final, Literal
 
 from service.answer import Answer, Answerer, QueryVectors, not_found
 from service.config import Settings
@@ -26,7 +27,9 @@ from service.text import sentence_spans
 
 logger = logging.getLogger("dangjian_qa")
 
-GENERATE, EXTRACT = "generate", "extract"
+AnswerMode = Literal["generate", "extract"]
+GENERATE: Final = "generate"
+EXTRACT: Final = "extract"
 CONNECT_TIMEOUT_S = 5.0  # a model server that does not accept a connection in this time is down
 MIN_PASSAGE_CHARS = 80  # a passage cut shorter than this to fit the budget is left out instead
 # Reasons for answering extractively when generation was asked for: code → what the page shows.
@@ -54,7 +57,7 @@ class AskResult:
     """What /api/ask answers: the answer, what produced it, and why generation was not used."""
 
     answer: Answer
-    mode_used: str  # generate or extract: what really produced the text
+    mode_used: AnswerMode  # what really produced the text
     fallback_code: str | None = None
     removed_sentences: int = 0
 
@@ -150,7 +153,8 @@ def trimmed(text: str, limit: int) -> str:
 
 def fit_passages(hits: Sequence[Hit], budget: int) -> list[Hit]:
     """The hits, best first, whose text fits the budget of characters (the first always, cut to fit)."""
-    kept, used = [], 0
+    kept: list[Hit] = []
+    used = 0
     for hit in hits:
         room = budget - used
         if kept and room < MIN_PASSAGE_CHARS:

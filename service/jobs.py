@@ -93,7 +93,7 @@ def report_rows(report: AddReport) -> dict[str, list[dict]]:
 
     def uploaded(status: str) -> list[dict]:
         return [
-            {"file": o.name, "doc_id": o.doc_id, "title": documents[o.doc_id].title, "passages": o.passages}
+            {"file": o.name, "doc_id": o.doc_id, "title": documents[o.doc_and_path()[0]].title, "passages": o.passages}
             for o in report.having(status)
         ]
 

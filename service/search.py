@@ -286,6 +286,7 @@ class Searcher:
             }
         dense = {model: search.result() for model, search in searches.items()}
         if dense:
+            assert query_vectors is not None  # dense scores come from the question's vectors
             # Every retriever scores every candidate, so that fusion compares like with like.
             candidates = set(lexical).union(*dense.values())
             missing = {
@@ -362,6 +363,11 @@ class Searcher:
         )
 
 
+def rank_and_score(rank: int | None, score: float | None) -> dict | None:
+    """A retriever's evidence of a hit, or None when it did not rank it."""
+    return None if rank is None or score is None else {"rank": rank, "score": round(score, 4)}
+
+
 def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
     """One ranked passage as the API and the CLI's --json show it: text, source, evidence, context."""
     passage = hit.passage
@@ -383,10 +389,8 @@ def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
         "end": passage.end,
         "highlights": [list(span) for span in hit.highlights],
         "matched_terms": list(hit.matched_terms),
-        "dense": None if hit.dense_rank is None else {"rank": hit.dense_rank, "score": round(hit.dense_score, 4)},
-        "lexical": None
-        if hit.lexical_rank is None
-        else {"rank": hit.lexical_rank, "score": round(hit.lexical_score, 4)},
+        "dense": rank_and_score(hit.dense_rank, hit.dense_score),
+        "lexical": rank_and_score(hit.lexical_rank, hit.lexical_score),
         "models": [{"model": e.model, "rank": e.rank, "score": round(e.score, 4)} for e in hit.models],
         "context": {"before": before, "after": after},
     }

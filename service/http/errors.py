@@ -9,7 +9,7 @@ import errno
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Message
 
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
@@ -65,7 +66,7 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -169,7 +170,7 @@ class JsonBodyRoute(APIRoute):
             body = await read_json_body(request)
             replayed = False
 
-            async def replay() -> dict[str, Any]:
+            async def replay() -> Message:
                 nonlocal replayed
                 if replayed:
                     return await request.receive()
@@ -265,9 +266,10 @@ async def on_unexpected_error(request: Request, error: Exception) -> JSONRespons
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error the app answers, in the one shape."""
-    app.add_exception_handler(ApiError, on_api_error)
+    # Starlette types a handler as taking any Exception; each of ours takes the kind it is registered for.
+    app.add_exception_handler(ApiError, on_api_error)  # type: ignore[arg-type]
     for kind in CORE_ERRORS:
         app.add_exception_handler(kind, on_core_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, on_unexpected_error)

@@ -17,7 +17,7 @@ an index directory (stores/faiss.py over service/index.py, the default); MilvusS
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -52,21 +52,25 @@ class Filters:
 class Store(Protocol):
     """One index version, as a Searcher and the document routes read it."""
 
-    kind: str  # "faiss" or "milvus"
+    @property
+    def kind(self) -> Literal["faiss", "milvus"]: ...
+
     version: str
     manifest: dict
     documents: dict[str, Document]  # in the order they were added
     passage_count: int
     concurrent: bool  # whether each model's search is worth running beside the others
 
-    def allowed(self, filters: Filters) -> object: ...
+    # `allowed` is the store's own form of the filters (an array, an expression): what its `allowed`
+    # returned, given back unread by the Searcher, so Any rather than one type for every store.
+    def allowed(self, filters: Filters) -> Any: ...
 
-    def dense(self, model: str, vector: np.ndarray, candidates: int, allowed: object) -> dict[int, float]: ...
+    def dense(self, model: str, vector: np.ndarray, candidates: int, allowed: Any) -> dict[int, float]: ...
 
     def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]: ...
 
     def lexical(
-        self, query_tokens: list[str], allowed: object, candidates: int
+        self, query_tokens: list[str], allowed: Any, candidates: int
     ) -> tuple[dict[int, float], LexicalScores]: ...
 
     def frequencies(self, tokens: Iterable[str]) -> dict[str, int]: ...

@@ -2,6 +2,7 @@
 
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Literal
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.nda
 class FaissStore:
     """An index directory's version (service/index.py): FAISS or exact scans, bm25s columns, SQLite rows."""
 
-    kind = "faiss"
+    kind: Literal["faiss"] = "faiss"
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index

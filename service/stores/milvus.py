@@ -30,6 +30,7 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 from pymilvus import MilvusClient, MilvusException
@@ -150,7 +151,7 @@ def live_version(client: MilvusClient, prefix: str, uri: str) -> str | None:
 class MilvusStore:
     """A Milvus version, read per question; only its documents and manifest are held in memory."""
 
-    kind = "milvus"
+    kind: Literal["milvus"] = "milvus"
     concurrent = True  # each model's search is a round trip: they overlap with BM25's
 
     def __init__(self, client: MilvusClient, settings: Settings, version: str, manifest: dict) -> None:
@@ -228,6 +229,7 @@ class MilvusStore:
         for start in range(0, len(wanted), per_call):
             batch = wanted[start : start + per_call]
             expression = f"row in {numbers(batch)}"
+            scored: list[tuple[int, float]]
             if self.exact:
                 limit = len(batch) * self.max_units
                 scored = [
@@ -237,7 +239,7 @@ class MilvusStore:
             else:
                 units = self.query_all(self.units, expression, ["row", self.fields[model]])
                 matrix = np.array([unit[self.fields[model]] for unit in units], dtype=np.float32)
-                scores = matrix @ vector.astype(np.float32) if units else []
+                scores = matrix @ vector.astype(np.float32) if units else np.zeros(0, dtype=np.float32)
                 scored = [(unit["row"], float(score)) for unit, score in zip(units, scores, strict=True)]
             for row, score in scored:
                 best[row] = max(best.get(row, -np.inf), score)
@@ -278,8 +280,8 @@ class MilvusStore:
         terms = self.vocabulary(query_tokens)
         question: dict[int, float] = {}
         for token in query_tokens:
-            if terms.get(token) is not None:
-                number = terms[token][0]
+            if (term := terms.get(token)) is not None:
+                number = term[0]
                 question[number] = question.get(number, 0.0) + 1.0
         if not question:
             return {}, lambda rows: dict.fromkeys(rows, 0.0)

@@ -7,13 +7,13 @@ DJQA_LOG_QUESTIONS=true, as is every searched question then.
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from service.config import DEFAULT_MODE, Settings
-from service.generate import AskResult
+from service.generate import FALLBACKS, AskResult
 from service.http.deps import (
     GeneratorDep,
     SettingsDep,
@@ -25,9 +25,11 @@ from service.http.deps import (
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
 from service.http.schemas import (
     EXAMPLE_QUERY,
+    AskFields,
     AskResponse,
     ErrorDetail,
     Mode,
+    SearchFields,
     SearchResponse,
     SearchResult,
     query_length,
@@ -62,11 +64,12 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
     def search_post(body: SearchRequest, snapshot: SnapshotDep, settings: SettingsDep) -> SearchResponse:  # type: ignore[valid-type]
         """按问题检索最相关的段落，可按文档、类型、年份过滤。"""
-        doc_ids = None if body.doc_ids is None else frozenset(body.doc_ids)
-        filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year)
-        query = checked_query(body.query, settings)
+        fields = cast(SearchFields, body)  # SearchRequest is made per app, so the type checker knows its base
+        doc_ids = None if fields.doc_ids is None else frozenset(fields.doc_ids)
+        filters = Filters(doc_ids=doc_ids, doc_type=fields.doc_type, year=fields.year)
+        query = checked_query(fields.query, settings)
         log_question("检索", query, settings)
-        return SearchResponse(**search_response(snapshot.searcher, query, body.top_k, body.mode, filters))
+        return SearchResponse(**search_response(snapshot.searcher, query, fields.top_k, fields.mode, filters))
 
     @query_routes.get("/search", summary="检索段落（GET）", response_model=SearchResponse, responses=ERROR_RESPONSES)
     def search_get(
@@ -102,7 +105,8 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep, generator: GeneratorDep):  # type: ignore[valid-type]
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
-        question = checked_query(body.question, settings)
+        fields = cast(AskFields, body)  # AskRequest is made per app, so the type checker knows its base
+        question = checked_query(fields.question, settings)
         log_question("问答", question, settings)
         documents = snapshot.searcher.store.documents
 
@@ -115,7 +119,8 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         def response(result: AskResult) -> AskResponse:
             log_refusal(result)
             answer = result.answer
-            reason = result.fallback_code and ErrorDetail(code=result.fallback_code, message=result.fallback_message)
+            code = result.fallback_code
+            reason = ErrorDetail(code=code, message=FALLBACKS[code]) if code else None
             return AskResponse(
                 question=question,
                 found=answer.found,
@@ -123,20 +128,22 @@ def search_routers(settings: Settings) -> list[APIRouter]:
                 confidence=round(answer.confidence, 4),
                 citations=citation_rows(answer.citations),
                 mode_used=result.mode_used,
-                fallback_reason=reason or None,
+                fallback_reason=reason,
                 removed_sentences=result.removed_sentences,
             )
 
-        if not body.stream:
-            return response(generator.ask(question, body.top_k, body.mode))
+        if not fields.stream:
+            return response(generator.ask(question, fields.top_k, fields.mode))
 
         def sse() -> Iterator[str]:
-            for event in generator.events(question, body.top_k, body.mode):
+            for event in generator.events(question, fields.top_k, fields.mode):
+                data: dict[str, Any]
                 if event.kind == "citations":
                     data = {"citations": [row.model_dump() for row in citation_rows(event.citations)]}
                 elif event.kind == "delta":
                     data = {"text": event.text}
                 else:
+                    assert event.result is not None  # the final event carries the result
                     data = response(event.result).model_dump()
                 yield f"event: {event.kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
