@@ -50,6 +50,8 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
 
     Its upload-job worker runs while the app does (started and stopped by the lifespan).
     """
+    # First: a configured model without the `llm` extra fails here (MissingExtra), before the index loads.
+    client = ModelClient.from_settings(settings)
     live = LiveIndex(settings, encoders or open_encoders(settings), tokenizer or open_tokenizer(settings))
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
@@ -77,7 +79,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.metrics_registry.register(ServedState(lambda: served(live.current()), jobs.store.state_counts))
     app.state.settings = settings
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
-    app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
+    app.state.generators = Generators(client, GroundingChecker(live.encoders))
     add_error_handlers(app)
     for router in [*search_routers(settings), read_routes, write_routes, system_routes, metrics_routes]:
         app.include_router(router)
