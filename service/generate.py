@@ -21,7 +21,7 @@ from service.answer import Answer, Answerer, QueryVectors, not_found
 from service.config import Settings
 from service.extras import import_extra
 from service.grounding import CheckedAnswer, GroundingChecker
-from service.monitoring import FALLBACKS as FALLBACK_COUNT
+from service.monitoring import GENERATION_FALLBACKS
 from service.records import Hit
 from service.text import sentence_spans
 
@@ -95,12 +95,12 @@ class ModelClient:
         self.context_chars = settings.llm_context_chars
         self.secret = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
         needed_for = "生成式回答（DJQA_LLM_BASE_URL）"
-        self.openai = openai = import_extra("openai", "llm", needed_for)
+        self.openai = import_extra("openai", "llm", needed_for)
         self.httpx2 = import_extra("httpx2", "llm", needed_for)  # openai>=3's HTTP client (its fork of httpx)
-        self.client = openai.OpenAI(
+        self.client = self.openai.OpenAI(
             base_url=settings.llm_base_url,
             api_key=self.secret or "unused",  # servers without keys ignore it; the client insists on one
-            timeout=openai.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
+            timeout=self.openai.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
             max_retries=0,  # a retry would double the wait; the extractive answer is the fallback
         )
 
@@ -193,7 +193,7 @@ def redacted(text: str, secret: str) -> str:
 
 def fell_back(code: str, detail: str = "") -> None:
     """Log and count an extractive answer given instead of a generated one."""
-    FALLBACK_COUNT.labels(code).inc()
+    GENERATION_FALLBACKS.labels(code).inc()
     # The model failing is the operator's business (WARNING); no model or an unverifiable answer is not.
     level = logging.INFO if code in ("llm_not_configured", "ungrounded") else logging.WARNING
     reason = FALLBACKS[code].removesuffix("，以下为摘编答案。")

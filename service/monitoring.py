@@ -43,7 +43,7 @@ STAGE_SECONDS = Histogram(
     ["stage", "model"],
     buckets=STAGE_BUCKETS,
 )
-FALLBACKS = Counter(
+GENERATION_FALLBACKS = Counter(
     "djqa_generation_fallbacks",
     "Answers given extractively although generation was asked for, by reason (service/generate.py FALLBACKS)",
     ["reason"],

@@ -224,14 +224,18 @@ class Searcher:
         """The question's vector from every model (EncodedQuestion: encoded side by side, read when needed)."""
         return EncodedQuestion(self.encoders, query)
 
-    def per_model(self, work: Callable[..., dict[int, float]], *args: object) -> Future[dict[int, float]]:
-        """One model's part of a search: beside the others and BM25 when the store says it pays off
-        (a large FAISS index, a Milvus round trip), else in this thread, where handing work to the
-        pool costs more than it saves and competes with encoding."""
+    def per_model(
+        self, stage: str, work: Callable[..., dict[int, float]], model: str, *args: object
+    ) -> Future[dict[int, float]]:
+        """One model's part of a search, work(model, *args), timed as that model's `stage`: beside the
+        others and BM25 when the store says it pays off (a large FAISS index, a Milvus round trip),
+        else in this thread, where handing work to the pool costs more than it saves and competes
+        with encoding."""
+        seconds = STAGE_SECONDS.labels(stage, model)
         if self.store.concurrent:
-            return QUERY_POOL.submit(work, *args)
+            return QUERY_POOL.submit(timed, seconds, work, model, *args)
         done: Future[dict[int, float]] = Future()
-        done.set_result(work(*args))
+        done.set_result(timed(seconds, work, model, *args))
         return done
 
     def idf_of(self, tokens: Sequence[str]) -> dict[str, float]:
@@ -273,15 +277,7 @@ class Searcher:
         if query_vectors is not None and mode in ("hybrid", "dense"):
             # Each vector is taken here, not in the pool: pool tasks never wait on the pool themselves.
             searches = {
-                model: self.per_model(
-                    timed,
-                    STAGE_SECONDS.labels("dense", model),
-                    self.store.dense,
-                    model,
-                    query_vectors[model],
-                    self.candidates,
-                    allowed,
-                )
+                model: self.per_model("dense", self.store.dense, model, query_vectors[model], self.candidates, allowed)
                 for model in query_vectors
             }
         dense = {model: search.result() for model, search in searches.items()}
@@ -291,12 +287,7 @@ class Searcher:
             candidates = set(lexical).union(*dense.values())
             missing = {
                 model: self.per_model(
-                    timed,
-                    STAGE_SECONDS.labels("rescore", model),
-                    self.store.row_scores,
-                    model,
-                    candidates - scores.keys(),
-                    query_vectors[model],
+                    "rescore", self.store.row_scores, model, candidates - scores.keys(), query_vectors[model]
                 )
                 for model, scores in dense.items()
             }

@@ -52,14 +52,14 @@ class Filters:
 class Store(Protocol):
     """One index version, as a Searcher and the document routes read it."""
 
-    @property
-    def kind(self) -> Literal["faiss", "milvus"]: ...
-
     version: str
     manifest: dict
     documents: dict[str, Document]  # in the order they were added
     passage_count: int
     concurrent: bool  # whether each model's search is worth running beside the others
+
+    @property
+    def kind(self) -> Literal["faiss", "milvus"]: ...  # read-only, so each store may fix its own
 
     # `allowed` is the store's own form of the filters (an array, an expression): what its `allowed`
     # returned, given back unread by the Searcher, so Any rather than one type for every store.
