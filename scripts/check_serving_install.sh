@@ -5,11 +5,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
-trap 'kill "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# Not `kill "${server:-0}"`: kill 0 signals this script's whole process group.
+trap 'if [[ -n "${server:-}" ]]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --upgrade pip
 "$work/venv/bin/pip" install --quiet .
-for package in torch pymilvus milvus_lite openai httpx2; do
+# (httpx2, the llm extra's HTTP client, also comes with tokenizers' huggingface-hub: it may be installed.)
+for package in torch pymilvus milvus_lite openai; do
     if "$work/venv/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$package') is None)"; then
         echo "serving install pulled in $package" >&2
         exit 1
