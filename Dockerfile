@@ -8,6 +8,10 @@
 # stays root-owned (read-only for the service).
 #
 # Optional, nothing here requires them:
+#   --build-arg EXTRAS=milvus,llm    which extras of pyproject.toml the image carries (default both: the
+#                                    Milvus client for DJQA_STORE=milvus, as deploy/ runs it, and the
+#                                    language-model client for DJQA_LLM_BASE_URL). EXTRAS= builds the
+#                                    FAISS-only, extractive-only image, about 0.4 GB smaller.
 #   --build-arg BASE_IMAGE=...       any image with Python 3.11 as `python3` and its venv module
 #   --build-arg TORCH_INDEX_URL=...  where torch comes from (a PEP 503 index). The default is PyTorch's
 #                                    CPU wheel index: PyPI's Linux torch is a CUDA build that pulls
@@ -18,6 +22,7 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG EXTRAS=milvus,llm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -35,8 +40,9 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/pip \
     if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
-    && python3 -c 'import tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-open("/tmp/serve.txt", "w").write("\n".join(project["dependencies"])); \
+    && python3 -c 'import os, tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+extras = [project["optional-dependencies"][name] for name in os.environ["EXTRAS"].split(",") if name]; \
+open("/tmp/serve.txt", "w").write("\n".join(project["dependencies"] + sum(extras, []))); \
 open("/tmp/export.txt", "w").write("\n".join(project["optional-dependencies"]["export"]))' \
     && python3 -m venv /opt/export \
     && python3 -m venv --without-pip /opt/venv \
@@ -67,6 +73,8 @@ RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/pip 
 
 
 FROM ${BASE_IMAGE}
+ARG EXTRAS=milvus,llm
+LABEL org.opencontainers.image.title="dangjian-qa" dangjian-qa.extras="${EXTRAS}"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

@@ -6,14 +6,14 @@ MODEL_DIR := models/m3e-small
 INDEX := data/index/CURRENT
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install model browser index run test eval eval-baseline bench lint clean llm-test-deps
+.PHONY: install model browser index run test eval eval-baseline bench lint typecheck clean llm-test-deps
 
 install: $(VENV)/.installed model
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,export]'
+	$(PY) -m pip install --quiet -e '.[dev,export,milvus,llm]'
 	touch $@
 
 # Fetch and verify m3e-small, then export both models to ONNX, float32 and int8 (the only step that
@@ -60,6 +60,10 @@ bench: install $(INDEX)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Types of service/, embeddings/ and eval/ ([tool.mypy] in pyproject.toml).
+typecheck: install
+	$(BIN)/mypy
 
 clean:
 	rm -rf data tests/artifacts

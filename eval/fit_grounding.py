@@ -80,8 +80,9 @@ def main() -> int:
     theta = fit_logistic(np.column_stack([np.ones(len(features)), features]), labels_array)
     scores = np.column_stack([np.ones(len(features)), features]) @ theta
     support = 1.0 / (1.0 + np.exp(-np.clip(scores, -50, 50)))
-    negatives = np.sort(support[labels_array == 0])
-    threshold = max(0.5, float(negatives[int(np.ceil(len(negatives) * (1 - MAX_FALSE_ACCEPT))) - 1]) + 1e-3)
+    negative_support = np.sort(support[labels_array == 0])
+    cut = int(np.ceil(len(negative_support) * (1 - MAX_FALSE_ACCEPT))) - 1
+    threshold = max(0.5, float(negative_support[cut]) + 1e-3)
     bias, *cosines, lexical = (round(float(value), 3) for value in theta)
     model = SupportModel(bias, dict(zip(models, cosines, strict=True)), lexical, round(threshold, 3))
     print(f"profile {models}: {model}")

@@ -96,7 +96,9 @@ def record_problems(where: str, row: object) -> list[str]:
 
 def load_questions(path: Path = QUESTIONS_FILE, split: str | None = None) -> list[Question]:
     """Questions of the file, optionally only one split; QuestionSetError when a line is malformed."""
-    questions, problems, seen = [], [], Counter()
+    questions: list[Question] = []
+    problems: list[str] = []
+    seen: Counter[tuple[str, str]] = Counter()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue

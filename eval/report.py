@@ -253,7 +253,8 @@ def quality_chart(results: dict, path: Path) -> Path:
     kinds = [kind for kind in ("all", *CHART_KINDS) if kind in results["systems"][systems[0]][split]]
     figure, axes = plt.subplots(2, 1, figsize=(13, 8.5), sharey=True)
     width = 0.8 / len(systems)
-    colours = plt.get_cmap("tab10").colors
+    tab10 = plt.get_cmap("tab10")
+    colours = [tab10(number) for number in range(tab10.N)]
     for axis, (metric, title) in zip(axes, HEADLINE, strict=True):
         for position, system in enumerate(systems):
             values = [results["systems"][system][split][kind][metric] for kind in kinds]

@@ -19,7 +19,7 @@ test-split numbers are in the README.
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +29,7 @@ from service.search import Searcher, term_coverage
 from service.stores import Filters
 from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SEMICOLONS, sentence_spans
 
-QueryVectors = dict[str, np.ndarray]  # a question's vector from each model
+QueryVectors = Mapping[str, np.ndarray]  # a question's vector from each model (search.EncodedQuestion)
 NOT_FOUND = "未找到与该问题相关的内容。可以换个说法，或使用更具体的党建术语。"
 
 MAX_SENTENCES = 4

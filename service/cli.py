@@ -32,8 +32,10 @@ from service.engine import (
     open_store,
     open_tokenizer,
 )
+from service.extras import MissingExtra
 from service.index import IndexBusy, IndexUnavailable
 from service.ingest.read import SUPPORTED_SUFFIXES
+from service.logs import configure_logging
 from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
@@ -275,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"配置错误：环境变量 {fields} 的值无效", file=sys.stderr)
         return EXIT_USAGE
     args = parser(settings).parse_args(argv)
+    configure_logging(settings.log_format, settings.log_level)
     try:
         return COMMANDS[args.command](args, settings)
     except (QueryRejected, InvalidCollection, UnknownCollections) as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_USAGE
-    except (IndexUnavailable, StoreUnreachable, IndexBusy, ModelError) as error:
+    except (IndexUnavailable, StoreUnreachable, IndexBusy, ModelError, MissingExtra) as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except NothingToIndex as error:

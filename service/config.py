@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     # Below this confidence /api/ask answers 「未找到」; 0.5 is the line calibrated on dev (service/answer.py).
     answer_min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
 
+    # Logs (service/logs.py): plain text lines, or one JSON object a line for a log collector.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Questions are what users ask, often about colleagues: kept out of the logs unless asked for.
+    log_questions: bool = False
+    # GET /metrics is open like /api/health (a scraper inside the network); true asks for api_key.
+    metrics_require_key: bool = False
+
     # Key for adding and removing documents over HTTP; unset means the API is read-only.
     api_key: str | None = None
     # Ask for the key on searches and document reads too (the page and /api/health stay open).

@@ -1,7 +1,6 @@
 """Wiring: settings -> encoders, tokenizer, index, searcher; and building an index from files."""
 
 import hashlib
-import importlib
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,6 +14,7 @@ from tqdm import tqdm
 from embeddings.encoder import TextEncoder, open_encoder
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
+from service.extras import import_extra
 from service.index import (
     Chunk,
     SearchIndex,
@@ -151,8 +151,9 @@ def write_passages(
 
 def milvus_part(name: str) -> ModuleType:
     """service.stores.milvus or .milvus_writer, imported only when the Milvus store is configured:
-    pymilvus (with pandas) costs 0.4 s and 110 MB at start-up, which the FAISS store never needs."""
-    return importlib.import_module(f"service.stores.{name}")
+    pymilvus (with pandas) costs 0.4 s and 110 MB at start-up, which the FAISS store never needs, and
+    is the `milvus` extra (MissingExtra when it is not installed)."""
+    return import_extra(f"service.stores.{name}", "milvus", "Milvus 存储（DJQA_STORE=milvus）")
 
 
 def save_version(

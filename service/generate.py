@@ -6,27 +6,31 @@
 
 Every failure of the model (unreachable, timeout, HTTP error, a stream that cannot be read, an empty
 answer, an answer of which no sentence survives the check) gives the extractive answer with a
-fallback reason; nothing here raises to the caller. The API key is never logged.
+fallback reason (logged, and counted in djqa_generation_fallbacks_total); nothing here raises to the
+caller. The API key is never logged. The openai client is the `llm` extra, imported only when a model
+is configured (service/extras.py).
 """
 
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-import httpx2  # the HTTP client of openai>=3 (its own fork of httpx)
-import openai
+from typing import Final, Literal
 
 from service.answer import Answer, Answerer, QueryVectors, not_found
 from service.config import Settings
+from service.extras import import_extra
 from service.grounding import CheckedAnswer, GroundingChecker
+from service.monitoring import GENERATION_FALLBACKS
 from service.records import Hit
 from service.stores import Filters
 from service.text import sentence_spans
 
 logger = logging.getLogger("dangjian_qa")
 
-GENERATE, EXTRACT = "generate", "extract"
+AnswerMode = Literal["generate", "extract"]
+GENERATE: Final = "generate"
+EXTRACT: Final = "extract"
 CONNECT_TIMEOUT_S = 5.0  # a model server that does not accept a connection in this time is down
 MIN_PASSAGE_CHARS = 80  # a passage cut shorter than this to fit the budget is left out instead
 # Reasons for answering extractively when generation was asked for: code → what the page shows.
@@ -54,7 +58,7 @@ class AskResult:
     """What /api/ask answers: the answer, what produced it, and why generation was not used."""
 
     answer: Answer
-    mode_used: str  # generate or extract: what really produced the text
+    mode_used: AnswerMode  # what really produced the text
     fallback_code: str | None = None
     removed_sentences: int = 0
 
@@ -91,10 +95,13 @@ class ModelClient:
         self.timeout_s = settings.llm_timeout_s
         self.context_chars = settings.llm_context_chars
         self.secret = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
-        self.client = openai.OpenAI(
+        needed_for = "生成式回答（DJQA_LLM_BASE_URL）"
+        self.openai = import_extra("openai", "llm", needed_for)
+        self.httpx2 = import_extra("httpx2", "llm", needed_for)  # openai>=3's HTTP client (its fork of httpx)
+        self.client = self.openai.OpenAI(
             base_url=settings.llm_base_url,
             api_key=self.secret or "unused",  # servers without keys ignore it; the client insists on one
-            timeout=openai.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
+            timeout=self.openai.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
             max_retries=0,  # a retry would double the wait; the extractive answer is the fallback
         )
 
@@ -122,11 +129,11 @@ class ModelClient:
                         yield content.encode("utf-8", "replace").decode("utf-8")
         except ModelFailure:
             raise
-        except (openai.APITimeoutError, httpx2.TimeoutException) as error:  # a stall before or within the stream
+        except (self.openai.APITimeoutError, self.httpx2.TimeoutException) as error:  # a stall before or within it
             raise ModelFailure("llm_timeout", type(error).__name__) from None
-        except openai.APIConnectionError as error:
+        except self.openai.APIConnectionError as error:
             raise ModelFailure("llm_unreachable", type(error).__name__) from None
-        except openai.APIStatusError as error:
+        except self.openai.APIStatusError as error:
             raise ModelFailure("llm_http_error", f"HTTP {error.status_code}") from None
         except Exception as error:  # a stream cut short or not JSON: httpx, json and openai errors alike
             raise ModelFailure("llm_bad_stream", type(error).__name__) from None
@@ -147,7 +154,8 @@ def trimmed(text: str, limit: int) -> str:
 
 def fit_passages(hits: Sequence[Hit], budget: int) -> list[Hit]:
     """The hits, best first, whose text fits the budget of characters (the first always, cut to fit)."""
-    kept, used = [], 0
+    kept: list[Hit] = []
+    used = 0
     for hit in hits:
         room = budget - used
         if kept and room < MIN_PASSAGE_CHARS:
@@ -184,6 +192,16 @@ def redacted(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
+def fell_back(code: str, detail: str = "") -> None:
+    """Log and count an extractive answer given instead of a generated one."""
+    GENERATION_FALLBACKS.labels(code).inc()
+    # The model failing is the operator's business (WARNING); no model or an unverifiable answer is not.
+    level = logging.INFO if code in ("llm_not_configured", "ungrounded") else logging.WARNING
+    reason = FALLBACKS[code].removesuffix("，以下为摘编答案。")
+    about = f"{code}：{detail}" if detail else code
+    logger.log(level, "改用摘编答案：%s（%s）", reason, about, extra={"fallback": code})
+
+
 class Generator:
     """Answers a question by generation (when a model client is given) or extraction, as events."""
 
@@ -212,6 +230,8 @@ class Generator:
             return
         if mode == EXTRACT or self.client is None:
             code = None if mode == EXTRACT else "llm_not_configured"
+            if code:
+                fell_back(code)
             yield from self.extracted(question, hits, score, code, query_vectors, filters)
             return
         passages = fit_passages(hits, self.client.context_chars)
@@ -223,19 +243,18 @@ class Generator:
                 pieces.append(delta)
                 yield Event("delta", text=delta)
         except ModelFailure as failure:
-            detail = redacted(failure.detail, self.client.secret)
-            logger.warning("语言模型不可用（%s：%s），改用摘编答案", failure.code, detail)
+            fell_back(failure.code, redacted(failure.detail, self.client.secret))
             yield self.fallback(question, hits, score, failure.code, query_vectors=query_vectors, filters=filters)
             return
         text = "".join(pieces)
         if not text.strip():
-            logger.warning("语言模型没有给出答案（llm_empty），改用摘编答案")
+            fell_back("llm_empty")
             yield self.fallback(question, hits, score, "llm_empty", query_vectors=query_vectors, filters=filters)
             return
         checked = self.checker.check(text, [hit.passage for hit in passages])
         seconds = time.monotonic() - started
         if checked.kept == 0:
-            logger.info("生成答案的 %d 句均未通过核验（ungrounded，%.1f 秒），改用摘编答案", checked.removed, seconds)
+            fell_back("ungrounded", f"{checked.removed} 句均未通过核验，{seconds:.1f} 秒")
             yield self.fallback(question, hits, score, "ungrounded", checked.removed, query_vectors, filters)
             return
         answer_text, citations = renumbered(checked, passages)

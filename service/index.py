@@ -98,7 +98,7 @@ class PassageTable(Sequence[Passage]):
 
     def __init__(self, path: Path, count: int) -> None:
         uri = f"file:{quote(str(path))}?mode=ro&immutable=1"  # a version never changes once written
-        self.count = count
+        self.rows = count  # not `count`: that is Sequence's method
         self.lock = threading.Lock()
         # Reads are a few rows by key, far shorter than a search: one connection serves every thread.
         self.database = sqlite3.connect(uri, uri=True, check_same_thread=False)
@@ -113,12 +113,12 @@ class PassageTable(Sequence[Passage]):
             self.database.close()
 
     def __len__(self) -> int:
-        return self.count
+        return self.rows
 
-    def __getitem__(self, row):  # type: ignore[override]  # rows only, no slices
-        if not isinstance(row, int | np.integer) or not -self.count <= row < self.count:
+    def __getitem__(self, row):  # rows only, no slices
+        if not isinstance(row, int | np.integer) or not -self.rows <= row < self.rows:
             raise IndexError(row)
-        return self.many([int(row) % self.count])[int(row) % self.count]
+        return self.many([int(row) % self.rows])[int(row) % self.rows]
 
     def with_tokens(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]:
         """The rows' passages and BM25 tokens, in one query per 500 rows (SQLite's parameter limit)."""
@@ -140,7 +140,7 @@ class PassageTable(Sequence[Passage]):
 
     def chunks(self, size: int = COPY_CHUNK) -> Iterator[list[tuple[int, Passage, list[str]]]]:
         """Every row in order, `size` at a time, with its passage and tokens."""
-        for start in range(0, self.count, size):
+        for start in range(0, self.rows, size):
             query = "SELECT row, passage, tokens FROM passages WHERE row >= ? AND row < ? ORDER BY row"
             rows = self.query(query, (start, start + size))
             yield [(row, passage_from_json(passage), json.loads(tokens)) for row, passage, tokens in rows]

@@ -94,7 +94,7 @@ def report_rows(report: AddReport) -> dict[str, list[dict]]:
 
     def uploaded(status: str) -> list[dict]:
         return [
-            {"file": o.name, "doc_id": o.doc_id, "title": documents[o.doc_id].title, "passages": o.passages}
+            {"file": o.name, "doc_id": o.doc_id, "title": documents[o.doc_and_path()[0]].title, "passages": o.passages}
             for o in report.having(status)
         ]
 
@@ -145,6 +145,8 @@ class JobStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.lock = threading.Lock()
+        # Each job's state as last read or written, for /metrics (djqa_jobs) without reading the disk.
+        self.states: dict[str, str] = {}
         # The latest state of each job this process changed, with its progress: what GET answers,
         # also when the disk was too full to write it (then the job is run again after a restart,
         # which is safe).
@@ -164,6 +166,9 @@ class JobStore:
         write_atomic(receiving / "job.json", json.dumps(asdict(job), ensure_ascii=False).encode())
         receiving.rename(self.folder / job.job_id)
         fsync_directory(self.folder)
+        with self.lock:
+            self.states[job.job_id] = job.state
+        logger.info("上传任务 %s 已排队（%d 个文件）", job.job_id, len(files), extra={"job_id": job.job_id})
         return job
 
     def load(self, job_id: str) -> Job | None:
@@ -180,6 +185,7 @@ class JobStore:
         """A state change: durable before this returns."""
         with self.lock:
             self.latest[job.job_id] = Job(**asdict(job))
+            self.states[job.job_id] = job.state
             write_atomic(self.folder / job.job_id / "job.json", json.dumps(asdict(job), ensure_ascii=False).encode())
 
     def save_progress(self, job: Job) -> None:
@@ -192,7 +198,17 @@ class JobStore:
         if not self.folder.is_dir():
             return []
         found = [self.load(path.name) for path in self.folder.iterdir() if not path.name.startswith(".")]
-        return sorted((job for job in found if job is not None), key=lambda job: job.created_at)
+        jobs = sorted((job for job in found if job is not None), key=lambda job: job.created_at)
+        with self.lock:
+            self.states = {job.job_id: job.state for job in jobs}
+        return jobs
+
+    def state_counts(self) -> dict[str, int]:
+        """How many jobs are in each state (every state named, 0 included): those found at start
+        (jobs() then) and those created or changed since."""
+        with self.lock:
+            states = list(self.states.values())
+        return {state: states.count(state) for state in (QUEUED, RUNNING, DONE, FAILED_STATE)}
 
     def clean(self) -> None:
         """At start: remove uploads whose receiving process is gone, folders that never became a job,
@@ -292,6 +308,7 @@ class JobWorker:
         """Index the job's files (update.add_files through the live index) and record the outcome."""
         job.state, job.started_at, job.attempts = RUNNING, now(), job.attempts + 1
         self.store.save(job)
+        logger.info("上传任务 %s 开始（第 %d 次）", job.job_id, job.attempts, extra={"job_id": job.job_id})
         files = [(file["name"], self.store.folder / job.job_id / file["path"]) for file in job.files]
         try:
             report = self.live.add_files(
@@ -350,3 +367,14 @@ class JobWorker:
         self.store.remove_files(job)
         job.state, job.finished_at, job.committing = state, now(), False
         self.store.save(job)
+        code = (job.error or {}).get("code", "")
+        logger.log(
+            logging.INFO if state == DONE else logging.WARNING,
+            "上传任务 %s %s：HTTP 状态 %s，%d 个段落%s",
+            job.job_id,
+            "完成" if state == DONE else "失败",
+            job.status,
+            job.passages_done,
+            f"，{code}" if code else "",
+            extra={"job_id": job.job_id, "state": state, "status": job.status, "error_code": code or None},
+        )

@@ -161,24 +161,36 @@ class LiveIndex:
         A version that cannot be loaded is logged (once) and the current one kept: the change behind
         it is already on disk (an upload's job is done). The watcher tries it again with backoff.
         """
+        previous = self.snapshot.version
         try:
             version = store_version(self.settings)
-            if not version or version == self.snapshot.version:
+            if not version or version == previous:
                 return
             snapshot = self.load()
         except (IndexUnavailable, StoreUnreachable) as error:
             self.note_failure(version or "", error)
             return
-        previous, self.snapshot, self.failing = self.snapshot, snapshot, None
-        previous.retire()
-        logger.info("已切换到新索引版本 %s", snapshot.version)
+        retired, self.snapshot, self.failing = self.snapshot, snapshot, None
+        retired.retire()
+        manifest = snapshot.searcher.store.manifest
+        logger.info(
+            "已切换到新索引版本 %s（原版本 %s；%d 篇文档、%d 个段落）",
+            snapshot.version,
+            previous,
+            manifest["document_count"],
+            manifest["passage_count"],
+            extra={"version": snapshot.version, "previous_version": previous},
+        )
 
     def note_failure(self, version: str, error: Exception) -> None:
         attempts = self.failing[1] + 1 if self.failing is not None and self.failing[0] == version else 1
         delay = min(MAX_RETRY_SECONDS, 2.0**attempts)
         self.failing = (version, attempts, time.monotonic() + delay)
+        current = self.snapshot.version
         if attempts == 1:
-            logger.warning("新索引无法加载，继续使用版本 %s（之后重试）：%s", self.snapshot.version, error)
+            logger.warning(
+                "新索引无法加载，继续使用版本 %s（之后重试）：%s", current, error, extra={"version": current}
+            )
         else:
             logger.debug("新索引仍无法加载（第 %d 次），%.0f 秒后重试", attempts, delay)
 

@@ -32,6 +32,7 @@ class RowFile:
     @classmethod
     def of(cls, array: np.memmap) -> "RowFile":
         """The file behind a memory-mapped array (np.load(..., mmap_mode="r")), by rows of its first axis."""
+        assert array.filename is not None, "an array memory-mapped from a file"
         return cls(array.filename, array.offset, array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
 
     def prefetch(self) -> None:
@@ -42,7 +43,7 @@ class RowFile:
         """The rows of each [start, end) span, concatenated, as bytes (one row of bytes per row)."""
         total = sum(end - start for start, end in spans)
         out = np.empty((total, self.row_bytes), dtype=np.uint8)
-        view, done = memoryview(out).cast("B"), 0
+        view, done = out.data.cast("B"), 0
         for start, end in spans:
             wanted = (end - start) * self.row_bytes
             if wanted:

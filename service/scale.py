@@ -37,6 +37,7 @@ from service.index import Chunk, write_version
 from service.ingest import ingest_paths
 from service.records import Document, Passage
 from service.search import Searcher
+from service.stores.faiss import FaissStore
 from service.text import sentence_spans
 from service.vectors import one_thread_per_search
 
@@ -222,6 +223,7 @@ def exact_top_rows(searcher: Searcher, model: str, queries: np.ndarray, k: int) 
     All queries at once, a block of passages at a time, so the float16 matrix is read and
     converted once, not once per question.
     """
+    assert isinstance(searcher.store, FaissStore)  # bench-scale writes and reads a FAISS index folder
     index = searcher.store.index
     matrix = index.vectors[model].matrix
     best_rows = np.zeros((0, len(queries)), dtype=np.int64)

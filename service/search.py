@@ -11,6 +11,7 @@ import numpy as np
 from service.collections import CollectionCount, UnknownCollections, collection_counts
 from service.config import MODES
 from service.embed import Encoders
+from service.monitoring import ENCODE_SECONDS, STAGE_SECONDS, timed
 from service.records import Document, Hit, ModelEvidence, Passage
 from service.stores import Filters, Store, idf
 from service.text import context_around
@@ -27,6 +28,10 @@ STORE_POOL = ThreadPoolExecutor(16, "store-calls")
 # Words' passage counts within scopes, remembered per index version (which never changes): counting a
 # common word's passages in a scope reads its whole BM25 column.
 SCOPED_COUNTS_KEPT = 50_000
+# Stage timers whose labels do not depend on the question, looked up once.
+LEXICAL_SECONDS = STAGE_SECONDS.labels("lexical", "")
+FUSION_SECONDS = STAGE_SECONDS.labels("fusion", "")
+ROWS_SECONDS = STAGE_SECONDS.labels("rows", "")
 
 
 class QueryRejected(ValueError):
@@ -165,8 +170,9 @@ class EncodedQuestion(Mapping[str, np.ndarray]):
         first, *others = encoders
         self.order = list(encoders)
         self.deferred = {first: encoders[first]} if others else {}
+        # Timed here, where the encoders are called: embeddings/ knows nothing of metrics.
         self.futures: dict[str, Future[np.ndarray]] = {
-            name: QUERY_POOL.submit(encoder.encode_query, question)
+            name: QUERY_POOL.submit(timed, ENCODE_SECONDS.labels(name), encoder.encode_query, question)
             for name, encoder in encoders.items()
             if name not in self.deferred
         }
@@ -175,7 +181,8 @@ class EncodedQuestion(Mapping[str, np.ndarray]):
     def __getitem__(self, model: str) -> np.ndarray:
         if model not in self.futures:
             encoded: Future[np.ndarray] = Future()
-            encoded.set_result(self.deferred[model].encode_query(self.question))
+            encoder = self.deferred[model]
+            encoded.set_result(timed(ENCODE_SECONDS.labels(model), encoder.encode_query, self.question))
             self.futures[model] = encoded
         return self.futures[model].result()
 
@@ -228,14 +235,18 @@ class Searcher:
         """The question's vector from every model (EncodedQuestion: encoded side by side, read when needed)."""
         return EncodedQuestion(self.encoders, query)
 
-    def per_model(self, work: Callable[..., dict[int, float]], *args: object) -> Future[dict[int, float]]:
-        """One model's part of a search: beside the others and BM25 when the store says it pays off
-        (a large FAISS index, a Milvus round trip), else in this thread, where handing work to the
-        pool costs more than it saves and competes with encoding."""
+    def per_model(
+        self, stage: str, work: Callable[..., dict[int, float]], model: str, *args: object
+    ) -> Future[dict[int, float]]:
+        """One model's part of a search, work(model, *args), timed as that model's `stage`: beside the
+        others and BM25 when the store says it pays off (a large FAISS index, a Milvus round trip),
+        else in this thread, where handing work to the pool costs more than it saves and competes
+        with encoding."""
+        seconds = STAGE_SECONDS.labels(stage, model)
         if self.store.concurrent:
-            return (STORE_POOL if self.store.remote else QUERY_POOL).submit(work, *args)
+            return (STORE_POOL if self.store.remote else QUERY_POOL).submit(timed, seconds, work, model, *args)
         done: Future[dict[int, float]] = Future()
-        done.set_result(work(*args))
+        done.set_result(timed(seconds, work, model, *args))
         return done
 
     def scope(self, collections: frozenset[str] | None) -> frozenset[str] | None:
@@ -313,30 +324,51 @@ class Searcher:
         scope = self.scope(filters.collections)
         allowed = self.store.allowed(filters)
         lexical: dict[int, float] = {}
+        lexical_seconds = 0.0  # BM25's candidates now, its scores of the others after the dense side
         if mode in ("hybrid", "lexical"):
             weights = self.scoped_weights(query_tokens, scope)
+            started = time.perf_counter()
             lexical, lexical_of = self.store.lexical(query_tokens, allowed, self.candidates, weights)
+            lexical_seconds = time.perf_counter() - started
         lexical_weight = self.lexical_weight * self.coverage(query_tokens, scope) if mode == "hybrid" else 0.0
         searches = {}
         if query_vectors is not None and mode in ("hybrid", "dense"):
             # Each vector is taken here, not in the pool: pool tasks never wait on the pool themselves.
             searches = {
-                model: self.per_model(self.store.dense, model, query_vectors[model], self.candidates, allowed)
+                model: self.per_model("dense", self.store.dense, model, query_vectors[model], self.candidates, allowed)
                 for model in query_vectors
             }
         dense = {model: search.result() for model, search in searches.items()}
         if dense:
+            assert query_vectors is not None  # dense scores come from the question's vectors
             # Every retriever scores every candidate, so that fusion compares like with like.
             candidates = set(lexical).union(*dense.values())
             missing = {
-                model: self.per_model(self.store.row_scores, model, candidates - scores.keys(), query_vectors[model])
+                model: self.per_model(
+                    "rescore", self.store.row_scores, model, candidates - scores.keys(), query_vectors[model]
+                )
                 for model, scores in dense.items()
             }
             for model, scores in dense.items():
                 scores |= missing[model].result()
+        if mode == "hybrid":
+            started = time.perf_counter()
+            lexical = lexical_of(set().union(lexical, *dense.values()))
+            lexical_seconds += time.perf_counter() - started
+        if mode in ("hybrid", "lexical"):
+            LEXICAL_SECONDS.observe(lexical_seconds)
+        with FUSION_SECONDS.time():
+            fused, ranking = self.fused(mode, dense, lexical, lexical_weight)
+            ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
+        with ROWS_SECONDS.time():
+            return self.hits(ordered, fused, ranking, query_tokens)
+
+    def fused(
+        self, mode: str, dense: dict[str, dict[int, float]], lexical: dict[int, float], lexical_weight: float
+    ) -> tuple[dict[int, float], Ranking]:
+        """The mode's final scores of every candidate, and the evidence behind them."""
         combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
-            lexical = lexical_of(combined.keys() | lexical.keys())
             fused = fuse(dense, self.model_weights, lexical, lexical_weight)
         elif mode == "dense":
             fused = combined
@@ -351,8 +383,7 @@ class Searcher:
             lexical,
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
-        ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
-        return self.hits(ordered, fused, ranking, query_tokens)
+        return fused, ranking
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""
@@ -381,6 +412,11 @@ class Searcher:
         )
 
 
+def rank_and_score(rank: int | None, score: float | None) -> dict | None:
+    """A retriever's evidence of a hit, or None when it did not rank it."""
+    return None if rank is None or score is None else {"rank": rank, "score": round(score, 4)}
+
+
 def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
     """One ranked passage as the API and the CLI's --json show it: text, source, evidence, context."""
     passage = hit.passage
@@ -402,10 +438,8 @@ def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
         "end": passage.end,
         "highlights": [list(span) for span in hit.highlights],
         "matched_terms": list(hit.matched_terms),
-        "dense": None if hit.dense_rank is None else {"rank": hit.dense_rank, "score": round(hit.dense_score, 4)},
-        "lexical": None
-        if hit.lexical_rank is None
-        else {"rank": hit.lexical_rank, "score": round(hit.lexical_score, 4)},
+        "dense": rank_and_score(hit.dense_rank, hit.dense_score),
+        "lexical": rank_and_score(hit.lexical_rank, hit.lexical_score),
         "models": [{"model": e.model, "rank": e.rank, "score": round(e.score, 4)} for e in hit.models],
         "context": {"before": before, "after": after},
     }

@@ -1,5 +1,11 @@
-"""Serving: load the model, tokenizer and index once, then run the API and the page under uvicorn."""
+"""Serving: load the model, tokenizer and index once, then run the API and the page under uvicorn.
 
+Logging is configured before this runs (cli.main, service/logs.py); uvicorn logs through it and writes
+no access lines of its own: those would carry the query string, i.e. users' questions
+(service/http/observe.py writes one per request without it).
+"""
+
+import logging
 import time
 
 import uvicorn
@@ -8,7 +14,10 @@ from service.config import Settings
 from service.engine import NothingToIndex, build_index, indexable_files, open_encoders, open_tokenizer, store_version
 from service.http.app import create_app
 from service.index import IndexUnavailable
+from service.logs import LOGGER_NAME
 from service.vectors import one_thread_per_search
+
+logger = logging.getLogger(LOGGER_NAME)
 
 
 def missing_index_message(settings: Settings) -> str:
@@ -29,18 +38,30 @@ def serve(settings: Settings, build_missing: bool) -> None:
     encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
     if store_version(settings) is None:
         paths = indexable_files(settings.seeds_dir, settings.uploads_dir)
-        print(f"索引不存在，正在从 {settings.seeds_dir} 构建…", flush=True)
+        logger.info("索引不存在，正在从 %s 构建…", settings.seeds_dir)
         report = build_index(paths, settings, encoders, tokenizer, progress=True, with_uploads=True)
         if not report.corpus.documents:
             raise NothingToIndex("；".join(report.corpus.problems) or f"{settings.seeds_dir} 中没有可读的文档")
-        print(f"已索引 {len(report.corpus.documents)} 篇文档、{len(report.corpus.passages)} 个段落", flush=True)
+        logger.info("已索引 %d 篇文档、%d 个段落", len(report.corpus.documents), len(report.corpus.passages))
     one_thread_per_search()
     app = create_app(settings, encoders, tokenizer)
     manifest = app.state.live.current().searcher.store.manifest
-    print(
-        f"已加载 {manifest['document_count']} 篇文档、{manifest['passage_count']} 个段落"
-        f"（用时 {time.perf_counter() - started:.1f} 秒）→ http://{settings.host}:{settings.port}",
-        flush=True,
+    logger.info(
+        "已加载 %d 篇文档、%d 个段落（索引版本 %s，用时 %.1f 秒）→ http://%s:%d",
+        manifest["document_count"],
+        manifest["passage_count"],
+        app.state.live.current().version,
+        time.perf_counter() - started,
+        settings.host,
+        settings.port,
     )
     # No `server: uvicorn` header: what runs behind the port is nobody's business.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", server_header=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
+    )

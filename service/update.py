@@ -91,6 +91,12 @@ class FileOutcome:
     reason: str = ""
     path: Path | None = field(default=None, compare=False)  # the file read (for uploads: the temp copy)
 
+    def doc_and_path(self) -> tuple[str, Path]:
+        """Its document and file, for an outcome that has both (a file that was read: added, replaced,
+        a duplicate)."""
+        assert self.doc_id is not None and self.path is not None, self
+        return self.doc_id, self.path
+
 
 @dataclass
 class AddReport:
@@ -321,7 +327,7 @@ def add_files(
             )
         for outcome in report.outcomes:
             if missing_original(settings, outcome):
-                keep_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
+                keep_original(settings.uploads_dir, *outcome.doc_and_path(), outcome.name)
     return report
 
 
@@ -351,9 +357,8 @@ def add_to(
     previous = store_version(settings)
     try:
         for outcome in report.having(ADDED, REPLACED):
-            staged, others = stage_original(
-                settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name, collection
-            )
+            doc_id, path = outcome.doc_and_path()
+            staged, others = stage_original(settings.uploads_dir, doc_id, path, outcome.name, collection)
             moves += staged
             removals += others
         report.version, _ = save_change(index, change, settings, extra, moves, removals)

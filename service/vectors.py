@@ -176,6 +176,7 @@ class UnitVectors:
             if len(positions) * GATHER_SHARE >= len(self.exact):
                 return (self.exact @ query)[positions]  # one pass over the matrix beats copying most of it
             return self.exact[positions] @ query
+        assert self.reader is not None  # no exact matrix: the float16 file is read instead
         return self.reader.scores(positions, query)
 
     def nearest(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
@@ -199,7 +200,8 @@ class UnitVectors:
             selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(packed))
         lists = faiss.extract_index_ivf(self.ann).nlist
         probes = min(max(lists // PROBED_SHARE, min(lists, MIN_PROBES)), MAX_PROBES)
-        params = faiss.SearchParametersIVF(nprobe=probes, sel=selector)
+        # SWIG's constructor takes the struct's fields as keywords; faiss's stubs do not say so.
+        params = faiss.SearchParametersIVF(nprobe=probes, sel=selector)  # type: ignore[call-arg]
         _, found = self.ann.search(query[None, :], max(k, SHORTLIST_UNITS), params=params)
         return self.positions_of_ids(found[0][found[0] >= 0])
 

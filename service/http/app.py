@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.embed import Encoders
@@ -26,15 +27,22 @@ from service.grounding import GroundingChecker
 from service.http.deps import Generators
 from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
+from service.http.observe import Observe
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
-from service.http.routes.system import system_routes
+from service.http.routes.system import metrics_routes, system_routes
 from service.jobs import JobStore, JobWorker
-from service.live import LiveIndex
+from service.live import LiveIndex, Snapshot
+from service.monitoring import ServedState
 from service.tokenize import WordTokenizer
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 WARM_UP_QUESTION = "党建工作如何开展"
+
+
+def served(snapshot: Snapshot) -> tuple[str, str, dict]:
+    """What /metrics says of the served index: version, store kind and manifest."""
+    return snapshot.version, snapshot.searcher.store.kind, snapshot.searcher.store.manifest
 
 
 def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
@@ -42,6 +50,8 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
 
     Its upload-job worker runs while the app does (started and stopped by the lifespan).
     """
+    # First: a configured model without the `llm` extra fails here (MissingExtra), before the index loads.
+    client = ModelClient.from_settings(settings)
     live = LiveIndex(settings, encoders or open_encoders(settings), tokenizer or open_tokenizer(settings))
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
@@ -65,12 +75,15 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     )
     app.state.live = live
     app.state.jobs = jobs
+    app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.state.metrics_registry.register(ServedState(lambda: served(live.current()), jobs.store.state_counts))
     app.state.settings = settings
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
-    app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
+    app.state.generators = Generators(client, GroundingChecker(live.encoders))
     add_error_handlers(app)
-    app.add_middleware(SecurityHeaders)  # added last, so it wraps every response, 500s included
-    for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
+    app.add_middleware(SecurityHeaders)  # after the error handlers' middleware: it wraps every response, 500s included
+    app.add_middleware(Observe)  # outermost: its duration and status include every other layer's
+    for router in [*search_routers(settings), read_routes, write_routes, system_routes, metrics_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")

@@ -117,6 +117,13 @@ async def require_read_key(request: Request, settings: SettingsDep) -> None:
         require_key(request, settings, "key_not_configured", message)
 
 
+async def require_metrics_key(request: Request, settings: SettingsDep) -> None:
+    """GET /metrics: open like /api/health unless settings.metrics_require_key."""
+    if settings.metrics_require_key:
+        message = "本服务要求提供密钥才能读取指标（DJQA_METRICS_REQUIRE_KEY），但未设置 DJQA_API_KEY；请设置后重启服务"
+        require_key(request, settings, "key_not_configured", message)
+
+
 async def utf8_query_string(request: Request) -> None:
     """400 invalid_encoding when the query string is not UTF-8 (「%ED%A0%80」, 「%FF」): Starlette
     would read it as U+FFFD and search for that, where a JSON body with the same text is refused."""

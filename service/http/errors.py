@@ -9,7 +9,7 @@ import errno
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -72,7 +72,7 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -178,7 +178,7 @@ class JsonBodyRoute(APIRoute):
             body = await read_json_body(request)
             replayed = False
 
-            async def replay() -> dict[str, Any]:
+            async def replay() -> Message:
                 nonlocal replayed
                 if replayed:
                     return await request.receive()
@@ -282,6 +282,7 @@ async def on_core_error(request: Request, error: Exception) -> JSONResponse:
 
 
 async def on_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    # Answered by UnexpectedErrors, inside observe.Observe, which adds the request id as to any response.
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         logger.error("磁盘空间不足：%s %s：%s", request.method, request.url.path, error)
         return error_response(507, "insufficient_storage", "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试")
@@ -326,9 +327,10 @@ class UnexpectedErrors:
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error the app answers, in the one shape (call before adding SecurityHeaders, which wraps it)."""
-    app.add_exception_handler(ApiError, on_api_error)
+    # Starlette types a handler as taking any Exception; each of ours takes the kind it is registered for.
+    app.add_exception_handler(ApiError, on_api_error)  # type: ignore[arg-type]
     for kind in CORE_ERRORS:
         app.add_exception_handler(kind, on_core_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, on_http_error)  # type: ignore[arg-type]
     app.add_middleware(UnexpectedErrors)

@@ -8,9 +8,12 @@ generated names in a folder the caller owns; the client's file name is only carr
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+
+if TYPE_CHECKING:  # declared for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 from service.ingest.read import size_text
 
@@ -79,7 +82,7 @@ class FormReader:
         self.size = 0
         self.problem: FormError | None = None
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> "MultipartCallbacks":
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": self.on_header_field,

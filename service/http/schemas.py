@@ -5,7 +5,7 @@ made per app by `request_models`; responses are plain module-level models.
 """
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, StrictStr
 
@@ -33,7 +33,27 @@ def whole_number(value: object) -> object:
 WHOLE_NUMBER = BeforeValidator(whole_number)
 
 
-def query_length(settings: Settings) -> dict[str, int]:
+class SearchFields(BaseModel):
+    """What a search body holds; request_models' SearchRequest adds this app's limits and help."""
+
+    query: str
+    top_k: int
+    mode: Mode
+    doc_ids: list[str] | None = None
+    doc_type: str | None = None
+    year: int | None = None
+
+
+class AskFields(BaseModel):
+    """What a question body holds; request_models' AskRequest adds this app's limits and help."""
+
+    question: str
+    top_k: int
+    mode: Literal["generate", "extract"] | None = None
+    stream: bool = False
+
+
+def query_length(settings: Settings) -> dict[str, Any]:
     """The question's length bounds as JSON Schema states them; checked by the routes (400 empty_query /
     query_too_long after stripping white space), so they are declared here, not enforced by pydantic."""
     return {"minLength": 1, "maxLength": settings.max_query_chars}
@@ -41,8 +61,8 @@ def query_length(settings: Settings) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RequestModels:
-    search: type[BaseModel]
-    ask: type[BaseModel]
+    search: type[SearchFields]
+    ask: type[AskFields]
 
 
 def request_models(settings: Settings) -> RequestModels:
@@ -52,7 +72,7 @@ def request_models(settings: Settings) -> RequestModels:
     length = f"不超过 {settings.max_query_chars} 字"
     bounds = query_length(settings)
 
-    class SearchRequest(BaseModel):
+    class SearchRequest(SearchFields):
         query: StrictStr = Field(
             description=f"问题或关键词，{length}", examples=[EXAMPLE_QUERY], json_schema_extra=bounds
         )
@@ -67,7 +87,7 @@ def request_models(settings: Settings) -> RequestModels:
             default=None, max_length=MAX_SCOPE, description=SCOPE_HELP, examples=[["default"]]
         )
 
-    class AskRequest(BaseModel):
+    class AskRequest(AskFields):
         question: StrictStr = Field(
             description=f"问题，{length}", examples=[EXAMPLE_QUESTION], json_schema_extra=bounds
         )

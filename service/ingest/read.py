@@ -275,7 +275,9 @@ def pdf_pages(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[list[Li
         if limits.pdf_pages is not None:
             # The page tree's declared /Count costs nothing; counting the pages walks the whole tree
             # (4 s for 32,768 empty pages), so that comes second, for a file whose /Count lies.
-            for count in (lambda: int(reader.trailer["/Root"]["/Pages"]["/Count"]), lambda: len(reader.pages)):
+            # pypdf types a dictionary's entries as any PDF object, so indexing them is unchecked.
+            declared = lambda: int(reader.trailer["/Root"]["/Pages"]["/Count"])  # type: ignore[index]  # noqa: E731
+            for count in (declared, lambda: len(reader.pages)):
                 if (page_count := count()) > limits.pdf_pages:
                     limit = f"{limits.pdf_pages:,} 页的上限（DJQA_MAX_PDF_PAGES）"
                     raise OverLimit(f"{name}：PDF 共 {page_count:,} 页，超过 {limit}")

@@ -18,7 +18,7 @@ an index directory (stores/faiss.py over service/index.py, the default); MilvusS
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -60,7 +60,6 @@ class Filters:
 class Store(Protocol):
     """One index version, as a Searcher and the document routes read it."""
 
-    kind: str  # "faiss" or "milvus"
     version: str
     manifest: dict
     documents: dict[str, Document]  # in the order they were added
@@ -68,14 +67,19 @@ class Store(Protocol):
     concurrent: bool  # whether each model's search is worth running beside the others
     remote: bool  # whether its calls wait on the network (Milvus) rather than on a core
 
-    def allowed(self, filters: Filters) -> object: ...
+    @property
+    def kind(self) -> Literal["faiss", "milvus"]: ...  # read-only, so each store may fix its own
 
-    def dense(self, model: str, vector: np.ndarray, candidates: int, allowed: object) -> dict[int, float]: ...
+    # `allowed` is the store's own form of the filters (an array, an expression): what its `allowed`
+    # returned, given back unread by the Searcher, so Any rather than one type for every store.
+    def allowed(self, filters: Filters) -> Any: ...
+
+    def dense(self, model: str, vector: np.ndarray, candidates: int, allowed: Any) -> dict[int, float]: ...
 
     def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]: ...
 
     def lexical(
-        self, query_tokens: list[str], allowed: object, candidates: int, weights: dict[str, float] | None = None
+        self, query_tokens: list[str], allowed: Any, candidates: int, weights: dict[str, float] | None = None
     ) -> tuple[dict[int, float], LexicalScores]: ...
 
     def frequencies(self, tokens: Iterable[str], collections: frozenset[str] | None = None) -> dict[str, int]: ...

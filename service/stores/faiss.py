@@ -2,6 +2,7 @@
 
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Literal
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class FaissStore:
     for its owner, once no search uses it.
     """
 
-    kind = "faiss"
+    kind: Literal["faiss"] = "faiss"
     remote = False
 
     def __init__(self, index: SearchIndex) -> None:

@@ -32,6 +32,7 @@ import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 from pymilvus import MilvusClient, MilvusException
@@ -154,7 +155,7 @@ def live_version(client: MilvusClient, prefix: str, uri: str) -> str | None:
 class MilvusStore:
     """A Milvus version, read per question; only its documents and manifest are held in memory."""
 
-    kind = "milvus"
+    kind: Literal["milvus"] = "milvus"
     concurrent = True  # each model's search is a round trip: they overlap with BM25's
     remote = True  # its calls wait on the network: search.py runs them in STORE_POOL, not with encoding
 
@@ -233,6 +234,7 @@ class MilvusStore:
         for start in range(0, len(wanted), per_call):
             batch = wanted[start : start + per_call]
             expression = f"row in {numbers(batch)}"
+            scored: list[tuple[int, float]]
             if self.exact:
                 limit = len(batch) * self.max_units
                 scored = [
@@ -242,7 +244,7 @@ class MilvusStore:
             else:
                 units = self.query_all(self.units, expression, ["row", self.fields[model]])
                 matrix = np.array([unit[self.fields[model]] for unit in units], dtype=np.float32)
-                scores = matrix @ vector.astype(np.float32) if units else []
+                scores = matrix @ vector.astype(np.float32) if units else np.zeros(0, dtype=np.float32)
                 scored = [(unit["row"], float(score)) for unit, score in zip(units, scores, strict=True)]
             for row, score in scored:
                 best[row] = max(best.get(row, -np.inf), score)
@@ -288,8 +290,8 @@ class MilvusStore:
         terms = self.vocabulary(query_tokens)
         question: dict[int, float] = {}
         for token in query_tokens:
-            if terms.get(token) is not None:
-                number = terms[token][0]
+            if (term := terms.get(token)) is not None:
+                number = term[0]
                 weight = 1.0 if weights is None else weights.get(token, 1.0)
                 question[number] = question.get(number, 0.0) + weight
         if not question:

@@ -167,7 +167,7 @@ def check_upload(
     for upload in received:
         if upload.path not in kept:
             upload.path.unlink(missing_ok=True)
-    job_files = [{"name": outcome.name, "path": outcome.path.name} for outcome in accepted]
+    job_files = [{"name": outcome.name, "path": outcome.doc_and_path()[1].name} for outcome in accepted]
     return request.app.state.jobs.store.create(folder, job_files, problem_rows(report), collection)
 
 

@@ -1,15 +1,20 @@
-"""Search and ask: validate the question, call the core, shape the answer."""
+"""Search and ask: validate the question, call the core, shape the answer.
+
+A refused question (/api/ask found nothing) is logged; the question's text only with
+DJQA_LOG_QUESTIONS=true, as is every searched question then.
+"""
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from service.collections import checked_scope
 from service.config import DEFAULT_MODE, Settings
-from service.generate import AskResult
+from service.generate import FALLBACKS, AskResult
 from service.http.deps import (
     GeneratorDep,
     SettingsDep,
@@ -23,9 +28,11 @@ from service.http.schemas import (
     EXAMPLE_QUERY,
     MAX_SCOPE,
     SCOPE_HELP,
+    AskFields,
     AskResponse,
     ErrorDetail,
     Mode,
+    SearchFields,
     SearchResponse,
     SearchResult,
     query_length,
@@ -33,6 +40,20 @@ from service.http.schemas import (
 )
 from service.records import Hit
 from service.search import Filters, result_row, search_response
+
+logger = logging.getLogger("dangjian_qa")
+
+
+def log_question(kind: str, question: str, settings: Settings) -> None:
+    """The question's text, only when settings.log_questions asks for it."""
+    if settings.log_questions:
+        logger.info("%s：%s", kind, question, extra={"question": question})
+
+
+def log_refusal(result: AskResult) -> None:
+    if not result.answer.found:
+        confidence = round(result.answer.confidence, 4)
+        logger.info("问答未找到相关内容，未作回答（置信度 %.3f）", confidence, extra={"confidence": confidence})
 
 
 def search_routers(settings: Settings) -> list[APIRouter]:
@@ -46,11 +67,13 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
     def search_post(body: SearchRequest, snapshot: SnapshotDep, settings: SettingsDep) -> SearchResponse:  # type: ignore[valid-type]
         """按问题检索最相关的段落，可限定文档集（collections），可按文档、类型、年份过滤。"""
-        doc_ids = None if body.doc_ids is None else frozenset(body.doc_ids)
-        query = checked_query(body.query, settings)
-        scope = checked_scope(body.collections)  # 422 invalid_collection; unknown ones: the searcher's 422
-        filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year, collections=scope)
-        return SearchResponse(**search_response(snapshot.searcher, query, body.top_k, body.mode, filters))
+        fields = cast(SearchFields, body)  # SearchRequest is made per app, so the type checker knows its base
+        doc_ids = None if fields.doc_ids is None else frozenset(fields.doc_ids)
+        query = checked_query(fields.query, settings)
+        scope = checked_scope(fields.collections)  # 422 invalid_collection; unknown ones: the searcher's 422
+        filters = Filters(doc_ids=doc_ids, doc_type=fields.doc_type, year=fields.year, collections=scope)
+        log_question("检索", query, settings)
+        return SearchResponse(**search_response(snapshot.searcher, query, fields.top_k, fields.mode, filters))
 
     @query_routes.get("/search", summary="检索段落（GET）", response_model=SearchResponse, responses=ERROR_RESPONSES)
     def search_get(
@@ -78,6 +101,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         """与 POST /api/search 相同，参数放在查询串中，便于分享链接。"""
         query = checked_query(q, settings)
         filters = Filters(doc_type=doc_type, year=year, collections=checked_scope(collections))
+        log_question("检索", query, settings)
         return SearchResponse(**search_response(snapshot.searcher, query, top_k, mode, filters))
 
     @json_routes.post(
@@ -89,9 +113,11 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep, generator: GeneratorDep):  # type: ignore[valid-type]
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
-        question = checked_query(body.question, settings)
-        filters = Filters(collections=checked_scope(body.collections))
+        fields = cast(AskFields, body)  # AskRequest is made per app, so the type checker knows its base
+        question = checked_query(fields.question, settings)
+        filters = Filters(collections=checked_scope(fields.collections))
         snapshot.searcher.scope(filters.collections)  # an unknown collection: 422 before a stream starts
+        log_question("问答", question, settings)
         documents = snapshot.searcher.store.documents
 
         def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
@@ -101,8 +127,10 @@ def search_routers(settings: Settings) -> list[APIRouter]:
             ]
 
         def response(result: AskResult) -> AskResponse:
+            log_refusal(result)
             answer = result.answer
-            reason = result.fallback_code and ErrorDetail(code=result.fallback_code, message=result.fallback_message)
+            code = result.fallback_code
+            reason = ErrorDetail(code=code, message=FALLBACKS[code]) if code else None
             return AskResponse(
                 question=question,
                 found=answer.found,
@@ -110,20 +138,22 @@ def search_routers(settings: Settings) -> list[APIRouter]:
                 confidence=round(answer.confidence, 4),
                 citations=citation_rows(answer.citations),
                 mode_used=result.mode_used,
-                fallback_reason=reason or None,
+                fallback_reason=reason,
                 removed_sentences=result.removed_sentences,
             )
 
-        if not body.stream:
-            return response(generator.ask(question, body.top_k, body.mode, filters))
+        if not fields.stream:
+            return response(generator.ask(question, fields.top_k, fields.mode, filters))
 
         def sse() -> Iterator[str]:
-            for event in generator.events(question, body.top_k, body.mode, filters):
+            for event in generator.events(question, fields.top_k, fields.mode, filters):
+                data: dict[str, Any]
                 if event.kind == "citations":
                     data = {"citations": [row.model_dump() for row in citation_rows(event.citations)]}
                 elif event.kind == "delta":
                     data = {"text": event.text}
                 else:
+                    assert event.result is not None  # the final event carries the result
                     data = response(event.result).model_dump()
                 yield f"event: {event.kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 

@@ -1,14 +1,18 @@
-"""Health and the client configuration: open to monitors and the page, never behind the key."""
+"""Health, metrics and the client configuration: open to monitors and the page (metrics behind the key
+only with DJQA_METRICS_REQUIRE_KEY)."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from embeddings.model import licence_of
 from service.config import DEFAULT_MODE, MODES
-from service.http.deps import SettingsDep, SnapshotDep
+from service.http.deps import SettingsDep, SnapshotDep, require_metrics_key
 from service.http.errors import error_responses
 from service.http.schemas import ClientConfig, CollectionInfo, Health, ModelInfo
+from service.monitoring import exposition
 
 system_routes = APIRouter(prefix="/api")
+metrics_routes = APIRouter()
 
 
 @system_routes.get(
@@ -60,3 +64,16 @@ def client_config(settings: SettingsDep) -> ClientConfig:
         max_pdf_pages=settings.max_pdf_pages,
         generation=settings.generation_configured,
     )
+
+
+@metrics_routes.get(
+    "/metrics",
+    summary="Prometheus 指标",
+    dependencies=[Depends(require_metrics_key)],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus 文本格式"}},
+)
+def metrics(request: Request) -> Response:
+    """请求数和耗时（按路由模板和状态码）、各模型的问题编码耗时、检索各阶段耗时、索引版本与文档和段落数、
+    各状态的上传任务数、生成式回答改用摘编答案的次数（按原因）。"""
+    return Response(exposition(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
