@@ -10,6 +10,8 @@ from service.http.app import create_app
 from service.index import IndexUnavailable
 from service.vectors import one_thread_per_search
 
+SHUTDOWN_GRACE_SECONDS = 5  # searches end in milliseconds; an upload still being read is cut off
+
 
 def missing_index_message(settings: Settings) -> str:
     where = settings.index_dir if settings.store == "faiss" else f"Milvus {settings.milvus_uri}"
@@ -42,5 +44,14 @@ def serve(settings: Settings, build_missing: bool) -> None:
         f"（用时 {time.perf_counter() - started:.1f} 秒）→ http://{settings.host}:{settings.port}",
         flush=True,
     )
-    # No `server: uvicorn` header: what runs behind the port is nobody's business.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", server_header=False)
+    # No `server: uvicorn` header: what runs behind the port is nobody's business. On SIGTERM requests
+    # still running after the grace are cancelled, then the lifespan kills the parse children: a stop
+    # never waits for an upload's parse.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        server_header=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
-from service.engine import open_store, save_version, store_lock, store_version
+from service.engine import ingest_limits, open_store, parse_limits, save_version, store_lock, store_version
 from service.index import new_chunk
-from service.ingest import Limits, doc_id_for, ingest_file
+from service.ingest import Limits, ProcessLimits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
 from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
 from service.records import Document, Passage
@@ -110,26 +110,16 @@ def as_named(files: Sequence[Path | tuple[str, Path]]) -> list[tuple[str, Path]]
     return [(user_file_name(item[0]), item[1]) if isinstance(item, tuple) else (item.name, item) for item in files]
 
 
-def ingest_limits(settings: Settings) -> Limits:
-    """What one user's document may cost (size, unpacked size, characters, passages, PDF pages)."""
-    return Limits(
-        file_bytes=settings.max_upload_bytes,
-        unpacked_bytes=settings.max_unpacked_bytes,
-        characters=settings.max_document_chars,
-        passages=settings.max_document_passages,
-        pdf_pages=settings.max_pdf_pages,
-    )
-
-
 def read_files(
-    files: Sequence[tuple[str, Path]], limits: Limits, progress: bool = False
+    files: Sequence[tuple[str, Path]], limits: Limits, process: ProcessLimits | None, progress: bool = False
 ) -> tuple[list[tuple[str, Path, Document, list[Passage]]], list[FileOutcome]]:
-    """Ingest each file; failures become outcomes with the reason (type, size, limits, unreadable)."""
+    """Ingest each file (in a child process under `process`, when given); failures become outcomes
+    with the reason (type, size, limits, unreadable)."""
     read: list[tuple[str, Path, Document, list[Passage]]] = []
     failed: list[FileOutcome] = []
     for name, path in tqdm(files, desc="读取文件", unit="个", disable=not progress or len(files) < 2):
         try:
-            document, passages = ingest_file(path, name=name, limits=limits)
+            document, passages = ingest_file(path, name=name, limits=limits, process=process)
         except UnsupportedFileType as error:
             failed.append(FileOutcome(name, UNSUPPORTED, reason=str(error)))
         except FileTooLarge as error:
@@ -188,7 +178,7 @@ def classify_files(
     Content already in the index (same cleaned-text hash) is DUPLICATE; a file whose doc id (from its
     name) exists with other content REPLACES that document.
     """
-    read, failed = read_files(as_named(files), ingest_limits(settings), progress)
+    read, failed = read_files(as_named(files), ingest_limits(settings), parse_limits(settings), progress)
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
     accepted: dict[str, tuple[Document, list[Passage]]] = {}

@@ -29,7 +29,8 @@ from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
 from service.http.routes.system import system_routes
-from service.jobs import JobStore, JobWorker
+from service.ingest.isolate import stop_parses
+from service.jobs import JobStore, JobWorker, UploadChecks
 from service.live import LiveIndex
 from service.tokenize import WordTokenizer
 
@@ -46,11 +47,15 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
     jobs = JobWorker(JobStore(settings.jobs_path), live)
+    upload_checks = UploadChecks(settings.parallel_parses, settings.max_waiting_uploads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs.start()
         yield
+        # Parses first: the threads waiting for them (upload checks, the job worker) then end at once.
+        stop_parses()
+        upload_checks.stop()
         jobs.stop()
 
     app = FastAPI(
@@ -64,6 +69,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.add_middleware(SecurityHeaders)
     app.state.live = live
     app.state.jobs = jobs
+    app.state.upload_checks = upload_checks
     app.state.settings = settings
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
     app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))

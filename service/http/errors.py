@@ -22,6 +22,7 @@ from starlette.routing import Match
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
+from service.jobs import UploadsBusy
 from service.stores import StoreUnreachable
 from service.update import UnknownDocuments, WouldEmptyIndex
 
@@ -84,6 +85,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     IndexUnavailable: (503, "index_unavailable", str),
     IndexBusy: (503, "index_busy", str),
     StoreUnreachable: (503, "store_unavailable", str),
+    UploadsBusy: (503, "uploads_busy", str),
     FileOverLimit: (413, "file_too_large", over_limit_message),
     NotAForm: (415, "unsupported_media_type", str),
     TooManyFiles: (400, "too_many_files", str),
