@@ -5,8 +5,8 @@ python-docx are pure Python, so a hostile file would hold the server's GIL and a
 806 KB PDF whose 2,000 pages share a 5 MB content stream costs 9-11 s of extraction a page). The
 child limits itself (RLIMIT_CPU, RLIMIT_AS, no core file), lowers its priority, arms an alarm and
 asks the kernel to kill it with its parent, so even an orphan ends soon; the parent kills it at the
-wall deadline. At most `parallel` children of one process run at once, and stop_parses() kills them
-all (the server's shutdown), so nothing burns a core after the server is gone.
+wall deadline. At most `parallel` children of one process run at once, and stop_parses() kills the
+running ones (the server's shutdown), so nothing burns a core after the server is gone.
 
 The call and its outcome travel as pickles over the child's stdin and stdout. The child runs our own
 code: a file's bytes only ever become strings inside the pickled records, never pickle opcodes.
@@ -53,11 +53,11 @@ class ParseLimitExceeded(OverLimit):
 
 
 class ParsesStopped(Exception):
-    """This process is stopping: its parses were killed and no new one starts. Not the file's fault."""
+    """This process is stopping and killed the parse. Not the file's fault: the file was not read."""
 
 
 class ParsePool:
-    """This process's parse children: at most `parallel` at once; stop() kills them all.
+    """This process's parse children: at most `parallel` at once; stop() kills the running ones.
 
     Thread-safe: any thread may run a parse (the upload checks, the job worker, the CLI).
     """
@@ -65,38 +65,40 @@ class ParsePool:
     def __init__(self) -> None:
         self.condition = threading.Condition()
         self.children: set[subprocess.Popen[bytes]] = set()
-        self.stopped = False
+        self.stopped: set[subprocess.Popen[bytes]] = set()  # killed by stop(), not by a limit
 
     def start(self, parallel: int) -> subprocess.Popen[bytes]:
-        """A new child once fewer than `parallel` run; ParsesStopped after stop()."""
+        """A new child once fewer than `parallel` run."""
         with self.condition:
-            self.condition.wait_for(lambda: self.stopped or len(self.children) < parallel)
-            if self.stopped:
-                raise ParsesStopped("服务正在停止，文件未读取")
+            self.condition.wait_for(lambda: len(self.children) < parallel)
             pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
             child = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND], cwd=CHILD_CWD, **pipes)
             self.children.add(child)
             return child
 
-    def release(self, child: subprocess.Popen[bytes]) -> None:
+    def release(self, child: subprocess.Popen[bytes]) -> bool:
+        """Forget a finished child; True when stop() killed it."""
         with self.condition:
             self.children.discard(child)
             self.condition.notify_all()
+            stopped = child in self.stopped
+            self.stopped.discard(child)
+            return stopped
 
     def stop(self) -> None:
-        """Kill every running parse (their callers get ParsesStopped) and refuse new ones."""
+        """Kill every running parse; their callers get ParsesStopped. Later parses run as usual (a
+        server stops its threads first; tests start several apps in one process)."""
         with self.condition:
-            self.stopped = True
             for child in self.children:
                 child.kill()
-            self.condition.notify_all()
+                self.stopped.add(child)
 
 
 POOL = ParsePool()  # one per process, like the cap it enforces
 
 
 def stop_parses() -> None:
-    """At shutdown: kill this process's parse children; later parses raise ParsesStopped."""
+    """At shutdown: kill this process's running parse children (their callers get ParsesStopped)."""
     POOL.stop()
 
 
@@ -117,23 +119,25 @@ def run_limited(
     """
     request = pickle.dumps((function, args, name, limits, os.getpid()))
     child = pool.start(limits.parallel)
+    timed_out = False
     try:
-        try:
-            output, errors = child.communicate(request, timeout=limits.wall_seconds)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            message = f"{name}：解析超过 {limits.wall_seconds:g} 秒的时限（DJQA_PARSE_WALL_SECONDS），文件可能过于复杂"
-            raise ParseLimitExceeded(message) from None
+        output, errors = child.communicate(request, timeout=limits.wall_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        child.kill()
+        output, errors = child.communicate()
     finally:
-        pool.release(child)
+        stopped = pool.release(child)
+    if stopped:
+        raise ParsesStopped(f"{name}：服务正在停止，文件未读取")
+    if timed_out:
+        message = f"{name}：解析超过 {limits.wall_seconds:g} 秒的时限（DJQA_PARSE_WALL_SECONDS），文件可能过于复杂"
+        raise ParseLimitExceeded(message)
     if child.returncode == 0:
         outcome, value = pickle.loads(output)
         if outcome == "error":
             raise value
         return value
-    if pool.stopped:
-        raise ParsesStopped("服务正在停止，文件未读取")
     if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # the soft and the hard RLIMIT_CPU
         raise ParseLimitExceeded(cpu_message(name, limits))
     trace = errors[-2000:].decode(errors="replace")
