@@ -56,6 +56,10 @@ class UpdateError(Exception):
     """A change to the document set that cannot be made; nothing was changed."""
 
 
+class ReadAbandoned(UpdateError):
+    """Whoever asked for the files to be read is gone (an upload's client hung up): the rest are not read."""
+
+
 class UnknownDocuments(UpdateError):
     """Some doc ids are not in the index."""
 
@@ -111,13 +115,19 @@ def as_named(files: Sequence[Path | tuple[str, Path]]) -> list[tuple[str, Path]]
 
 
 def read_files(
-    files: Sequence[tuple[str, Path]], limits: Limits, process: ProcessLimits | None, progress: bool = False
+    files: Sequence[tuple[str, Path]],
+    limits: Limits,
+    process: ProcessLimits | None,
+    progress: bool = False,
+    abandoned: Callable[[], bool] | None = None,
 ) -> tuple[list[tuple[str, Path, Document, list[Passage]]], list[FileOutcome]]:
     """Ingest each file (in a child process under `process`, when given); failures become outcomes
-    with the reason (type, size, limits, unreadable)."""
+    with the reason (type, size, limits, unreadable). ReadAbandoned before a file once `abandoned()`."""
     read: list[tuple[str, Path, Document, list[Passage]]] = []
     failed: list[FileOutcome] = []
     for name, path in tqdm(files, desc="读取文件", unit="个", disable=not progress or len(files) < 2):
+        if abandoned is not None and abandoned():
+            raise ReadAbandoned("上传请求的客户端已断开，其余文件未读取")
         try:
             document, passages = ingest_file(path, name=name, limits=limits, process=process)
         except UnsupportedFileType as error:
@@ -170,15 +180,19 @@ def save_change(
 
 
 def classify_files(
-    index: Store, files: Sequence[Path | tuple[str, Path]], settings: Settings, progress: bool = False
+    index: Store,
+    files: Sequence[Path | tuple[str, Path]],
+    settings: Settings,
+    progress: bool = False,
+    abandoned: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, tuple[Document, list[Passage]]], AddReport]:
     """Read the files and sort them against `index`, embedding nothing: the accepted documents by doc id
     (ADDED or REPLACED) and a report with every file's outcome.
 
     Content already in the index (same cleaned-text hash) is DUPLICATE; a file whose doc id (from its
-    name) exists with other content REPLACES that document.
+    name) exists with other content REPLACES that document. ReadAbandoned once `abandoned()` (see read_files).
     """
-    read, failed = read_files(as_named(files), ingest_limits(settings), parse_limits(settings), progress)
+    read, failed = read_files(as_named(files), ingest_limits(settings), parse_limits(settings), progress, abandoned)
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
     accepted: dict[str, tuple[Document, list[Passage]]] = {}

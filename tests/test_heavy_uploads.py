@@ -1,6 +1,7 @@
 """A small PDF that costs hours of parsing, sent to a real server, a job and the CLI: refused quickly,
 searches stay fast meanwhile, the server is idle again soon after and stops promptly on SIGTERM."""
 
+import asyncio
 import os
 import signal
 import threading
@@ -13,7 +14,7 @@ import pytest
 
 from service.config import Settings
 from service.embed import Encoders
-from service.jobs import FAILED_STATE, JobStore, JobWorker
+from service.jobs import FAILED_STATE, JobStore, JobWorker, UploadChecks, UploadsBusy
 from service.live import LiveIndex
 from service.tokenize import WordTokenizer
 from tests.conftest import run_cli, start_server, stop_server
@@ -32,15 +33,22 @@ def hostile_pdf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of a process and of its children it has waited for (utime, stime, cutime, cstime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+    """CPU time of a process and of its children: the ones it has waited for (utime, stime, cutime,
+    cstime) and the ones still running (its parses)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0  # a child that ended meanwhile: its time is in its parent's cutime now
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS + sum(map(cpu_seconds, child_pids(pid)))
 
 
 def child_pids(pid: int) -> list[int]:
-    return [
-        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
-    ]
+    """The processes `pid` started (its parse children), from every thread's /proc children list."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        return [int(child) for task in tasks for child in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def running(pid: int) -> bool:
@@ -184,3 +192,46 @@ def test_cli_add_is_held_to_the_parse_cpu_limit(private_settings: Settings, host
     result = run_cli(private_settings, "add", str(hostile_pdf), DJQA_PARSE_CPU_SECONDS="3", **unlimited)
     assert result.returncode == 4, result.stderr
     assert "DJQA_PARSE_CPU_SECONDS" in result.stderr
+
+
+def test_uploads_beyond_the_waiting_room_are_refused_at_once() -> None:
+    """One check runs, one waits, the third is refused (503 uploads_busy) instead of piling up."""
+    checks = UploadChecks(parallel=1, waiting=1)
+    release = threading.Event()
+
+    async def three_uploads() -> None:
+        first = asyncio.ensure_future(checks.run(release.wait))
+        second = asyncio.ensure_future(checks.run(release.wait))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UploadsBusy, match="请稍后重试"):
+            await checks.run(release.wait)
+        release.set()
+        assert await asyncio.gather(first, second) == [True, True]
+        assert await checks.run(lambda: "next") == "next", "a slot is free again"
+
+    try:
+        asyncio.run(three_uploads())
+    finally:
+        release.set()
+        checks.stop()
+
+
+def test_files_of_an_upload_whose_client_has_gone_are_not_parsed(
+    private_settings: Settings, hostile_pdf: Path, tmp_path: Path
+) -> None:
+    """Five files that each take a parse's whole wall time: after the client hangs up, at most the
+    file being parsed finishes; the rest are never read."""
+    unlimited = {"DJQA_MAX_PDF_PAGE_BYTES": str(2**40), "DJQA_MAX_PDF_CONTENT_BYTES": str(2**40)}
+    env = {"DJQA_API_KEY": KEY, "DJQA_PARSE_WALL_SECONDS": "10", **unlimited}
+    url, server = start_server(private_settings, tmp_path / "server.log", **env)
+    try:
+        files = [("files", (f"shared-{n}.pdf", hostile_pdf.read_bytes(), "application/pdf")) for n in range(5)]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/api/documents", files=files, headers=WRITE, timeout=3)
+        gone = time.monotonic()
+        idle_after = seconds_until_idle(server.pid, within=60)
+        print(f"server idle {time.monotonic() - gone:.1f} s after the client hung up (measured {idle_after:.1f} s)")
+        assert time.monotonic() - gone < 30, "one file's wall time (10 s), not five"
+        assert not child_pids(server.pid)
+    finally:
+        stop_server(server)

@@ -24,7 +24,7 @@ from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
 from service.jobs import UploadsBusy
 from service.stores import StoreUnreachable
-from service.update import UnknownDocuments, WouldEmptyIndex
+from service.update import ReadAbandoned, UnknownDocuments, WouldEmptyIndex
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -86,6 +86,7 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     IndexBusy: (503, "index_busy", str),
     StoreUnreachable: (503, "store_unavailable", str),
     UploadsBusy: (503, "uploads_busy", str),
+    ReadAbandoned: (400, "upload_abandoned", str),  # the client is gone: nobody reads it
     FileOverLimit: (413, "file_too_large", over_limit_message),
     NotAForm: (415, "unsupported_media_type", str),
     TooManyFiles: (400, "too_many_files", str),

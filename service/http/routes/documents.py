@@ -7,7 +7,9 @@ job worker (service/jobs.py): the request answers 202 with the job. A delete run
 thread and the new version is served before it answers. Searches go on answering meanwhile.
 """
 
+import asyncio
 import shutil
+import threading
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
@@ -114,15 +116,26 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     )
 
 
-def check_upload(request: Request, settings: Settings, received: list[ReceivedFile], folder: Path) -> Job:
+async def watch_for_hang_up(request: Request, gone: threading.Event) -> None:
+    """Set `gone` when the client hangs up; call once the body has been read (then the next message
+    the server sends the app is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def check_upload(
+    request: Request, settings: Settings, received: list[ReceivedFile], folder: Path, gone: threading.Event
+) -> Job:
     """Read and check the received files against the live index; a job for those to add, else ApiError.
 
     Runs on a thread of UploadChecks while each file is read in a child process under the parse
     limits (settings.parse_*): a large or hostile file costs the searches neither threads nor the GIL.
+    Once the client is `gone` no further file is read (update.ReadAbandoned): nobody waits for the answer.
     """
     files = [(upload.name, upload.path) for upload in received]
     live = request.app.state.live
-    _, report = classify_files(live.current().searcher.store, files, settings)
+    _, report = classify_files(live.current().searcher.store, files, settings, abandoned=gone.is_set)
     accepted = report.having(ADDED, REPLACED)
     if not accepted:
         status, code, message = nothing_added(report)
@@ -160,8 +173,13 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
         )
         if not received:
             raise ApiError(400, "no_files", "请选择要上传的文件（表单字段 files）")
-        # Not run_in_threadpool: reading waits for parse children, and that pool answers the searches.
-        job = await request.app.state.upload_checks.run(check_upload, request, settings, received, folder)
+        gone = threading.Event()
+        watcher = asyncio.create_task(watch_for_hang_up(request, gone))
+        try:
+            # Not run_in_threadpool: reading waits for parse children, and that pool answers the searches.
+            job = await request.app.state.upload_checks.run(check_upload, request, settings, received, folder, gone)
+        finally:
+            watcher.cancel()
     finally:
         if job is None:
             shutil.rmtree(folder, ignore_errors=True)
