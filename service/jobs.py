@@ -369,7 +369,7 @@ class UploadChecks:
 
     async def run(self, function: Callable[..., Job], *args: object) -> Job:
         if self.pending >= self.capacity:
-            raise UploadsBusy(f"正在读取的上传文件过多（上限 {self.capacity} 个），请稍后重试")
+            raise UploadsBusy(f"正在检查的上传过多（最多 {self.capacity} 个同时检查或等待），请稍后重试")
         self.pending += 1
         try:
             return await asyncio.wrap_future(self.executor.submit(function, *args))
