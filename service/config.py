@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     max_document_chars: int = Field(default=1_000_000, ge=1)
     max_document_passages: int = Field(default=5_000, ge=1)
     max_pdf_pages: int = Field(default=2_000, ge=1)
+    # Decoded content streams a PDF page draws (a stream shared by many pages counts on each) and all
+    # pages together: text extraction parses them at about 1.7 s per MB, even operators that draw
+    # nothing. A page of text is 5-50 KB.
+    max_pdf_page_bytes: int = Field(default=2 * 1024 * 1024, ge=1)
+    max_pdf_content_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    # Users' files are parsed in a child process (service/ingest/isolate.py) under these limits, at
+    # most parallel_parses at once per server, and never on the threads that answer searches; at
+    # most max_waiting_uploads more uploads wait for a parse (503 uploads_busy beyond).
+    parse_cpu_seconds: int = Field(default=60, ge=1)
+    parse_wall_seconds: float = Field(default=120.0, gt=0.0)
+    parse_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=256 * 1024 * 1024)
+    parallel_parses: int = Field(default=1, ge=1)
+    max_waiting_uploads: int = Field(default=8, ge=0)
     # How long a change (add, remove, build) waits for another one holding the index lock before it
     # gives up with a clear message (index.IndexBusy; the API answers 503 index_busy).
     writer_wait_seconds: float = Field(default=600.0, gt=0.0)

@@ -25,7 +25,7 @@ from service.index import (
     write_version,
     writer_lock,
 )
-from service.ingest import Corpus, doc_id_for, ingest_paths
+from service.ingest import Corpus, Limits, ProcessLimits, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
 from service.originals import kept_collection, original_files
 from service.records import Document, Passage
@@ -98,14 +98,37 @@ def source_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
 
 
-def with_originals(paths: list[Path], uploads_dir: Path) -> list[Path]:
-    """`paths` and then the kept originals of users' documents; an original wins over a file with its doc id.
+def with_originals(paths: list[Path], uploads_dir: Path) -> tuple[list[Path], list[Path]]:
+    """`paths` without those a kept original of a user's document replaces, and those originals.
 
     A user who replaced a seed document through `add` keeps their version after a rebuild.
     """
     originals = original_files(uploads_dir)
     kept_ids = {original.stem for original in originals}
-    return [path for path in paths if doc_id_for(path) not in kept_ids] + originals
+    return [path for path in paths if doc_id_for(path) not in kept_ids], originals
+
+
+def ingest_limits(settings: Settings) -> Limits:
+    """What one user's document may cost (size, unpacked size, characters, passages, PDF pages and content)."""
+    return Limits(
+        file_bytes=settings.max_upload_bytes,
+        unpacked_bytes=settings.max_unpacked_bytes,
+        characters=settings.max_document_chars,
+        passages=settings.max_document_passages,
+        pdf_pages=settings.max_pdf_pages,
+        pdf_page_bytes=settings.max_pdf_page_bytes,
+        pdf_content_bytes=settings.max_pdf_content_bytes,
+    )
+
+
+def parse_limits(settings: Settings) -> ProcessLimits:
+    """The child process a user's document is read in (CPU time, wall time, memory, parses at once)."""
+    return ProcessLimits(
+        cpu_seconds=settings.parse_cpu_seconds,
+        wall_seconds=settings.parse_wall_seconds,
+        memory_bytes=settings.parse_memory_bytes,
+        parallel=settings.parallel_parses,
+    )
 
 
 def indexable_files(folder: Path, uploads_dir: Path) -> list[Path]:
@@ -208,14 +231,17 @@ def build_index(
     """Ingest files, embed, tokenise and save a new index version atomically.
 
     Holds the writer lock throughout, so a build and an `add` or `remove` never interleave.
-    `with_uploads` adds the kept originals of settings.uploads_dir, listed under the lock.
+    `with_uploads` adds the kept originals of settings.uploads_dir, listed under the lock; they are
+    users' files, read as uploads are (limits, a child process), while `paths` are read here.
     """
     started = time.perf_counter()
     with store_lock(settings, create=True):
+        originals: list[Path] = []
         if with_uploads:
-            paths = with_originals(paths, settings.uploads_dir)
+            paths, originals = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
-        corpus.documents = in_collections(corpus.documents, paths, settings)
+        corpus = ingest_paths(originals, ingest_limits(settings), parse_limits(settings), corpus)
+        corpus.documents = in_collections(corpus.documents, [*paths, *originals], settings)
         encode_started = time.perf_counter()
         version = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
         encode_seconds = time.perf_counter() - encode_started

@@ -18,6 +18,7 @@ is done if its id is in the live manifest, else it is queued again; a job interr
 MAX_ATTEMPTS times is reported failed.
 """
 
+import asyncio
 import errno
 import json
 import logging
@@ -28,6 +29,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +37,7 @@ from pathlib import Path
 from service.atomic import fsync_directory, write_atomic
 from service.collections import DEFAULT_COLLECTION
 from service.index import IndexBusy, IndexUnavailable
+from service.ingest import ParsesStopped
 from service.live import LiveIndex
 from service.stores import StoreUnreachable
 from service.update import (
@@ -318,6 +321,8 @@ class JobWorker:
                 before_save=lambda rep: self.commit(job, rep),
                 collection=job.collection,
             )
+        except ParsesStopped:
+            return  # the server is stopping: the job stays running on disk and is queued again at start
         except (IndexUnavailable, IndexBusy, StoreUnreachable) as error:
             code = "index_busy" if isinstance(error, IndexBusy) else "index_unavailable"
             code = "store_unavailable" if isinstance(error, StoreUnreachable) else code
@@ -378,3 +383,35 @@ class JobWorker:
             f"，{code}" if code else "",
             extra={"job_id": job.job_id, "state": state, "status": job.status, "error_code": code or None},
         )
+
+
+class UploadsBusy(Exception):
+    """More uploads are waiting to be read than UploadChecks lets wait (the API answers 503)."""
+
+
+class UploadChecks:
+    """The request-side reading of uploads, on threads of its own: never the pool the searches use.
+
+    Each check waits for parse children (service/ingest/isolate.py), so a flood of uploads would
+    otherwise hold every thread that answers searches. `parallel` checks run at once and `waiting`
+    more may queue; beyond that UploadsBusy, so no unbounded work piles up behind gone clients.
+    Call run() from the event loop only.
+    """
+
+    def __init__(self, parallel: int, waiting: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="upload-check")
+        self.capacity = parallel + waiting
+        self.pending = 0
+
+    async def run(self, function: Callable[..., Job], *args: object) -> Job:
+        if self.pending >= self.capacity:
+            raise UploadsBusy(f"正在检查的上传过多（最多 {self.capacity} 个同时检查或等待），请稍后重试")
+        self.pending += 1
+        try:
+            return await asyncio.wrap_future(self.executor.submit(function, *args))
+        finally:
+            self.pending -= 1
+
+    def stop(self) -> None:
+        """Drop the checks still queued; a running one ends when stop_parses() kills its parse."""
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -18,6 +18,7 @@ from service.logs import LOGGER_NAME
 from service.vectors import one_thread_per_search
 
 logger = logging.getLogger(LOGGER_NAME)
+SHUTDOWN_GRACE_SECONDS = 5  # searches end in milliseconds; an upload still being read is cut off
 
 
 def missing_index_message(settings: Settings) -> str:
@@ -55,7 +56,9 @@ def serve(settings: Settings, build_missing: bool) -> None:
         settings.host,
         settings.port,
     )
-    # No `server: uvicorn` header: what runs behind the port is nobody's business.
+    # No `server: uvicorn` header: what runs behind the port is nobody's business. On SIGTERM requests
+    # still running after the grace are cancelled, then the lifespan kills the parse children: a stop
+    # never waits for an upload's parse.
     uvicorn.run(
         app,
         host=settings.host,
@@ -64,4 +67,5 @@ def serve(settings: Settings, build_missing: bool) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         server_header=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

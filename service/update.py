@@ -35,9 +35,9 @@ from tqdm import tqdm
 from service.collections import DEFAULT_COLLECTION
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
-from service.engine import open_store, save_version, store_lock, store_version
+from service.engine import ingest_limits, open_store, parse_limits, save_version, store_lock, store_version
 from service.index import new_chunk
-from service.ingest import Limits, doc_id_for, ingest_file
+from service.ingest import Limits, ProcessLimits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
 from service.originals import (
     collection_file,
@@ -63,6 +63,10 @@ Progress = Callable[[int, int], None]  # (passages embedded, passages in all)
 
 class UpdateError(Exception):
     """A change to the document set that cannot be made; nothing was changed."""
+
+
+class ReadAbandoned(UpdateError):
+    """Whoever asked for the files to be read is gone (an upload's client hung up): the rest are not read."""
 
 
 class UnknownDocuments(UpdateError):
@@ -125,26 +129,22 @@ def as_named(files: Sequence[Path | tuple[str, Path]]) -> list[tuple[str, Path]]
     return [(user_file_name(item[0]), item[1]) if isinstance(item, tuple) else (item.name, item) for item in files]
 
 
-def ingest_limits(settings: Settings) -> Limits:
-    """What one user's document may cost (size, unpacked size, characters, passages, PDF pages)."""
-    return Limits(
-        file_bytes=settings.max_upload_bytes,
-        unpacked_bytes=settings.max_unpacked_bytes,
-        characters=settings.max_document_chars,
-        passages=settings.max_document_passages,
-        pdf_pages=settings.max_pdf_pages,
-    )
-
-
 def read_files(
-    files: Sequence[tuple[str, Path]], limits: Limits, progress: bool = False
+    files: Sequence[tuple[str, Path]],
+    limits: Limits,
+    process: ProcessLimits | None,
+    progress: bool = False,
+    abandoned: Callable[[], bool] | None = None,
 ) -> tuple[list[tuple[str, Path, Document, list[Passage]]], list[FileOutcome]]:
-    """Ingest each file; failures become outcomes with the reason (type, size, limits, unreadable)."""
+    """Ingest each file (in a child process under `process`, when given); failures become outcomes
+    with the reason (type, size, limits, unreadable). ReadAbandoned before a file once `abandoned()`."""
     read: list[tuple[str, Path, Document, list[Passage]]] = []
     failed: list[FileOutcome] = []
     for name, path in tqdm(files, desc="读取文件", unit="个", disable=not progress or len(files) < 2):
+        if abandoned is not None and abandoned():
+            raise ReadAbandoned("上传请求的客户端已断开，其余文件未读取")
         try:
-            document, passages = ingest_file(path, name=name, limits=limits)
+            document, passages = ingest_file(path, name=name, limits=limits, process=process)
         except UnsupportedFileType as error:
             failed.append(FileOutcome(name, UNSUPPORTED, reason=str(error)))
         except FileTooLarge as error:
@@ -200,15 +200,17 @@ def classify_files(
     settings: Settings,
     progress: bool = False,
     collection: str = DEFAULT_COLLECTION,
+    abandoned: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, tuple[Document, list[Passage]]], AddReport]:
     """Read the files and sort them against `index`, embedding nothing: the accepted documents by doc id
     (ADDED or REPLACED), in `collection`, and a report with every file's outcome.
 
     Content already in the index (same cleaned-text hash, in any collection) is DUPLICATE; a file whose
     doc id (from its name) exists with other content REPLACES that document, also into another
-    collection: doc ids name one document across the whole index.
+    collection: doc ids name one document across the whole index. ReadAbandoned once `abandoned()`
+    (see read_files).
     """
-    read, failed = read_files(as_named(files), ingest_limits(settings), progress)
+    read, failed = read_files(as_named(files), ingest_limits(settings), parse_limits(settings), progress, abandoned)
     report = AddReport()
     owner_of_hash = {document.content_hash: doc_id for doc_id, document in index.documents.items()}
     accepted: dict[str, tuple[Document, list[Passage]]] = {}

@@ -190,3 +190,39 @@ def make_blank_pdf(path: Path, pages: int) -> Path:
     with path.open("wb") as handle:
         writer.write(handle)
     return path
+
+
+def make_shared_stream_pdf(
+    path: Path, pages: int, stream_megabytes: float, operators: bytes = b"BT /F1 1 Tf 72 72 Td () Tj ET\n"
+) -> Path:
+    """A small PDF whose pages all draw one shared content stream of text operators that show nothing.
+
+    `BT /F1 1 Tf () Tj ET`, empty strings: every limit on the file (size, pages, characters,
+    pypdf's decompression cap) passes, while extracting each page's text reparses the whole stream.
+    Written as raw bytes: the stream compresses to a few kilobytes and is referenced by every page.
+    `operators` are repeated to fill the stream (other ones can show text).
+    """
+    import zlib
+
+    content = zlib.compress(operators * max(1, int(stream_megabytes * 2**20 / len(operators))), 9)
+    first_page = 5  # objects 1-4: catalog, page tree, font, the shared stream
+    kids = " ".join(f"{first_page + n} 0 R" for n in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content) + content + b"\nendstream",
+    ]
+    resources = b"/Resources << /Font << /F1 3 0 R >> >>"
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] " + resources + b" /Contents 4 0 R >>"
+    objects += [page] * pages
+    body, offsets = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"), []
+    for number, obj in enumerate(objects, start=1):
+        offsets.append(len(body))
+        body += b"%d 0 obj\n" % number + obj + b"\nendobj\n"
+    xref = len(body)
+    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    body += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    path.write_bytes(bytes(body))
+    return path

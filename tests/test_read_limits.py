@@ -7,7 +7,7 @@ import pytest
 
 from service.ingest import Limits, OverLimit, ingest_file
 from service.ingest.read import read_blocks
-from tests.make_documents import make_blank_pdf, make_docx, make_docx_bomb
+from tests.make_documents import make_blank_pdf, make_docx, make_docx_bomb, make_shared_stream_pdf
 
 SENTENCE = "各级党组织要认真落实“三会一课”制度，严肃党内政治生活。"
 
@@ -78,3 +78,32 @@ def test_pdf_of_too_many_pages_is_refused_quickly(tmp_path: Path) -> None:
     with pytest.raises(OverLimit, match=r"blank\.pdf.*32,768 页.*2,000 页的上限.*DJQA_MAX_PDF_PAGES"):
         read_blocks(pdf, limits=Limits(pdf_pages=2_000))
     assert time.process_time() - started < 2.0, "the declared page count is read, not every page"
+
+
+PDF_LIMITS = Limits(pdf_pages=2_000, pdf_page_bytes=2 * 2**20, pdf_content_bytes=32 * 2**20)
+
+
+def test_pdf_whose_pages_share_a_huge_content_stream_is_refused_before_any_text_is_extracted(tmp_path: Path) -> None:
+    """806 KB, 2,000 pages, one 5 MB stream of operators that draw nothing: 9-11 s of extraction a page."""
+    pdf = make_shared_stream_pdf(tmp_path / "shared.pdf", 2_000, stream_megabytes=5)
+    assert pdf.stat().st_size < 2**20
+    started = time.process_time()
+    with pytest.raises(OverLimit, match=r"shared\.pdf.*第 1 页.*5\.0 MB.*每页 2 MB.*DJQA_MAX_PDF_PAGE_BYTES"):
+        read_blocks(pdf, limits=PDF_LIMITS)
+    assert time.process_time() - started < 3.0, "the stream's size is checked, its operators are not parsed"
+
+
+def test_pdf_stream_shared_by_many_pages_counts_for_every_page_that_draws_it(tmp_path: Path) -> None:
+    pdf = make_shared_stream_pdf(tmp_path / "shared.pdf", 2_000, stream_megabytes=0.5)  # 1,000 MB drawn in all
+    started = time.process_time()
+    with pytest.raises(OverLimit, match=r"shared\.pdf.*前 65 页.*32\.5 MB.*32 MB.*DJQA_MAX_PDF_CONTENT_BYTES"):
+        read_blocks(pdf, limits=PDF_LIMITS)
+    assert time.process_time() - started < 3.0, "a shared stream is decoded once, however many pages draw it"
+
+
+def test_pdf_within_the_content_limits_is_read(tmp_path: Path) -> None:
+    pdf = make_shared_stream_pdf(
+        tmp_path / "small.pdf", 1, 0, operators=b"BT /F1 12 Tf 72 700 Td (Party building) Tj ET\n"
+    )
+    blocks = read_blocks(pdf, limits=PDF_LIMITS)
+    assert [block.text for block in blocks] == ["Party building"]

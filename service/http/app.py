@@ -31,7 +31,8 @@ from service.http.observe import Observe
 from service.http.routes.documents import read_routes, write_routes
 from service.http.routes.search import search_routers
 from service.http.routes.system import metrics_routes, system_routes
-from service.jobs import JobStore, JobWorker
+from service.ingest.isolate import stop_parses
+from service.jobs import JobStore, JobWorker, UploadChecks
 from service.live import LiveIndex, Snapshot
 from service.monitoring import ServedState
 from service.tokenize import WordTokenizer
@@ -56,12 +57,16 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
     jobs = JobWorker(JobStore(settings.jobs_path), live)
+    upload_checks = UploadChecks(settings.parallel_parses, settings.max_waiting_uploads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         live.start()
         jobs.start()
         yield
+        # Parses first: the threads waiting for them (upload checks, the job worker) then end at once.
+        stop_parses()
+        upload_checks.stop()
         jobs.stop()
         live.close()
 
@@ -77,6 +82,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.jobs = jobs
     app.state.metrics_registry = CollectorRegistry(auto_describe=True)
     app.state.metrics_registry.register(ServedState(lambda: served(live.current()), jobs.store.state_counts))
+    app.state.upload_checks = upload_checks
     app.state.settings = settings
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
     app.state.generators = Generators(client, GroundingChecker(live.encoders))

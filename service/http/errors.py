@@ -24,8 +24,9 @@ from service.collections import InvalidCollection, UnknownCollections
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
+from service.jobs import UploadsBusy
 from service.stores import StoreUnreachable
-from service.update import UnknownDocuments, WouldEmptyIndex
+from service.update import ReadAbandoned, UnknownDocuments, WouldEmptyIndex
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -92,6 +93,8 @@ CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     IndexUnavailable: (503, "index_unavailable", lambda error: error.public_message),  # no server paths
     IndexBusy: (503, "index_busy", str),
     StoreUnreachable: (503, "store_unavailable", lambda error: error.public_message),  # no URI, no English
+    UploadsBusy: (503, "uploads_busy", str),
+    ReadAbandoned: (400, "upload_abandoned", str),  # the client is gone: nobody reads it
     FileOverLimit: (413, "file_too_large", over_limit_message),
     NotAForm: (415, "unsupported_media_type", str),
     TooManyFiles: (400, "too_many_files", str),

@@ -6,11 +6,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.ingest.clean import clean_blocks
+from service.ingest.isolate import ParseLimitExceeded, ParsesStopped, ProcessLimits, run_limited
 from service.ingest.passages import build_document
 from service.ingest.read import NO_LIMITS, Limits, OverLimit, ReadError, read_blocks
 from service.records import Document, Passage
 
-__all__ = ["Corpus", "Limits", "OverLimit", "ReadError", "doc_id_for", "ingest_file", "ingest_paths"]
+__all__ = [
+    "Corpus",
+    "Limits",
+    "OverLimit",
+    "ParseLimitExceeded",
+    "ParsesStopped",
+    "ProcessLimits",
+    "ReadError",
+    "doc_id_for",
+    "ingest_file",
+    "ingest_paths",
+]
 
 # A doc id names the kept original (<doc_id><suffix>), and file names are at most 255 bytes. 240
 # keeps every id of 80 BMP characters (3 bytes each in UTF-8) as it was; 4-byte characters get 60.
@@ -52,14 +64,21 @@ def fits(doc_id: str, max_chars: int) -> bool:
 
 
 def ingest_file(
-    path: Path, doc_id: str | None = None, name: str | None = None, limits: Limits = NO_LIMITS
+    path: Path,
+    doc_id: str | None = None,
+    name: str | None = None,
+    limits: Limits = NO_LIMITS,
+    process: ProcessLimits | None = None,
 ) -> tuple[Document, list[Passage]]:
     """Read, clean and cut one file; raises ReadError when it holds no usable text, OverLimit past `limits`.
 
     `name` is the user's file name when `path` is a temporary copy (an upload): it gives the doc id,
-    the source and the messages; the path itself is never derived from it.
+    the source and the messages; the path itself is never derived from it. With `process` the whole
+    of it runs in a child process under those limits (users' files: see isolate.py).
     """
     name = name or path.name
+    if process is not None:
+        return run_limited(ingest_file, (path, doc_id, name, limits), process, name)
     blocks = clean_blocks(read_blocks(path, name, limits))
     document, passages = build_document(doc_id or doc_id_for(Path(name)), name, blocks)
     if not passages:
@@ -72,12 +91,14 @@ def ingest_file(
     return document, passages
 
 
-def ingest_paths(paths: list[Path]) -> Corpus:
-    """Ingest files in order; unreadable ones are reported by name and skipped."""
-    corpus = Corpus()
+def ingest_paths(
+    paths: list[Path], limits: Limits = NO_LIMITS, process: ProcessLimits | None = None, corpus: Corpus | None = None
+) -> Corpus:
+    """Ingest files in order (into `corpus`, when given); unreadable ones are reported by name and skipped."""
+    corpus = corpus if corpus is not None else Corpus()
     for path in paths:
         try:
-            document, passages = ingest_file(path)
+            document, passages = ingest_file(path, limits=limits, process=process)
         except ReadError as error:
             corpus.problems.append(str(error))
             continue

@@ -51,6 +51,9 @@ class Limits:
     characters: int | None = None  # text read from the file
     passages: int | None = None  # passages it is cut into (each one is embedded: time)
     pdf_pages: int | None = None  # pages of a PDF (each page is parsed: time)
+    # Decoded content-stream bytes a PDF page draws, and all pages together: what text extraction parses.
+    pdf_page_bytes: int | None = None
+    pdf_content_bytes: int | None = None
 
 
 NO_LIMITS = Limits()
@@ -61,6 +64,11 @@ def size_text(size: int) -> str:
     if size >= 2**20:
         return f"{size / 2**20:g} MB"
     return f"{size / 2**10:g} KB" if size >= 2**10 else f"{size} 字节"
+
+
+def measured_size(size: int) -> str:
+    """A measured size for a message, one decimal (5.0 MB, 730 KB)."""
+    return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} KB"
 
 
 def check_characters(count: int, limits: Limits, name: str) -> None:
@@ -219,6 +227,8 @@ def docx_blocks(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[Block
         blocks: list[Block] = []
         for item in document.iter_inner_content():
             blocks += table_blocks(item) if isinstance(item, Table) else paragraph_blocks(item)
+    except MemoryError:
+        raise  # over the memory limit of the parse (isolate.py), not a damaged file
     # python-docx surfaces a damaged package as zip, XML, key or value errors of several libraries.
     except Exception as error:
         raise ReadError(f"{name}：文件已损坏或不是有效的 Word 文档") from error
@@ -262,6 +272,49 @@ def layout_line(raw: str) -> Line:
     return Line(text, len(raw) - len(raw.lstrip()))
 
 
+def content_streams(page) -> list:  # a pypdf PageObject -> its /Contents entries (references or streams)
+    contents = page.get("/Contents")
+    if contents is None:
+        return []
+    resolved = contents.get_object()
+    return list(resolved) if isinstance(resolved, list) else [contents]
+
+
+def check_pdf_content(reader, name: str, limits: Limits) -> None:  # a pypdf PdfReader
+    """OverLimit when a page's content streams, or all pages' together, decode past the limits.
+
+    Layout extraction parses every operator of a page's streams in pure Python, about 1.7 s per MB
+    even when they draw nothing, so their decoded size is its cost. A stream that many pages share
+    is decoded once (pypdf keeps it) but parsed again for every page: it counts for every page that
+    draws it (an 806 KB file of 2,000 pages sharing 5 MB of empty text operators is hours of work).
+    Checked before any text is extracted.
+    """
+    if limits.pdf_page_bytes is None and limits.pdf_content_bytes is None:
+        return
+    sizes: dict[object, int] = {}  # decoded size by object number: each stream is decoded once
+    total = 0
+    for number, page in enumerate(reader.pages, start=1):
+        page_bytes = 0
+        for entry in content_streams(page):
+            key = (entry.idnum, entry.generation) if hasattr(entry, "idnum") else id(entry)
+            if key not in sizes:
+                stream = entry.get_object()
+                sizes[key] = len(stream.get_data()) if hasattr(stream, "get_data") else 0
+            page_bytes += sizes[key]
+        total += page_bytes
+        if limits.pdf_page_bytes is not None and page_bytes > limits.pdf_page_bytes:
+            raise OverLimit(
+                f"{name}：PDF 第 {number:,} 页的内容流解压后有 {measured_size(page_bytes)}，超过每页 "
+                f"{size_text(limits.pdf_page_bytes)} 的上限（DJQA_MAX_PDF_PAGE_BYTES），文件可能含有大量无效的绘制指令"
+            )
+        if limits.pdf_content_bytes is not None and total > limits.pdf_content_bytes:
+            raise OverLimit(
+                f"{name}：PDF 前 {number:,} 页的内容流解压后共 {measured_size(total)}，超过 "
+                f"{size_text(limits.pdf_content_bytes)} 的上限（DJQA_MAX_PDF_CONTENT_BYTES），"
+                "文件可能含有大量无效的绘制指令；多个页面共用的内容按每页计算"
+            )
+
+
 def pdf_pages(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[list[Line]]:
     """Non-empty lines of each page's text layer, with their indentation."""
     import pypdf
@@ -281,6 +334,7 @@ def pdf_pages(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[list[Li
                 if (page_count := count()) > limits.pdf_pages:
                     limit = f"{limits.pdf_pages:,} 页的上限（DJQA_MAX_PDF_PAGES）"
                     raise OverLimit(f"{name}：PDF 共 {page_count:,} 页，超过 {limit}")
+        check_pdf_content(reader, name, limits)
         texts: list[str] = []
         characters = 0
         for page in reader.pages:
@@ -292,6 +346,8 @@ def pdf_pages(path: Path, name: str, limits: Limits = NO_LIMITS) -> list[list[Li
         raise
     except (DependencyError, FileNotDecryptedError) as error:
         raise ReadError(f"{name}：PDF 已加密，需要先解除密码保护（{error}）") from error
+    except MemoryError:
+        raise  # over the memory limit of the parse (isolate.py), not a damaged file
     # pypdf raises many kinds of errors on malformed files; any of them means the file is unusable.
     except Exception as error:
         raise ReadError(f"{name}：PDF 文件已损坏，无法读取（{type(error).__name__}）") from error

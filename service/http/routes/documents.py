@@ -7,7 +7,9 @@ job worker (service/jobs.py): the request answers 202 with the job. A delete run
 thread and the new version is served before it answers. Searches go on answering meanwhile.
 """
 
+import asyncio
 import shutil
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +78,7 @@ WRITE_RESPONSES = error_responses(
     (403, "未设置 DJQA_API_KEY，不能上传或删除（writes_disabled）"),
     (503, "索引不可用（index_unavailable），或另一个写入操作仍在进行（index_busy）"),
 )
+UPLOAD_BUSY = "正在读取的上传过多（uploads_busy），请稍后重试；或索引不可用、另一个写入操作仍在进行"
 UPLOAD_RESPONSES = {
     **WRITE_RESPONSES,
     **error_responses(
@@ -83,7 +86,8 @@ UPLOAD_RESPONSES = {
         (409, "所有文件都与已有文档内容相同（duplicate_document）"),
         (
             413,
-            "有文件超过大小上限（file_too_large），本次上传的文件都未添加；或文件内容超过上限（document_too_large）",
+            "有文件超过大小上限（file_too_large），本次上传的文件都未添加；或文件内容超过上限、"
+            "解析超过 CPU 时间、时限或内存上限（document_too_large）",
         ),
         (415, "文件类型不支持（unsupported_file_type）或请求不是表单（unsupported_media_type）"),
         (
@@ -92,6 +96,7 @@ UPLOAD_RESPONSES = {
             "文档集名称无效（invalid_collection）",
         ),
         (507, "磁盘空间不足（insufficient_storage），文档未添加"),
+        (503, UPLOAD_BUSY),
     ),
 }
 
@@ -149,16 +154,32 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     )
 
 
+async def watch_for_hang_up(request: Request, gone: threading.Event) -> None:
+    """Set `gone` when the client hangs up; call once the body has been read (then the next message
+    the server sends the app is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
 def check_upload(
-    request: Request, settings: Settings, received: list[ReceivedFile], folder: Path, collection: str
+    request: Request,
+    settings: Settings,
+    received: list[ReceivedFile],
+    folder: Path,
+    collection: str,
+    gone: threading.Event,
 ) -> Job:
     """Read and check the received files against the live index; a job for those to add, else ApiError.
 
-    Runs in a worker thread: reading a large Word or PDF file takes a while, searches go on meanwhile.
+    Runs on a thread of UploadChecks while each file is read in a child process under the parse
+    limits (settings.parse_*): a large or hostile file costs the searches neither threads nor the GIL.
+    Once the client is `gone` no further file is read (update.ReadAbandoned): nobody waits for the answer.
     """
     files = [(upload.name, upload.path) for upload in received]
     live = request.app.state.live
-    _, report = classify_files(live.current().searcher.store, files, settings)
+    store = live.current().searcher.store
+    _, report = classify_files(store, files, settings, collection=collection, abandoned=gone.is_set)
     accepted = report.having(ADDED, REPLACED)
     if not accepted:
         status, code, message = nothing_added(report)
@@ -205,7 +226,15 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
         collection = checked_collection(fields.get("collection", "").strip() or DEFAULT_COLLECTION)
         if not received:
             raise ApiError(400, "no_files", "请选择要上传的文件（表单字段 files）")
-        job = await run_in_threadpool(check_upload, request, settings, received, folder, collection)
+        gone = threading.Event()
+        watcher = asyncio.create_task(watch_for_hang_up(request, gone))
+        try:
+            # Not run_in_threadpool: reading waits for parse children, and that pool answers the searches.
+            job = await request.app.state.upload_checks.run(
+                check_upload, request, settings, received, folder, collection, gone
+            )
+        finally:
+            watcher.cancel()
     finally:
         if job is None:
             shutil.rmtree(folder, ignore_errors=True)
