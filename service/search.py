@@ -4,7 +4,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
+MATCH_TOLERANCE = 2e-3  # float16 unit vectors against a float32 re-encoding: cosines differ by ~1e-3
 
 
 class QueryRejected(ValueError):
@@ -294,12 +295,38 @@ class Searcher:
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
         ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
-        return self.hits(ordered, fused, ranking, query_tokens)
+        hits = self.hits(ordered, fused, ranking, query_tokens)
+        if query_vectors is None:
+            return hits
+        return [
+            self.with_matched_question(hit, row, ranking, query_vectors) for hit, row in zip(hits, ordered, strict=True)
+        ]
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""
         found = self.store.passages(rows)
         return [self.hit(found[row][0], set(found[row][1]), fused[row], row, ranking, query_tokens) for row in rows]
+
+    def with_matched_question(
+        self, hit: Hit, row: int, ranking: Ranking, query_vectors: Mapping[str, np.ndarray]
+    ) -> Hit:
+        """The hit naming the linked question that was its best unit for the heaviest model that says so.
+
+        A passage's score of a model is its best unit's cosine; a linked question whose cosine reaches
+        it (within float16 rounding of the stored vectors) is what found the passage. Only passages
+        with linked questions pay for this: their questions' vectors come from the encoders' cache.
+        """
+        if not hit.passage.questions:
+            return hit
+        for model in sorted(ranking.by_model, key=lambda name: -self.model_weights.get(name, 0.0)):
+            score = ranking.by_model[model].get(row)
+            if score is None:
+                continue
+            cosines = self.encoders[model].encode(list(hit.passage.questions)) @ query_vectors[model]
+            best = int(np.argmax(cosines))
+            if cosines[best] >= score - MATCH_TOLERANCE:
+                return replace(hit, matched_question=hit.passage.questions[best])
+        return hit
 
     @staticmethod
     def hit(
@@ -349,6 +376,8 @@ def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
         if hit.lexical_rank is None
         else {"rank": hit.lexical_rank, "score": round(hit.lexical_score, 4)},
         "models": [{"model": e.model, "rank": e.rank, "score": round(e.score, 4)} for e in hit.models],
+        "linked_questions": list(passage.questions),
+        "matched_question": hit.matched_question,
         "context": {"before": before, "after": after},
     }
 

@@ -27,10 +27,12 @@ from service.http.deps import Generators
 from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.routes.documents import read_routes, write_routes
+from service.http.routes.questions import question_routers
 from service.http.routes.search import search_routers
 from service.http.routes.system import system_routes
 from service.jobs import JobStore, JobWorker
 from service.live import LiveIndex
+from service.question_log import QuestionLog
 from service.tokenize import WordTokenizer
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -46,12 +48,17 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
     jobs = JobWorker(JobStore(settings.jobs_path), live)
+    log = None
+    if settings.question_log:
+        log = QuestionLog(settings.question_log_file, settings.question_log_days, settings.low_confidence)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs.start()
         yield
         jobs.stop()
+        if log is not None:
+            log.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -65,10 +72,11 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.live = live
     app.state.jobs = jobs
     app.state.settings = settings
+    app.state.question_log = log  # None when settings.question_log is off
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
     app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
     add_error_handlers(app)
-    for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
+    for router in [*search_routers(settings), *question_routers(settings), read_routes, write_routes, system_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")

@@ -23,7 +23,7 @@ from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFi
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
 from service.stores import StoreUnreachable
-from service.update import UnknownDocuments, WouldEmptyIndex
+from service.update import DuplicateLink, TooManyLinks, UnknownDocuments, UnknownLink, UnknownPassage, WouldEmptyIndex
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -81,6 +81,10 @@ def over_limit_message(error: FileOverLimit) -> str:
 CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     UnknownDocuments: (404, "document_not_found", unknown_documents_message),
     WouldEmptyIndex: (409, "last_document", str),
+    UnknownPassage: (404, "passage_not_found", str),
+    UnknownLink: (404, "question_not_found", str),
+    DuplicateLink: (409, "duplicate_question", str),
+    TooManyLinks: (409, "too_many_questions", str),
     IndexUnavailable: (503, "index_unavailable", str),
     IndexBusy: (503, "index_busy", str),
     StoreUnreachable: (503, "store_unavailable", str),

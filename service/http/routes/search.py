@@ -1,14 +1,16 @@
 """Search and ask: validate the question, call the core, shape the answer."""
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from service.answer import NOT_FOUND, Answer
 from service.config import DEFAULT_MODE, Settings
-from service.generate import AskResult
+from service.generate import AskResult, Event
 from service.http.deps import (
     GeneratorDep,
     SettingsDep,
@@ -28,8 +30,45 @@ from service.http.schemas import (
     query_length,
     request_models,
 )
+from service.question_log import Entry
 from service.records import Hit
 from service.search import Filters, result_row, search_response
+
+OUT_OF_SCOPE = "管理员已确认现有文件中没有这个问题的答案。" + NOT_FOUND.split("。", 1)[1]
+
+
+def log_search(request: Request, query: str, mode: str, filters: Filters, response: dict) -> None:
+    """Queue the search for the question log (when it is on); never waits, never fails the search."""
+    log = request.app.state.question_log
+    if log is not None:
+        scope = {
+            k: v
+            for k, v in (
+                ("doc_ids", filters.doc_ids and sorted(filters.doc_ids)),
+                ("doc_type", filters.doc_type),
+                ("year", filters.year),
+            )
+            if v is not None
+        }
+        passage_ids = [row["passage_id"] for row in response["results"]]
+        log.record(Entry(query, "search", mode, scope, passage_ids, response["took_ms"]))
+
+
+def log_ask(request: Request, question: str, mode: str, result: AskResult, started: float) -> None:
+    log = request.app.state.question_log
+    if log is not None:
+        answer = result.answer
+        passage_ids = [hit.passage.passage_id for hit in answer.citations]
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        log.record(Entry(question, "ask", mode, {}, passage_ids, latency, answer.found, round(answer.confidence, 4)))
+
+
+def out_of_scope(request: Request, question: str) -> AskResult | None:
+    """The refusal of a question the administrator marked 「文件中没有」 (or a close paraphrase of one)."""
+    log = request.app.state.question_log
+    if log is None or log.out_of_scope(question) is None:
+        return None
+    return AskResult(Answer(found=False, text=OUT_OF_SCOPE, confidence=0.0, citations=()), "extract")
 
 
 def search_routers(settings: Settings) -> list[APIRouter]:
@@ -41,15 +80,20 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     query_routes = APIRouter(prefix="/api", dependencies=[*read_key, Depends(utf8_query_string)])
 
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
-    def search_post(body: SearchRequest, snapshot: SnapshotDep, settings: SettingsDep) -> SearchResponse:  # type: ignore[valid-type]
+    def search_post(
+        body: SearchRequest, request: Request, snapshot: SnapshotDep, settings: SettingsDep
+    ) -> SearchResponse:  # type: ignore[valid-type]
         """按问题检索最相关的段落，可按文档、类型、年份过滤。"""
         doc_ids = None if body.doc_ids is None else frozenset(body.doc_ids)
         filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year)
         query = checked_query(body.query, settings)
-        return SearchResponse(**search_response(snapshot.searcher, query, body.top_k, body.mode, filters))
+        response = search_response(snapshot.searcher, query, body.top_k, body.mode, filters)
+        log_search(request, query, body.mode, filters, response)
+        return SearchResponse(**response)
 
     @query_routes.get("/search", summary="检索段落（GET）", response_model=SearchResponse, responses=ERROR_RESPONSES)
     def search_get(
+        request: Request,
         snapshot: SnapshotDep,
         settings: SettingsDep,
         q: Annotated[
@@ -70,7 +114,9 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         """与 POST /api/search 相同，参数放在查询串中，便于分享链接。"""
         filters = Filters(doc_type=doc_type, year=year)
         query = checked_query(q, settings)
-        return SearchResponse(**search_response(snapshot.searcher, query, top_k, mode, filters))
+        response = search_response(snapshot.searcher, query, top_k, mode, filters)
+        log_search(request, query, mode, filters, response)
+        return SearchResponse(**response)
 
     @json_routes.post(
         "/ask",
@@ -78,11 +124,13 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         response_model=AskResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "stream 为 true 时的事件流"}},
     )
-    def ask(body: AskRequest, snapshot: SnapshotDep, settings: SettingsDep, generator: GeneratorDep):  # type: ignore[valid-type]
+    def ask(body: AskRequest, request: Request, snapshot: SnapshotDep, settings: SettingsDep, generator: GeneratorDep):  # type: ignore[valid-type]
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
+        started = time.perf_counter()
         question = checked_query(body.question, settings)
         documents = snapshot.searcher.store.documents
+        refusal = out_of_scope(request, question)
 
         def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
             return [
@@ -105,15 +153,19 @@ def search_routers(settings: Settings) -> list[APIRouter]:
             )
 
         if not body.stream:
-            return response(generator.ask(question, body.top_k, body.mode))
+            result = refusal or generator.ask(question, body.top_k, body.mode)
+            log_ask(request, question, result.mode_used, result, started)
+            return response(result)
 
         def sse() -> Iterator[str]:
-            for event in generator.events(question, body.top_k, body.mode):
+            events = [Event("final", result=refusal)] if refusal else generator.events(question, body.top_k, body.mode)
+            for event in events:
                 if event.kind == "citations":
                     data = {"citations": [row.model_dump() for row in citation_rows(event.citations)]}
                 elif event.kind == "delta":
                     data = {"text": event.text}
                 else:
+                    log_ask(request, question, event.result.mode_used, event.result, started)
                     data = response(event.result).model_dump()
                 yield f"event: {event.kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 

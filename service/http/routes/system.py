@@ -55,4 +55,5 @@ def client_config(settings: SettingsDep) -> ClientConfig:
         max_document_passages=settings.max_document_passages,
         max_pdf_pages=settings.max_pdf_pages,
         generation=settings.generation_configured,
+        question_log=settings.question_log,
     )
