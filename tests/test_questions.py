@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from eval.questions import checked_labels, load_questions
 from service.config import Settings
 from service.embed import Encoders, lexical_text, unit_texts
 from service.engine import build_index, open_searcher, source_files
@@ -17,6 +18,7 @@ from service.http.app import create_app
 from service.links import load_links
 from service.questions import Asked, grouped, near_duplicate, normalised
 from service.tokenize import WordTokenizer
+from tests.conftest import run_cli
 
 KEY = "question-test-key"
 WRITE = {"X-API-Key": KEY}
@@ -139,12 +141,12 @@ def test_question_log_can_be_switched_off(settings: Settings, encoders: Encoders
 
 def test_feedback_is_open_limited_in_size_and_rate_and_lands_in_the_log(client: TestClient, settings: Settings) -> None:
     body = {"question": "支部评星那个是咋弄的", "helpful": False}
-    assert client.post("/api/feedback", json=body).status_code == 204
-    assert client.post("/api/feedback", json={**body, "helpful": True, "passage_id": "x:1"}).status_code == 204
+    assert client.post("/api/feedback", json=body).json() == {"accepted": True}
+    assert client.post("/api/feedback", json={**body, "helpful": True, "passage_id": "x:1"}).status_code == 202
     assert client.post("/api/feedback", json={**body, "question": "长" * 600}).status_code == 400
     assert client.post("/api/feedback", json={**body, "helpful": "no"}).status_code == 422
     statuses = [client.post("/api/feedback", json=body).status_code for _ in range(5)]
-    assert statuses[-1] == 429 and 204 in statuses
+    assert statuses[-1] == 429 and 202 in statuses
     flush(client)
     rows = logged(settings, "feedback")
     assert rows[0]["helpful"] == 0 and rows[1]["passage_id"] == "x:1"
@@ -200,6 +202,25 @@ def test_a_linked_question_goes_live_finds_its_passage_and_is_shown(client: Test
     assert client.post("/api/passages/nope:1/questions", json={"question": LINKED}, headers=WRITE).status_code == 404
     assert client.post(f"/api/passages/{passage_id}/questions", json={"question": LINKED}).status_code == 401
     assert [link.question for link in load_links(settings.uploads_dir)] == [LINKED]
+
+
+def test_export_writes_linked_and_out_of_scope_questions_as_an_eval_set(
+    client: TestClient, settings: Settings, tmp_path: Path, searcher
+) -> None:
+    passage_id = target_id(client)
+    if not client.get(f"/api/passages/{passage_id}/questions").json()["questions"]:
+        client.post(f"/api/passages/{passage_id}/questions", json={"question": LINKED}, headers=WRITE)
+    client.post("/api/questions/out-of-scope", json={"question": "护士资格证怎么考"}, headers=WRITE)
+    out = tmp_path / "exported.jsonl"
+    finished = run_cli(settings, "export-questions", "--out", str(out))
+    assert finished.returncode == 0, finished.stderr
+    questions = load_questions(out)
+    assert {(q.question, q.kind) for q in questions} >= {(LINKED, "colloquial"), ("护士资格证怎么考", "near_domain")}
+    labels = checked_labels(questions, list(searcher.store.all_passages()))
+    assert labels[next(q.id for q in questions if q.question == LINKED)] == {passage_id}
+    later = run_cli(settings, "export-questions", "--since", "2999-01-01")
+    assert later.returncode == 0 and later.stdout == ""
+    assert run_cli(settings, "export-questions", "--since", "yesterday").returncode == 2
 
 
 def test_linked_questions_survive_a_rebuild_and_go_with_their_document(

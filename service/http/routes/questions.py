@@ -95,17 +95,17 @@ def question_routers(settings: Settings) -> list[APIRouter]:
     @open_routes.post(
         "/feedback",
         summary="反馈：答案有用/没用，或某段回答了问题",
-        status_code=204,
+        status_code=202,
         responses=error_responses((429, "反馈过于频繁（too_many_requests）"), (403, "未开启问题日志")),
     )
-    def feedback(body: FeedbackRequest, request: Request, settings: SettingsDep) -> Response:  # type: ignore[valid-type]
+    def feedback(body: FeedbackRequest, request: Request, settings: SettingsDep) -> dict:  # type: ignore[valid-type]
         """记录用户对答案（helpful）或某段落（passage_id，「这段回答了我的问题」）的反馈，无需密钥；每个客户端每分钟有次数限制。"""
         log = required_log(request)
         question = checked_query(body.question, settings)
         if not limiter.allow(request.client.host if request.client else "-"):
             raise ApiError(429, "too_many_requests", "反馈过于频繁，请稍后再试", headers={"Retry-After": "60"})
-        log.record(Feedback(question, body.helpful, body.passage_id))
-        return Response(status_code=204)
+        log.record(Feedback(question, body.helpful, body.passage_id))  # written by the log's thread: 202
+        return {"accepted": True}
 
     @write_routes.get("/questions", summary="待处理的问题", response_model=QuestionGroups)
     def unresolved(
