@@ -138,7 +138,7 @@ class QuestionLog:
                 self.write(connection, [row for row in rows if row is not None])
                 if time.monotonic() - self.pruned_at > PRUNE_EVERY_SECONDS:
                     self.prune(connection)
-            except sqlite3.Error:  # a full or broken disk loses log rows, never a search
+            except Exception:  # a full or broken disk, a bad row: rows are lost, never the thread or a search
                 logger.exception("问题日志写入失败")
             finally:
                 for _ in rows:

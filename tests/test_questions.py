@@ -114,6 +114,14 @@ def test_searches_and_asks_are_logged_without_client_addresses(client: TestClien
     assert "testclient" not in settings.question_log_file.read_bytes().decode(errors="ignore")
 
 
+def test_a_search_with_an_empty_document_filter_is_logged_too(client: TestClient, settings: Settings) -> None:
+    assert client.post("/api/search", json={"query": "党建", "doc_ids": []}).status_code == 200
+    assert client.post("/api/search", json={"query": "党建引领发展", "top_k": 1}).status_code == 200
+    flush(client)
+    empty, after = logged(settings)[-2:]
+    assert json.loads(empty["scope"]) == {"doc_ids": []} and after["question"] == "党建引领发展"
+
+
 def test_logging_never_waits_for_the_disk(client: TestClient) -> None:
     log = client.app.state.question_log  # type: ignore[attr-defined]
     with sqlite3.connect(log.path, timeout=30) as blocker:  # the writer cannot write while this holds the lock

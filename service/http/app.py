@@ -10,6 +10,8 @@ Adding and removing documents needs settings.api_key, sent as `Authorization: Be
 /api/health, /api/config and the page stay open in every case.
 """
 
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,8 +37,20 @@ from service.live import LiveIndex
 from service.question_log import QuestionLog
 from service.tokenize import WordTokenizer
 
+logger = logging.getLogger("dangjian_qa")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 WARM_UP_QUESTION = "党建工作如何开展"
+
+
+def open_question_log(settings: Settings) -> QuestionLog | None:
+    """The question log, or None when it is off or its folder cannot be written (the service runs without)."""
+    if not settings.question_log:
+        return None
+    try:
+        return QuestionLog(settings.question_log_file, settings.question_log_days, settings.low_confidence)
+    except (OSError, sqlite3.Error) as error:
+        logger.warning("问题日志无法打开（%s），本次运行不记录问题和反馈：%s", settings.question_log_file, error)
+        return None
 
 
 def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
@@ -48,9 +62,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     # The first query pays for jieba's dictionary and onnxruntime's first run; pay it before serving.
     live.current().answerer.answer(WARM_UP_QUESTION)
     jobs = JobWorker(JobStore(settings.jobs_path), live)
-    log = None
-    if settings.question_log:
-        log = QuestionLog(settings.question_log_file, settings.question_log_days, settings.low_confidence)
+    log = open_question_log(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,6 +1,8 @@
 """Search and ask: validate the question, call the core, shape the answer."""
 
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Annotated
@@ -34,6 +36,7 @@ from service.question_log import Entry
 from service.records import Hit
 from service.search import Filters, result_row, search_response
 
+logger = logging.getLogger("dangjian_qa")
 OUT_OF_SCOPE = "管理员已确认现有文件中没有这个问题的答案。" + NOT_FOUND.split("。", 1)[1]
 
 
@@ -41,17 +44,15 @@ def log_search(request: Request, query: str, mode: str, filters: Filters, respon
     """Queue the search for the question log (when it is on); never waits, never fails the search."""
     log = request.app.state.question_log
     if log is not None:
-        scope = {
-            k: v
-            for k, v in (
-                ("doc_ids", filters.doc_ids and sorted(filters.doc_ids)),
-                ("doc_type", filters.doc_type),
-                ("year", filters.year),
-            )
-            if v is not None
-        }
         passage_ids = [row["passage_id"] for row in response["results"]]
-        log.record(Entry(query, "search", mode, scope, passage_ids, response["took_ms"]))
+        log.record(Entry(query, "search", mode, scope_of(filters), passage_ids, response["took_ms"]))
+
+
+def scope_of(filters: Filters) -> dict:
+    """The filters a search was restricted by, as the log keeps them (JSON)."""
+    scope = {"doc_ids": None if filters.doc_ids is None else sorted(filters.doc_ids)}
+    scope |= {"doc_type": filters.doc_type, "year": filters.year}
+    return {name: value for name, value in scope.items() if value is not None}
 
 
 def log_ask(request: Request, question: str, mode: str, result: AskResult, started: float) -> None:
@@ -66,7 +67,11 @@ def log_ask(request: Request, question: str, mode: str, result: AskResult, start
 def out_of_scope(request: Request, question: str) -> AskResult | None:
     """The refusal of a question the administrator marked 「文件中没有」 (or a close paraphrase of one)."""
     log = request.app.state.question_log
-    if log is None or log.out_of_scope(question) is None:
+    try:
+        if log is None or log.out_of_scope(question) is None:
+            return None
+    except sqlite3.Error:  # a broken log file must not fail the question: it is answered as usual
+        logger.exception("问题日志无法读取")
         return None
     return AskResult(Answer(found=False, text=OUT_OF_SCOPE, confidence=0.0, citations=()), "extract")
 

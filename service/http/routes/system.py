@@ -1,6 +1,6 @@
 """Health and the client configuration: open to monitors and the page, never behind the key."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from embeddings.model import licence_of
 from service.config import DEFAULT_MODE, MODES
@@ -40,7 +40,7 @@ def health(snapshot: SnapshotDep) -> Health:
 
 
 @system_routes.get("/config", summary="页面配置", response_model=ClientConfig)
-def client_config(settings: SettingsDep) -> ClientConfig:
+def client_config(settings: SettingsDep, request: Request) -> ClientConfig:
     """检索方式和各项上限（返回条数、问题长度、上传文件），页面据此设置输入框、选项和说明。"""
     return ClientConfig(
         modes=list(MODES),
@@ -55,5 +55,5 @@ def client_config(settings: SettingsDep) -> ClientConfig:
         max_document_passages=settings.max_document_passages,
         max_pdf_pages=settings.max_pdf_pages,
         generation=settings.generation_configured,
-        question_log=settings.question_log,
+        question_log=request.app.state.question_log is not None,
     )
