@@ -19,8 +19,8 @@ from eval.metrics import mean_metrics, ranking_metrics
 from eval.questions import ON_TOPIC_KINDS, Question, checked_labels, load_questions
 from service.config import PROJECT_ROOT, Settings
 from service.engine import build_index, open_encoders, open_searcher, open_tokenizer, source_files
+from service.linking import link_question
 from service.search import Searcher
-from service.update import link_question
 
 WORDINGS_FILE = Path(__file__).resolve().parent / "linked_wordings.jsonl"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -13,6 +13,7 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_searcher, store_version
 from service.index import IndexUnavailable
+from service.linking import link_question, unlink_question
 from service.links import Link
 from service.search import Searcher
 from service.stores import StoreUnreachable
@@ -23,8 +24,6 @@ from service.update import (
     UnknownDocuments,
     add_files,
     delete_documents,
-    link_question,
-    unlink_question,
 )
 
 logger = logging.getLogger("dangjian_qa")

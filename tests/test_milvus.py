@@ -16,6 +16,7 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import migrate_to_milvus, open_searcher, open_store, store_version
 from service.index import IndexUnavailable
+from service.linking import link_question, unlink_question
 from service.links import load_links
 from service.search import Searcher
 from service.stores import Filters
@@ -26,10 +27,8 @@ from service.update import (
     Change,
     add_files,
     delete_documents,
-    link_question,
     removal,
     save_change,
-    unlink_question,
 )
 from tests.conftest import free_port, live_server, milvus_lite_server, run_cli, stop_server, write
 

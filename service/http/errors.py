@@ -22,8 +22,9 @@ from starlette.routing import Match
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
+from service.linking import DuplicateLink, TooManyLinks, UnknownLink, UnknownPassage
 from service.stores import StoreUnreachable
-from service.update import DuplicateLink, TooManyLinks, UnknownDocuments, UnknownLink, UnknownPassage, WouldEmptyIndex
+from service.update import UnknownDocuments, WouldEmptyIndex
 
 logger = logging.getLogger("dangjian_qa")
 

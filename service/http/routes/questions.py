@@ -27,9 +27,9 @@ from service.http.schemas import (
     QuestionGroups,
     question_models,
 )
+from service.linking import find_passage, links_of
 from service.links import Link, load_links
 from service.question_log import Feedback, Mark, QuestionLog
-from service.update import find_passage, links_of
 
 RATE_WINDOW_SECONDS = 60.0
 LOG_DISABLED = "本服务未开启问题日志（DJQA_QUESTION_LOG=false），不记录反馈"
