@@ -21,12 +21,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from service.questions import Asked, QuestionGroup, grouped, near_duplicate, normalised
+import numpy as np
+
+from service.questions import Asked, QuestionGroup, grouped, near_duplicate, normalised, paraphrase
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -50,6 +52,7 @@ QUEUE_SIZE = 10_000  # rows waiting for the writer; beyond it rows are dropped, 
 BATCH = 500
 PRUNE_EVERY_SECONDS = 24 * 3600
 REFUSED, LOW_CONFIDENCE, UNHELPFUL = "refused", "low_confidence", "unhelpful"
+VectorsOf = Callable[[str], dict[str, np.ndarray]]
 
 
 def now() -> str:
@@ -249,7 +252,12 @@ class QuestionLog:
             rows = connection.execute("SELECT id, question, at FROM out_of_scope WHERE at >= ? ORDER BY id", (since,))
             return [Mark(*row) for row in rows]
 
-    def out_of_scope(self, question: str) -> Mark | None:
-        """The mark the question near-duplicates (a close paraphrase of it), if any."""
-        text = normalised(question)
-        return next((mark for mark in self.marks() if near_duplicate(normalised(mark.question), text)), None)
+    def out_of_scope(self, question: str, vectors_of: VectorsOf | None = None) -> Mark | None:
+        """The mark the question near-duplicates or, given `vectors_of` (a text's query vectors by
+        model), closely paraphrases (questions.paraphrase); None when there is none."""
+        text, marks = normalised(question), self.marks()
+        near = next((mark for mark in marks if near_duplicate(normalised(mark.question), text)), None)
+        if near is not None or vectors_of is None or not marks:
+            return near
+        asked = vectors_of(question)
+        return next((mark for mark in marks if paraphrase(asked, vectors_of(mark.question))), None)

@@ -66,9 +66,13 @@ def log_ask(request: Request, question: str, mode: str, result: AskResult, start
 
 def out_of_scope(request: Request, question: str) -> AskResult | None:
     """The refusal of a question the administrator marked 「文件中没有」 (or a close paraphrase of one)."""
-    log = request.app.state.question_log
+    log, encoders = request.app.state.question_log, request.app.state.live.encoders
+
+    def vectors_of(text: str) -> dict:  # the encoders' query cache keeps them for the search that follows
+        return {name: encoder.encode_query(text) for name, encoder in encoders.items()}
+
     try:
-        if log is None or log.out_of_scope(question) is None:
+        if log is None or log.out_of_scope(question, vectors_of) is None:
             return None
     except sqlite3.Error:  # a broken log file must not fail the question: it is answered as usual
         logger.exception("问题日志无法读取")
