@@ -188,6 +188,8 @@ def test_a_question_marked_out_of_scope_and_its_paraphrases_are_refused(client: 
     assert client.post("/api/ask", json={"question": "如何推动党建与医疗业务深度融合"}).json()["found"] is True
     other_need = client.post("/api/ask", json={"question": "医生晋升高级职称需要什么条件"}).json()
     assert "文件中没有" not in other_need["answer"]
+    streamed = client.post("/api/ask", json={"question": question, "stream": True})
+    assert streamed.text.startswith("event: final\n") and "文件中没有" in streamed.text
     listed = client.get("/api/questions", headers=WRITE).json()
     assert question in [mark["question"] for mark in listed["out_of_scope"]]
     assert not any("职称评审" in g["question"] for g in listed["groups"])
@@ -254,9 +256,22 @@ def test_linked_questions_survive_a_rebuild_and_go_with_their_document(
     assert client.get(f"/api/passages/{passage_id}/questions").json()["questions"] == []
     top = client.post("/api/search", json={"query": LINKED, "top_k": 3}).json()["results"]
     assert all(row["linked_questions"] == [] for row in top)
-    # Linked again, then its document is removed: the link goes with it.
+    # Linked again; the same document uploaded again changes nothing, an edited one keeps the link of
+    # its unchanged passage; then the document is removed and the link goes with it.
     client.post(f"/api/passages/{passage_id}/questions", json={"question": LINKED}, headers=WRITE)
     doc_id = passage_id.rpartition(":")[0]
+    original = next(path for path in source_files(settings.seeds_dir) if path.stem == doc_id).read_bytes()
+    same = client.post("/api/documents", files=[("files", (f"{doc_id}.txt", original))], headers=WRITE)
+    assert same.status_code == 409 and len(load_links(settings.uploads_dir)) == 1
+    edited = original + "\n后勤党支部坚持每周一次安全生产巡查，发现问题立行立改。\n".encode()
+    job = client.post("/api/documents", files=[("files", (f"{doc_id}.txt", edited))], headers=WRITE).json()
+    deadline = time.monotonic() + 120
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = client.get(f"/api/jobs/{job['job_id']}", headers=WRITE).json()
+    assert job["status"] == 200 and job["result"]["replaced"], job
+    top = client.post("/api/search", json={"query": LINKED, "top_k": 1}).json()["results"][0]
+    assert top["linked_questions"] == [LINKED] and top["matched_question"] == LINKED
     assert client.delete(f"/api/documents/{doc_id}", headers=WRITE).status_code == 200
     assert load_links(settings.uploads_dir) == []
     assert not any(Path(settings.uploads_dir).glob(".incoming-*"))
