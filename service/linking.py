@@ -12,7 +12,16 @@ from collections.abc import Iterable
 from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_store, store_lock, store_version
-from service.links import MAX_LINKS_PER_PASSAGE, Link, load_links, new_link, passage_key, staged_links, with_questions
+from service.links import (
+    MAX_LINKED_CHARS,
+    MAX_LINKS_PER_PASSAGE,
+    Link,
+    load_links,
+    new_link,
+    passage_key,
+    staged_links,
+    with_questions,
+)
 from service.originals import remove_incoming
 from service.records import Passage
 from service.stores import Store
@@ -44,7 +53,9 @@ class DuplicateLink(UpdateError):
 
 class TooManyLinks(UpdateError):
     def __init__(self) -> None:
-        super().__init__(f"一个段落最多关联 {MAX_LINKS_PER_PASSAGE} 个问题，请先删除不再需要的")
+        super().__init__(
+            f"一个段落最多关联 {MAX_LINKS_PER_PASSAGE} 个问题、共 {MAX_LINKED_CHARS} 字，请先删除不再需要的"
+        )
 
 
 def find_passage(index: Store, passage_id: str) -> Passage:
@@ -92,7 +103,8 @@ def link_question(
         existing = links_of(passage, links)
         if same := next((link for link in existing if link.question == question), None):
             raise DuplicateLink(same)
-        if len(existing) >= MAX_LINKS_PER_PASSAGE:
+        linked_chars = sum(len(link.question) for link in existing) + len(question)
+        if len(existing) >= MAX_LINKS_PER_PASSAGE or linked_chars > MAX_LINKED_CHARS:
             raise TooManyLinks()
         link = new_link(passage, question)
         relink(settings, encoders, tokenizer, index, [*links, link], passage.doc_id)

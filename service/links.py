@@ -24,7 +24,10 @@ from service.originals import INCOMING_PREFIX
 from service.records import Passage
 
 LINKS_FILE = "linked-questions.json"
-MAX_LINKS_PER_PASSAGE = 50  # each is a unit for every model: a passage must not become a list of questions
+# Each linked question is a unit for every model, and the passage's record (text, questions, tokens)
+# must stay inside one Milvus VARCHAR (64 KB): at most 20 questions and 3,000 characters a passage.
+MAX_LINKS_PER_PASSAGE = 20
+MAX_LINKED_CHARS = 3_000
 
 
 @dataclass(frozen=True)

@@ -275,3 +275,17 @@ def test_linked_questions_survive_a_rebuild_and_go_with_their_document(
     assert client.delete(f"/api/documents/{doc_id}", headers=WRITE).status_code == 200
     assert load_links(settings.uploads_dir) == []
     assert not any(Path(settings.uploads_dir).glob(".incoming-*"))
+
+
+def test_a_passage_holds_a_bounded_number_of_linked_characters(client: TestClient) -> None:
+    passage_id = client.post("/api/search", json={"query": "党风廉政建设", "top_k": 1}).json()["results"][0][
+        "passage_id"
+    ]
+    long_questions = [f"第{n}个很长的问题" + "党风廉政建设" * 80 for n in range(7)]  # about 490 characters each
+    statuses = [
+        client.post(f"/api/passages/{passage_id}/questions", json={"question": q}, headers=WRITE).status_code
+        for q in long_questions
+    ]
+    assert statuses == [201] * 6 + [409]
+    for row in client.get(f"/api/passages/{passage_id}/questions").json()["questions"]:
+        assert client.delete(f"/api/passages/{passage_id}/questions/{row['id']}", headers=WRITE).status_code == 204
