@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+import service.index
 from eval.questions import checked_labels, load_questions
 from service.config import Settings
 from service.embed import Encoders, lexical_text, unit_texts
-from service.engine import build_index, open_searcher, source_files
+from service.engine import build_index, open_searcher, open_store, source_files, store_lock
 from service.http.app import create_app
+from service.linking import link_question
 from service.links import load_links
 from service.questions import Asked, grouped, near_duplicate, normalised
 from service.tokenize import WordTokenizer
@@ -289,3 +291,28 @@ def test_a_passage_holds_a_bounded_number_of_linked_characters(client: TestClien
     assert statuses == [201] * 6 + [409]
     for row in client.get(f"/api/passages/{passage_id}/questions").json()["questions"]:
         assert client.delete(f"/api/passages/{passage_id}/questions/{row['id']}", headers=WRITE).status_code == 204
+
+
+class Killed(BaseException):
+    """Stands for the process dying at that moment (nothing after it runs)."""
+
+
+def test_a_link_cut_short_after_the_switch_is_completed_by_the_next_writer(
+    private_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(private_settings, encoders)
+    passage = next(p for p in store.all_passages() if TARGET_SNIPPET in p.text)
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(service.index, "prune_versions", die)  # runs just after CURRENT names the new version
+    with pytest.raises(Killed):
+        link_question(private_settings, encoders, tokenizer, passage.passage_id, LINKED)
+    monkeypatch.undo()
+    assert load_links(private_settings.uploads_dir) == []  # the links file's move had not happened yet
+    with store_lock(private_settings):  # the next writer carries out the live version's pending moves
+        pass
+    assert [link.question for link in load_links(private_settings.uploads_dir)] == [LINKED]
+    hit = open_searcher(private_settings, encoders, tokenizer).search(LINKED, top_k=1)[0]
+    assert hit.passage.questions == (LINKED,)
