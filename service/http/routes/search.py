@@ -90,8 +90,11 @@ def search_routers(settings: Settings) -> list[APIRouter]:
 
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
     def search_post(
-        body: SearchRequest, request: Request, snapshot: SnapshotDep, settings: SettingsDep
-    ) -> SearchResponse:  # type: ignore[valid-type]
+        body: SearchRequest,  # type: ignore[valid-type]
+        request: Request,
+        snapshot: SnapshotDep,
+        settings: SettingsDep,
+    ) -> SearchResponse:
         """按问题检索最相关的段落，可按文档、类型、年份过滤。"""
         doc_ids = None if body.doc_ids is None else frozenset(body.doc_ids)
         filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year)
