@@ -247,9 +247,16 @@ def previous_results(path: Path = RESULTS_FILE) -> dict | None:
     return json.loads(shown.stdout) if shown.returncode == 0 and shown.stdout.strip() else None
 
 
-def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, url: str | None = None) -> dict:
-    """The whole evaluation as a JSON-able dict."""
-    questions = load_questions(split=split)
+def run(
+    settings: Settings,
+    split: str = "all",
+    modes: Sequence[str] = MODES,
+    url: str | None = None,
+    questions_file: Path = QUESTIONS_FILE,
+) -> dict:
+    """The whole evaluation as a JSON-able dict, of eval/questions.jsonl or another file in its format
+    (such as `dangjian-qa export-questions` writes)."""
+    questions = load_questions(questions_file, split=split)
     # Each mode asks the same questions: without this, later modes would time cached query vectors.
     settings = settings.model_copy(update={"query_cache_size": 0})
     searcher = open_searcher(settings)
@@ -267,7 +274,8 @@ def run(settings: Settings, split: str = "all", modes: Sequence[str] = MODES, ur
         "model": " + ".join(model["name"] for model in searcher.store.manifest["models"]),
         "embed_context": settings.embed_context,
         "passages": searcher.store.passage_count,
-        "questions_sha256": questions_sha256(),
+        "questions_file": questions_file.name,
+        "questions_sha256": questions_sha256(questions_file),
         "questions": {kind: sum(q.kind == kind for q in questions) for kind in (*ON_TOPIC_KINDS, *OFFTOPIC_KINDS)},
         "systems": systems,
         "significance": significance(systems, questions),
@@ -298,13 +306,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="结果目录（默认 eval/results/）")
     parser.add_argument("--write-baseline", action="store_true", help=f"同时改写回归基线 {BASELINE_FILE.name}")
+    parser.add_argument(
+        "--questions",
+        type=Path,
+        default=QUESTIONS_FILE,
+        help="评测集文件（默认 eval/questions.jsonl，格式相同的任何文件）",
+    )
     args = parser.parse_args(argv)
     try:
-        results = run(Settings(), split=args.split, modes=args.modes, url=args.url)
+        results = run(Settings(), split=args.split, modes=args.modes, url=args.url, questions_file=args.questions)
     except QuestionSetError as error:
         print(f"错误：{error}", file=sys.stderr)
         return 4
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.questions.resolve() != QUESTIONS_FILE:
+        # Another set (users' exported questions): its own files; the committed results and the baseline stay.
+        name = f"quality-{args.questions.stem}"
+        (args.out / f"{name}.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
+        report = markdown_report(results)
+        (args.out / f"{name}.md").write_text(report)
+        print(report)
+        print(f"→ {args.out}/{name}.json、{name}.md")
+        return 0
     (args.out / "quality.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     report = markdown_report(results)
     (args.out / "quality.md").write_text(report)

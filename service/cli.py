@@ -4,6 +4,7 @@ The only place with exit codes."""
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +36,10 @@ from service.engine import (
 from service.extras import MissingExtra
 from service.index import IndexBusy, IndexUnavailable
 from service.ingest.read import SUPPORTED_SUFFIXES
+from service.links import load_links
 from service.logs import configure_logging
+from service.question_export import exported_questions
+from service.question_log import QuestionLog
 from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
@@ -194,6 +198,27 @@ def command_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def command_export_questions(args: argparse.Namespace, settings: Settings) -> int:
+    if args.since and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.since):
+        print("错误：--since 的格式应为 YYYY-MM-DD", file=sys.stderr)
+        return EXIT_USAGE
+    store = open_store(settings, open_encoders(settings))
+    log = QuestionLog(settings.question_log_file, settings.question_log_days, settings.low_confidence)
+    marks = [(mark.question, mark.at) for mark in log.marks()]
+    log.close()
+    rows, skipped = exported_questions(store.all_passages(), load_links(settings.uploads_dir), marks, args.since or "")
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.out:
+        Path(args.out).write_text(lines, encoding="utf-8")
+    else:
+        sys.stdout.write(lines)
+    for question in skipped:
+        print(f"未导出（段落已不在索引中，或找不到只属于它的片段）：{question}", file=sys.stderr)
+    linked = sum(row["kind"] != "near_domain" for row in rows)
+    print(f"已导出 {linked} 个关联问题、{len(rows) - linked} 个「文件中没有」的问题", file=sys.stderr)
+    return EXIT_OK
+
+
 MAX_SCALE_PASSAGES = 10_000_000  # ten times the largest corpus measured: about 130 GB of index
 
 
@@ -261,12 +286,15 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     scale.add_argument("--passages", type=int, required=True, metavar="N")
     scale.add_argument("--dir", type=Path, help="临时索引放在哪个目录（默认系统临时目录；一百万段落约需 10 GB）")
     scale.add_argument("--json", action="store_true", help="最后一行输出一个 JSON 对象")
+    export = commands.add_parser("export-questions", help="把关联问题和「文件中没有」的问题导出为评测集格式（JSONL）")
+    export.add_argument("--since", metavar="DATE", help="只导出此日期（YYYY-MM-DD）以来的")
+    export.add_argument("--out", metavar="FILE", help="写入文件（默认输出到标准输出）")
     return root
 
 
 COMMANDS = {"index": command_index, "search": command_search, "serve": command_serve}
 COMMANDS |= {"add": command_add, "remove": command_remove, "docs": command_docs, "bench-scale": command_bench_scale}
-COMMANDS |= {"migrate": command_migrate}
+COMMANDS |= {"migrate": command_migrate, "export-questions": command_export_questions}
 
 
 def main(argv: list[str] | None = None) -> int:

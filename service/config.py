@@ -129,6 +129,17 @@ class Settings(BaseSettings):
     # gives up with a clear message (index.IndexBusy; the API answers 503 index_busy).
     writer_wait_seconds: float = Field(default=600.0, gt=0.0)
 
+    # The question log (service/question_log.py): every search and ask, users' 有用/没用, and the
+    # administrator's 「文件中没有」 marks, in SQLite; no client address is stored. Entries older than
+    # question_log_days are pruned. Unset question_log_dir: a `questions` folder beside the index.
+    question_log: bool = True
+    question_log_days: int = Field(default=180, ge=1)
+    question_log_dir: Path | None = None
+    # An /api/ask answer below this confidence is listed among the unresolved questions.
+    low_confidence: float = Field(default=0.7, ge=0.0, le=1.0)
+    # POST /api/feedback per client address (kept in memory only) and minute.
+    feedback_per_minute: int = Field(default=30, ge=1)
+
     # An OpenAI-compatible language model (vLLM, Ollama, Xinference …) that writes /api/ask's answers
     # from the retrieved passages (service/generate.py); unset base URL: extractive answers only.
     # E.g. http://host:8000/v1 (vLLM), http://host:11434/v1 (Ollama).
@@ -152,6 +163,11 @@ class Settings(BaseSettings):
     def jobs_path(self) -> Path:
         """Where upload jobs live: jobs_dir, else a `jobs` folder beside the index folder."""
         return self.jobs_dir or self.index_dir.parent / "jobs"
+
+    @property
+    def question_log_file(self) -> Path:
+        """The question log's SQLite file: in question_log_dir, else a `questions` folder beside the index."""
+        return (self.question_log_dir or self.index_dir.parent / "questions") / "questions.sqlite"
 
     @field_validator("models", mode="before")
     @classmethod

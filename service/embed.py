@@ -35,18 +35,21 @@ def unit_texts(passage: Passage, with_context: bool, with_clauses: bool = False)
     sentence's other clauses pull its vector away: clause units lifted dev MRR@10 0.791 → 0.843
     (spoken style 0.488 → 0.600), for about three times the vectors. Prefixing title and section
     (with_context) was measured and hurts m3e-small on our dev set, so it is off by default.
+    Questions linked to the passage (service/links.py) come last, one unit each.
     """
     whole = f"{passage.title}｜{passage.section}\n{passage.text}" if with_context else passage.text
     sentences = [passage.text[s:e].strip() for s, e in sentence_spans(passage.text)]
     units = [whole, *(s for s in sentences if len(s) >= MIN_SENTENCE_UNIT)] if len(sentences) > 1 else [whole]
     if with_clauses:
         units += [clause for sentence in sentences for clause in clause_texts(sentence)]
+    units += passage.questions
     return list(dict.fromkeys(units))  # a repeated sentence or clause would only repeat a vector
 
 
 def lexical_text(passage: Passage) -> str:
-    """What BM25 reads for a passage: its section path (headings name the topic) and its text."""
-    return f"{passage.section}\n{passage.text}"
+    """What BM25 reads for a passage: its section path (headings name the topic), its text and its
+    linked questions (their words are how users name what the passage answers)."""
+    return "\n".join([passage.section, passage.text, *passage.questions])
 
 
 def embed_and_tokenize(

@@ -27,7 +27,8 @@ from service.index import (
 )
 from service.ingest import Corpus, Limits, ProcessLimits, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
-from service.originals import kept_collection, original_files
+from service.links import kept_links, load_links, staged_links, with_questions
+from service.originals import kept_collection, original_files, remove_incoming
 from service.records import Document, Passage
 from service.search import Searcher
 from service.stores import Store
@@ -165,10 +166,12 @@ def write_passages(
     encoders: Encoders,
     tokenizer: WordTokenizer,
     progress: bool = False,
+    moves: Sequence[tuple[Path, Path]] = (),
 ) -> str:
     """Embed and tokenise passages into a new live version of the configured store; its name."""
     chunks = indexed_chunks(passages, settings, encoders, tokenizer, progress)
-    version, _ = save_version(settings, documents, chunks, models_info(encoders), settings_note(settings))
+    note = settings_note(settings)
+    version, _ = save_version(settings, documents, chunks, models_info(encoders), note, moves=moves)
     return version
 
 
@@ -232,18 +235,29 @@ def build_index(
 
     Holds the writer lock throughout, so a build and an `add` or `remove` never interleave.
     `with_uploads` adds the kept originals of settings.uploads_dir, listed under the lock; they are
-    users' files, read as uploads are (limits, a child process), while `paths` are read here.
+    users' files, read as uploads are (limits, a child process), while `paths` are read here. It also
+    adds the linked questions (service/links.py) of passages whose text is unchanged; the others are dropped.
     """
     started = time.perf_counter()
     with store_lock(settings, create=True):
+        moves: list[tuple[Path, Path]] = []
         originals: list[Path] = []
         if with_uploads:
+            remove_incoming(settings.uploads_dir)
             paths, originals = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
         corpus = ingest_paths(originals, ingest_limits(settings), parse_limits(settings), corpus)
         corpus.documents = in_collections(corpus.documents, [*paths, *originals], settings)
+        passages = corpus.passages
+        if with_uploads and (links := load_links(settings.uploads_dir)):
+            passages = with_questions(passages, links)
+            by_document = {doc.doc_id: [] for doc in corpus.documents} | {link.doc_id: [] for link in links}
+            for passage in passages:
+                by_document[passage.doc_id].append(passage)
+            kept = kept_links(links, by_document)
+            moves = staged_links(settings.uploads_dir, kept) if len(kept) != len(links) else []
         encode_started = time.perf_counter()
-        version = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
+        version = write_passages(corpus.documents, passages, settings, encoders, tokenizer, progress, moves)
         encode_seconds = time.perf_counter() - encode_started
     return BuildReport(corpus, version, time.perf_counter() - started, encode_seconds)
 

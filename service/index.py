@@ -156,7 +156,8 @@ def as_json(value: object) -> str:
 
 def passage_from_json(text: str) -> Passage:
     fields = json.loads(text)
-    return Passage(**{**fields, "section_path": tuple(fields["section_path"])})
+    questions = tuple(fields.get("questions", ()))
+    return Passage(**{**fields, "section_path": tuple(fields["section_path"]), "questions": questions})
 
 
 def document_from_fields(fields: dict) -> Document:

@@ -14,10 +14,18 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import open_searcher, store_version
 from service.index import IndexUnavailable
+from service.linking import link_question, unlink_question
+from service.links import Link
 from service.search import Searcher
 from service.stores import StoreUnreachable
 from service.tokenize import WordTokenizer
-from service.update import AddReport, Progress, UnknownDocuments, add_files, delete_documents
+from service.update import (
+    AddReport,
+    Progress,
+    UnknownDocuments,
+    add_files,
+    delete_documents,
+)
 
 logger = logging.getLogger("dangjian_qa")
 
@@ -234,4 +242,15 @@ class LiveIndex:
         if unknown:
             raise UnknownDocuments(unknown)
         delete_documents(self.settings, self.encoders, doc_ids)
+        self.reload()
+
+    def link_question(self, passage_id: str, question: str) -> Link:
+        """update.link_question on the served index; served with the new unit before this returns."""
+        link = link_question(self.settings, self.encoders, self.tokenizer, passage_id, question)
+        self.reload()
+        return link
+
+    def unlink_question(self, passage_id: str, link_id: str) -> None:
+        """update.unlink_question on the served index; served without it before this returns."""
+        unlink_question(self.settings, self.encoders, self.tokenizer, passage_id, link_id)
         self.reload()

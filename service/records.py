@@ -52,6 +52,9 @@ class Passage:
     doc_type: str | None = None
     year: int | None = None
     page: int | None = None
+    # Questions an administrator linked to this passage (service/links.py): embedded and searched as
+    # extra units, so other wordings of the same need find it.
+    questions: tuple[str, ...] = ()
 
     @property
     def section(self) -> str:
@@ -80,3 +83,4 @@ class Hit:
     matched_terms: tuple[str, ...] = ()
     highlights: tuple[tuple[int, int], ...] = field(default_factory=tuple)
     models: tuple[ModelEvidence, ...] = ()  # each embedding model's rank and cosine
+    matched_question: str | None = None  # the linked question that was the passage's best unit

@@ -4,7 +4,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ SCOPED_COUNTS_KEPT = 50_000
 LEXICAL_SECONDS = STAGE_SECONDS.labels("lexical", "")
 FUSION_SECONDS = STAGE_SECONDS.labels("fusion", "")
 ROWS_SECONDS = STAGE_SECONDS.labels("rows", "")
+MATCH_TOLERANCE = 2e-3  # float16 unit vectors against a float32 re-encoding: cosines differ by ~1e-3
 
 
 class QueryRejected(ValueError):
@@ -361,7 +362,12 @@ class Searcher:
             fused, ranking = self.fused(mode, dense, lexical, lexical_weight)
             ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
         with ROWS_SECONDS.time():
-            return self.hits(ordered, fused, ranking, query_tokens)
+            hits = self.hits(ordered, fused, ranking, query_tokens)
+        if query_vectors is None:
+            return hits
+        return [
+            self.with_matched_question(hit, row, ranking, query_vectors) for hit, row in zip(hits, ordered, strict=True)
+        ]
 
     def fused(
         self, mode: str, dense: dict[str, dict[int, float]], lexical: dict[int, float], lexical_weight: float
@@ -389,6 +395,27 @@ class Searcher:
         """The rows as hits: their passages and tokens are read from the passage table only now."""
         found = self.store.passages(rows)
         return [self.hit(found[row][0], set(found[row][1]), fused[row], row, ranking, query_tokens) for row in rows]
+
+    def with_matched_question(
+        self, hit: Hit, row: int, ranking: Ranking, query_vectors: Mapping[str, np.ndarray]
+    ) -> Hit:
+        """The hit naming the linked question that was its best unit for the heaviest model that says so.
+
+        A passage's score of a model is its best unit's cosine; a linked question whose cosine reaches
+        it (within float16 rounding of the stored vectors) is what found the passage. Only passages
+        with linked questions pay for this: their questions' vectors come from the encoders' cache.
+        """
+        if not hit.passage.questions:
+            return hit
+        for model in sorted(ranking.by_model, key=lambda name: -self.model_weights.get(name, 0.0)):
+            score = ranking.by_model[model].get(row)
+            if score is None:
+                continue
+            cosines = self.encoders[model].encode(list(hit.passage.questions)) @ query_vectors[model]
+            best = int(np.argmax(cosines))
+            if cosines[best] >= score - MATCH_TOLERANCE:
+                return replace(hit, matched_question=hit.passage.questions[best])
+        return hit
 
     @staticmethod
     def hit(
@@ -441,6 +468,8 @@ def result_row(rank: int, hit: Hit, document: Document | None) -> dict:
         "dense": rank_and_score(hit.dense_rank, hit.dense_score),
         "lexical": rank_and_score(hit.lexical_rank, hit.lexical_score),
         "models": [{"model": e.model, "rank": e.rank, "score": round(e.score, 4)} for e in hit.models],
+        "linked_questions": list(passage.questions),
+        "matched_question": hit.matched_question,
         "context": {"before": before, "after": after},
     }
 

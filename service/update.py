@@ -23,7 +23,7 @@ import filecmp
 import itertools
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -39,6 +39,7 @@ from service.engine import ingest_limits, open_store, parse_limits, save_version
 from service.index import new_chunk
 from service.ingest import Limits, ProcessLimits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
+from service.links import Link, kept_links, load_links, staged_links, with_questions
 from service.originals import (
     collection_file,
     keep_original,
@@ -269,15 +270,18 @@ def add_documents(
     progress: bool = False,
     on_progress: Progress | None = None,
     collection: str = DEFAULT_COLLECTION,
+    links: Sequence[Link] = (),
 ) -> tuple[Change, AddReport]:
     """The change that adds the files to `index` (see classify_files) into `collection`, embedded;
-    `files` are paths or (user's file name, path on disk). The change is empty when no file is accepted."""
+    `files` are paths or (user's file name, path on disk). The change is empty when no file is accepted.
+    A replaced document's passages whose text is unchanged keep their linked questions (`links`)."""
     started = time.perf_counter()
     accepted, report = classify_files(index, files, settings, progress, collection)
     change = Change(set(accepted) & set(index.documents))
     if accepted:
         change.documents = [document for document, _ in accepted.values()]
-        change.passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
+        passages = [passage for _, doc_passages in accepted.values() for passage in doc_passages]
+        change.passages = with_questions(passages, links)
         change.unit_vectors, change.tokens = embed_in_batches(
             change.passages, settings, encoders, tokenizer, progress, on_progress
         )
@@ -345,8 +349,12 @@ def add_to(
     before_save: Callable[[AddReport], None] | None,
     collection: str,
 ) -> AddReport:
-    """add_files' change to `index`, under the writer lock: embed, stage the originals, save the version."""
-    change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress, collection)
+    """add_files' change to `index`, under the writer lock: embed, stage the originals and the linked
+    questions that stay, save the version."""
+    links = load_links(settings.uploads_dir)
+    change, report = add_documents(
+        index, files, settings, encoders, tokenizer, progress, on_progress, collection, links
+    )
     if not report.changed:
         return report
     extra = {}
@@ -363,6 +371,7 @@ def add_to(
             staged, others = stage_original(settings.uploads_dir, doc_id, path, outcome.name, collection)
             moves += staged
             removals += others
+        moves += links_change(settings, links, grouped(change.passages, change.drop_doc_ids))
         report.version, _ = save_change(index, change, settings, extra, moves, removals)
     except BaseException:
         if store_version(settings) == previous:  # never live: its copies are debris
@@ -385,12 +394,32 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
 
 
 def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> dict:
-    """Remove the documents from the store; the new version's manifest, live before returning."""
-    with store_lock(settings), closing(open_store(settings, encoders)) as index:
-        change = removal(index, doc_ids)
-        removals = [
-            path
-            for doc_id in dict.fromkeys(doc_ids)
-            for path in [*originals_of(settings.uploads_dir, doc_id), collection_file(settings.uploads_dir, doc_id)]
-        ]
-        return save_change(index, change, settings, removals=removals)[1]
+    """Remove the documents and their linked questions from the store; the new version's manifest,
+    live before returning."""
+    with store_lock(settings):
+        remove_incoming(settings.uploads_dir)
+        with closing(open_store(settings, encoders)) as index:
+            change = removal(index, doc_ids)
+            removals = [
+                path
+                for doc_id in dict.fromkeys(doc_ids)
+                for path in [*originals_of(settings.uploads_dir, doc_id), collection_file(settings.uploads_dir, doc_id)]
+            ]
+            moves = links_change(settings, load_links(settings.uploads_dir), {doc_id: [] for doc_id in doc_ids})
+            return save_change(index, change, settings, moves=moves, removals=removals)[1]
+
+
+def grouped(passages: Sequence[Passage], doc_ids: Iterable[str]) -> dict[str, list[Passage]]:
+    """The passages by document, with an empty list for each of `doc_ids` that has none."""
+    by_document: dict[str, list[Passage]] = {doc_id: [] for doc_id in doc_ids}
+    for passage in passages:
+        by_document.setdefault(passage.doc_id, []).append(passage)
+    return by_document
+
+
+def links_change(
+    settings: Settings, links: Sequence[Link], passages_of: dict[str, list[Passage]]
+) -> list[tuple[Path, Path]]:
+    """The staged move of the links file when documents changed (kept_links), else nothing."""
+    kept = kept_links(links, passages_of)
+    return staged_links(settings.uploads_dir, kept) if len(kept) != len(links) else []

@@ -341,7 +341,7 @@ def test_file_names_with_paths_never_write_outside_the_uploads_folder(
         assert job["status"] == 201, job
         assert job["result"]["added"][0]["doc_id"] == doc_id
         assert (settings.uploads_dir / f"{doc_id}.txt").read_bytes() == text
-    assert {p.name for p in module_folder.iterdir()} == {"index", "uploads", "jobs"}
+    assert {p.name for p in module_folder.iterdir()} == {"index", "uploads", "jobs", "questions"}  # questions: the log
     assert not (module_folder.parent / "evil.txt").exists() and not Path("/tmp/absolute.txt").exists()
     assert all(p.parent == settings.uploads_dir and p.is_file() for p in settings.uploads_dir.rglob("*"))
     assert not list(settings.jobs_path.glob(".receiving-*")), "the upload's received files are deleted or queued"

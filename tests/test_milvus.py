@@ -16,12 +16,20 @@ from service.config import Settings
 from service.embed import Encoders
 from service.engine import migrate_to_milvus, open_searcher, open_store, store_version
 from service.index import IndexUnavailable
+from service.linking import link_question, unlink_question
+from service.links import load_links
 from service.search import Searcher
 from service.stores import Filters
 from service.stores.milvus import client_for, filter_expression, literal
 from service.stores.milvus_writer import VersionMoved, versions_in
 from service.tokenize import WordTokenizer
-from service.update import Change, add_files, delete_documents, removal, save_change
+from service.update import (
+    Change,
+    add_files,
+    delete_documents,
+    removal,
+    save_change,
+)
 from tests.conftest import free_port, live_server, milvus_lite_server, run_cli, stop_server, write
 
 TOLERANCE = 0.01  # the bound on every kind's metrics between the two stores
@@ -373,3 +381,19 @@ def test_an_approximate_index_rescores_passages_exactly(
         # differently), but not lose the best one.
         top = approximate.search(question, top_k=1, query_vectors=vectors)[0].passage
         assert top == searcher.search(question, top_k=1, query_vectors=vectors)[0].passage
+
+
+def test_linked_questions_are_units_in_milvus_too(
+    private_milvus: Settings, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    spoken = "党员一人包几个同事、一个科一个科盯着，有这种分片管的办法吗"
+    store = open_store(private_milvus, encoders)
+    passage = next(p for p in store.all_passages() if "网格化" in p.text)
+    link = link_question(private_milvus, encoders, tokenizer, passage.passage_id, spoken)
+    hit = open_searcher(private_milvus, encoders, tokenizer).search(spoken, top_k=1)[0]
+    assert hit.passage.passage_id == passage.passage_id and hit.matched_question == spoken
+    unlink_question(private_milvus, encoders, tokenizer, passage.passage_id, link.link_id)
+    assert all(not p.questions for p in open_store(private_milvus, encoders).all_passages())
+    link_question(private_milvus, encoders, tokenizer, passage.passage_id, spoken)
+    delete_documents(private_milvus, encoders, [passage.doc_id])
+    assert load_links(private_milvus.uploads_dir) == []

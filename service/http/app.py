@@ -10,6 +10,8 @@ Adding and removing documents needs settings.api_key, sent as `Authorization: Be
 /api/health, /api/config and the page stay open in every case.
 """
 
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,14 +31,17 @@ from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.observe import Observe
 from service.http.routes.documents import read_routes, write_routes
+from service.http.routes.questions import question_routers
 from service.http.routes.search import search_routers
 from service.http.routes.system import metrics_routes, system_routes
 from service.ingest.isolate import stop_parses
 from service.jobs import JobStore, JobWorker, UploadChecks
 from service.live import LiveIndex, Snapshot
 from service.monitoring import ServedState
+from service.question_log import QuestionLog
 from service.tokenize import WordTokenizer
 
+logger = logging.getLogger("dangjian_qa")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 WARM_UP_QUESTION = "党建工作如何开展"
 
@@ -44,6 +49,17 @@ WARM_UP_QUESTION = "党建工作如何开展"
 def served(snapshot: Snapshot) -> tuple[str, str, dict]:
     """What /metrics says of the served index: version, store kind and manifest."""
     return snapshot.version, snapshot.searcher.store.kind, snapshot.searcher.store.manifest
+
+
+def open_question_log(settings: Settings) -> QuestionLog | None:
+    """The question log, or None when it is off or its folder cannot be written (the service runs without)."""
+    if not settings.question_log:
+        return None
+    try:
+        return QuestionLog(settings.question_log_file, settings.question_log_days, settings.low_confidence)
+    except (OSError, sqlite3.Error) as error:
+        logger.warning("问题日志无法打开（%s），本次运行不记录问题和反馈：%s", settings.question_log_file, error)
+        return None
 
 
 def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: WordTokenizer | None = None) -> FastAPI:
@@ -58,6 +74,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     live.current().answerer.answer(WARM_UP_QUESTION)
     jobs = JobWorker(JobStore(settings.jobs_path), live)
     upload_checks = UploadChecks(settings.parallel_parses, settings.max_waiting_uploads)
+    log = open_question_log(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +85,8 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
         stop_parses()
         upload_checks.stop()
         jobs.stop()
+        if log is not None:
+            log.close()
         live.close()
 
     app = FastAPI(
@@ -84,12 +103,14 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.state.metrics_registry.register(ServedState(lambda: served(live.current()), jobs.store.state_counts))
     app.state.upload_checks = upload_checks
     app.state.settings = settings
+    app.state.question_log = log  # None when settings.question_log is off
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
     app.state.generators = Generators(client, GroundingChecker(live.encoders))
     add_error_handlers(app)
     app.add_middleware(SecurityHeaders)  # after the error handlers' middleware: it wraps every response, 500s included
     app.add_middleware(Observe)  # outermost: its duration and status include every other layer's
-    for router in [*search_routers(settings), read_routes, write_routes, system_routes, metrics_routes]:
+    routers = [*search_routers(settings), *question_routers(settings), read_routes, write_routes, system_routes]
+    for router in [*routers, metrics_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")

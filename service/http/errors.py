@@ -25,6 +25,7 @@ from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFi
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
 from service.jobs import UploadsBusy
+from service.linking import DuplicateLink, TooManyLinks, UnknownLink, UnknownPassage
 from service.stores import StoreUnreachable
 from service.update import ReadAbandoned, UnknownDocuments, WouldEmptyIndex
 
@@ -90,6 +91,10 @@ def over_limit_message(error: FileOverLimit) -> str:
 CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     UnknownDocuments: (404, "document_not_found", unknown_documents_message),
     WouldEmptyIndex: (409, "last_document", str),
+    UnknownPassage: (404, "passage_not_found", str),
+    UnknownLink: (404, "question_not_found", str),
+    DuplicateLink: (409, "duplicate_question", str),
+    TooManyLinks: (409, "too_many_questions", str),
     IndexUnavailable: (503, "index_unavailable", lambda error: error.public_message),  # no server paths
     IndexBusy: (503, "index_busy", str),
     StoreUnreachable: (503, "store_unavailable", lambda error: error.public_message),  # no URI, no English

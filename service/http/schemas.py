@@ -157,6 +157,10 @@ class SearchResult(BaseModel):
     models: list[ModelRank] = Field(description="每个向量模型的名次和余弦相似度（各模型的余弦不可直接比较）")
     lexical: RankEvidence | None = Field(description="关键词检索的名次和得分；未召回为 null")
     context: PassageContext = Field(description="段落前后的上下文")
+    linked_questions: list[str] = Field(default=[], description="管理员关联到此段落的问题")
+    matched_question: str | None = Field(
+        default=None, description="找到此段落的关联问题（它是此段落与问题最相近的部分时），否则为 null"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -310,3 +314,64 @@ class ClientConfig(BaseModel):
     max_document_passages: int = Field(description="每篇文档的段落数上限")
     max_pdf_pages: int = Field(description="PDF 的页数上限")
     generation: bool = Field(default=False, description="是否配置了生成答案的语言模型（页面据此显示 生成/摘编 切换）")
+    question_log: bool = Field(default=False, description="是否记录问题和反馈（页面据此显示 有用/没用）")
+
+
+# ---------- the question log, feedback and linked questions ----------
+
+PASSAGE_ID_CHARS = 200  # doc ids are at most 80 characters (ingest.doc_id_for), plus 「:n」
+
+
+def question_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The feedback body and the {question} body of links and marks, with this app's question limit."""
+    length = f"不超过 {settings.max_query_chars} 字"
+    bounds = query_length(settings)
+
+    class FeedbackRequest(BaseModel):
+        question: StrictStr = Field(description=f"用户的问题，{length}", json_schema_extra=bounds)
+        helpful: StrictBool = Field(description="有用（true）或没用（false）；对某段落时为 true：这段回答了我的问题")
+        passage_id: StrictStr | None = Field(
+            default=None, max_length=PASSAGE_ID_CHARS, description="回答了问题的段落（「这段回答了我的问题」）"
+        )
+
+    class QuestionRequest(BaseModel):
+        question: StrictStr = Field(
+            description=f"问题，{length}", examples=[EXAMPLE_QUESTION], json_schema_extra=bounds
+        )
+
+    return FeedbackRequest, QuestionRequest
+
+
+class LinkedQuestion(BaseModel):
+    id: str = Field(description="关联编号")
+    passage_id: str = Field(description="段落 ID")
+    question: str = Field(description="关联的问题")
+    created_at: str = Field(description="关联时间（ISO 8601）")
+
+
+class LinkedQuestionList(BaseModel):
+    passage_id: str
+    questions: list[LinkedQuestion]
+
+
+class OutOfScopeMark(BaseModel):
+    id: int = Field(description="标记编号")
+    question: str = Field(description="被标记为「文件中没有」的问题")
+    marked_at: str = Field(description="标记时间（ISO 8601）")
+
+
+class QuestionGroupRow(BaseModel):
+    question: str = Field(description="最常见的问法")
+    count: int = Field(description="被问及（或被评为没用）的次数")
+    last_asked: str = Field(description="最近一次的时间（ISO 8601）")
+    variants: list[str] = Field(description="相近的其他问法")
+    reasons: dict[str, int] = Field(
+        description="原因及次数：refused 未回答、low_confidence 置信度低、unhelpful 被评为没用"
+    )
+    passage_ids: list[str] = Field(description="最近一次检索到的段落")
+
+
+class QuestionGroups(BaseModel):
+    status: Literal["unresolved"] = "unresolved"
+    groups: list[QuestionGroupRow]
+    out_of_scope: list[OutOfScopeMark] = Field(description="已标记为「文件中没有」的问题")

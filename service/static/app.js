@@ -6,6 +6,7 @@
   const MODE_LABELS = { hybrid: '混合', dense: '语义', lexical: '关键词' };
   const ANSWER_MODE_LABELS = { generate: '生成', extract: '摘编' };
   const TOP_K_CHOICES = [5, 10, 20, 50];
+  const REASON_LABELS = { refused: '未回答', low_confidence: '置信度低', unhelpful: '评为没用' };
   // The server's limits (GET /api/config); these defaults only cover the moment before it answers.
   const config = { modes: ['hybrid'], default_mode: 'hybrid', max_top_k: 5, default_top_k: 5, max_query_chars: 500 };
   const KEY_STORE = 'dangjian-qa.apiKey';
@@ -318,6 +319,39 @@
     } else {
       box.append(el('p', { class: 'disclaimer' }, '答案根据检索到的段落自动摘编，请以原文为准。'));
     }
+    if (config.question_log) box.append(answerFeedback(data.question));
+  }
+
+  // ---------- feedback (POST /api/feedback: no key; the server limits how often) ----------
+  async function sendFeedback(body, done) {
+    try {
+      await api('/api/feedback', { method: 'POST', body });
+      done('谢谢反馈');
+    } catch (e) { done(e.message); }
+  }
+
+  function answerFeedback(question) {
+    const note = el('span', { class: 'feedback-note', role: 'status' });
+    const row = el('div', { class: 'feedback' }, el('span', {}, '这个回答有用吗？'));
+    const send = (helpful) => {
+      $$('button', row).forEach((b) => { b.disabled = true; });
+      sendFeedback({ question, helpful }, (text) => { note.textContent = text; });
+    };
+    row.append(
+      el('button', { type: 'button', class: 'feedback-btn', 'data-helpful': 'true', onclick: () => send(true) }, '有用'),
+      el('button', { type: 'button', class: 'feedback-btn', 'data-helpful': 'false', onclick: () => send(false) }, '没用'),
+      note);
+    return row;
+  }
+
+  function passageFeedback(r) {
+    const question = $('#q').value.trim();
+    const button = el('button', { type: 'button', class: 'answered-btn' }, '这段回答了我的问题');
+    button.addEventListener('click', () => {
+      button.disabled = true;
+      sendFeedback({ question, helpful: true, passage_id: r.passage_id }, (text) => { button.textContent = text; });
+    });
+    return button;
   }
 
   function answerPieces(text, cites) {
@@ -436,9 +470,11 @@
       before,
       el('p', { class: 'passage-text' }, highlighted(r.text || '', r.highlights)),
       after,
+      r.matched_question ? el('p', { class: 'matched-question' }, `关联问题：${r.matched_question}`) : null,
       el('div', { class: 'card-foot' }, scoreBar(r.score), whyLine(r, mode)),
       el('div', { class: 'card-actions' }, toggle,
-        el('a', { class: 'doc-link', href: docUrl(r.doc_id, r.passage_id), 'data-nav': true }, '查看全文')));
+        el('a', { class: 'doc-link', href: docUrl(r.doc_id, r.passage_id), 'data-nav': true }, '查看全文'),
+        config.question_log ? passageFeedback(r) : null));
   }
 
   function renderResults(results, mode) {
@@ -672,6 +708,74 @@
     return `上传完成：${counts.join('，')}`;
   }
 
+  // ---------- 问题反馈: unresolved questions, linked to a passage or marked 「文件中没有」 ----------
+  async function loadQuestions() {
+    const headers = apiKeyHeaders();
+    if (!headers) return;
+    setStatus('正在加载待处理的问题…', 'info', true);
+    try {
+      const data = await api('/api/questions?status=unresolved', { headers });
+      renderQuestions(data.groups || []);
+      setStatus(data.groups && data.groups.length ? `待处理的问题 ${data.groups.length} 组` : '没有待处理的问题', 'ok');
+    } catch (e) { handleWriteError(e); }
+  }
+
+  function renderQuestions(groups) {
+    const list = $('#question-list');
+    list.replaceChildren(...groups.map((g, i) => questionItem(g, i)));
+    $('#question-empty').hidden = groups.length > 0;
+  }
+
+  function questionItem(g, i) {
+    const reasons = Object.entries(g.reasons || {}).map(([k, n]) => `${REASON_LABELS[k] || k} ${n}`).join('，');
+    const query = el('input', { type: 'search', class: 'question-query', value: g.question, 'aria-label': '查找回答此问题的段落' });
+    const found = el('ol', { class: 'question-candidates' });
+    const item = el('li', { class: 'question-item', 'data-question': g.question },
+      el('div', { class: 'question-head' }, el('strong', {}, g.question),
+        el('span', { class: 'question-meta' }, `${g.count} 次 · 最近 ${fmtDate(g.last_asked)} · ${reasons}`)),
+      g.variants && g.variants.length ? el('p', { class: 'question-variants' }, `相近问法：${g.variants.join('；')}`) : null,
+      el('div', { class: 'question-actions' }, query,
+        el('button', { type: 'button', class: 'find-btn', onclick: () => findPassages(query.value, g, found) }, '查找段落'),
+        el('button', { type: 'button', class: 'out-of-scope-btn', onclick: () => markOutOfScope(g, item) }, '文件中没有')),
+      found);
+    item.id = `question-${i}`;
+    return item;
+  }
+
+  async function findPassages(text, g, list) {
+    if (!text.trim()) return;
+    try {
+      const data = await api('/api/search', { method: 'POST', body: { query: text.trim(), top_k: 5 } });
+      list.replaceChildren(...(data.results || []).map((r) => el('li', { class: 'candidate' },
+        el('div', { class: 'candidate-head' }, r.title, r.section ? ` › ${r.section}` : ''),
+        el('p', { class: 'candidate-text' }, r.text),
+        el('button', { type: 'button', class: 'link-btn', onclick: () => linkQuestion(g, r, list.closest('li')) },
+          '关联到此段落'))));
+    } catch (e) { setStatus(e.message, 'error'); }
+  }
+
+  async function linkQuestion(g, r, item) {
+    const headers = apiKeyHeaders();
+    if (!headers) return;
+    setStatus('正在关联问题并更新索引…', 'info', true);
+    try {
+      await api(`/api/passages/${encodeURIComponent(r.passage_id)}/questions`,
+        { method: 'POST', body: { question: g.question }, headers });
+      item.remove();
+      setStatus(`已把「${g.question}」关联到《${r.title}》的段落`, 'ok');
+    } catch (e) { handleWriteError(e); }
+  }
+
+  async function markOutOfScope(g, item) {
+    const headers = apiKeyHeaders();
+    if (!headers) return;
+    try {
+      await api('/api/questions/out-of-scope', { method: 'POST', body: { question: g.question }, headers });
+      item.remove();
+      setStatus(`已标记「${g.question}」为文件中没有`, 'ok');
+    } catch (e) { handleWriteError(e); }
+  }
+
   // ---------- footer ----------
   async function loadHealth() {
     const f = $('#health');
@@ -748,6 +852,7 @@
     });
     $('#doc-prev').addEventListener('click', () => { state.docs.page -= 1; loadDocuments(); });
     $('#doc-next').addEventListener('click', () => { state.docs.page += 1; loadDocuments(); });
+    $('#questions-btn').addEventListener('click', loadQuestions);
     $('#api-key').addEventListener('change', (e) => sessionStorage.setItem(KEY_STORE, e.target.value.trim()));
     const last = sessionStorage.getItem(LAST_SEARCH);
     if (last) $('#nav-search').setAttribute('href', last);

@@ -48,7 +48,7 @@ def health(snapshot: SnapshotDep) -> Health:
 
 
 @system_routes.get("/config", summary="页面配置", response_model=ClientConfig)
-def client_config(settings: SettingsDep) -> ClientConfig:
+def client_config(settings: SettingsDep, request: Request) -> ClientConfig:
     """检索方式和各项上限（返回条数、问题长度、上传文件），页面据此设置输入框、选项和说明。"""
     return ClientConfig(
         modes=list(MODES),
@@ -63,6 +63,7 @@ def client_config(settings: SettingsDep) -> ClientConfig:
         max_document_passages=settings.max_document_passages,
         max_pdf_pages=settings.max_pdf_pages,
         generation=settings.generation_configured,
+        question_log=request.app.state.question_log is not None,
     )
 
 
