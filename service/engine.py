@@ -48,8 +48,9 @@ class BuildReport:
     encode_seconds: float
 
 
-def open_encoders(settings: Settings) -> Encoders:
-    """The configured embedding models by name (ModelError when one is missing or its weights differ)."""
+def open_encoders(settings: Settings, build: bool = False) -> Encoders:
+    """The configured embedding models by name (ModelError when one is missing or its weights differ).
+    `build`: for an index build, every model on one thread (the build runs a batch per core)."""
     encoders: Encoders = {}
     for name in settings.models:
         encoder = open_encoder(
@@ -58,8 +59,8 @@ def open_encoders(settings: Settings) -> Encoders:
             settings.cache_dir,
             settings.batch_size,
             settings.query_cache_size,
-            settings.encoder_threads,
-            settings.encoder_engine,
+            1 if build else settings.encoder_threads.get(name, 1),
+            settings.encoder_engines.get(name, "fp32"),
         )
         encoders[encoder.model_name] = encoder
     return encoders
