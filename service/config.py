@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     milvus_index: Literal["FLAT", "HNSW"] = "FLAT"
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per call: an unreachable store fails fast
     seeds_dir: Path = PROJECT_ROOT / "seeds"
+    # The eval's second collection (eval/collections.py): seeds plus the top-ranked documents of this
+    # folder (manifest.tsv ranks, docs/<id>.txt), so quality is measured where users' sizes are.
+    eval_collection_dir: Path = Path("/work/shared/collection")
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.
     uploads_dir: Path = PROJECT_ROOT / "data" / "uploads"
