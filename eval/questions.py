@@ -180,6 +180,17 @@ def checked_labels(questions: Sequence[Question], passages: Sequence[Passage]) -
     return labels
 
 
+def within(questions: Sequence[Question], passages: Sequence[Passage]) -> list[Question]:
+    """The questions whose targets are indexed: a question about archive documents is left out when a
+    slice of the archive smaller than the eval's (a CI run's) does not hold all its snippets."""
+    texts = [p.text for p in passages]
+    return [
+        q
+        for q in questions
+        if q.collection != "target" or all(any(snippet in text for text in texts) for snippet in q.relevant)
+    ]
+
+
 def word_characters(text: str) -> str:
     """The letters, digits and CJK characters of a text, punctuation and spaces removed."""
     return "".join(char for char in text if char.isalnum())

@@ -43,6 +43,7 @@ from eval.questions import (
     QuestionSetError,
     checked_labels,
     load_questions,
+    within,
 )
 from service.answer import Answerer
 from service.config import MODES, PROJECT_ROOT, Settings
@@ -270,7 +271,9 @@ def run(
     # Each mode asks the same questions: without this, later modes would time cached query vectors.
     settings = settings.model_copy(update={"query_cache_size": 0})
     searcher = open_searcher(settings)
-    labels = checked_labels(questions, list(searcher.store.all_passages()))
+    passages = list(searcher.store.all_passages())
+    questions = within(questions, passages)
+    labels = checked_labels(questions, passages)
     rankers = all_rankers(searcher, settings, modes, ablation=collection_name == "seeds")
     asker = local_asker(searcher, settings)
     if url:

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     candidates: int = Field(default=100, ge=1)
     # Prefix passages with title and section path before embedding (see embeddings.encoder).
     embed_context: bool = False
+    # BM25 reads each passage's document title beside its section path and text (service.embed.lexical_text).
+    lexical_title: bool = False
+    # Weight of document evidence in hybrid fusion: each model's cosine between the question and the
+    # title of the passage's document (service.search.Searcher.document_scores); 0 leaves it out.
+    document_weight: float = Field(default=0.0, ge=0.0)
     # Embed each clause of a passage's sentences too (service.embed.unit_texts): better ranking of
     # spoken questions for about three times the vectors; see the README on large corpora.
     clause_units: bool = True

@@ -43,9 +43,10 @@ def unit_texts(passage: Passage, with_context: bool, with_clauses: bool = False)
     return list(dict.fromkeys(units))  # a repeated sentence or clause would only repeat a vector
 
 
-def lexical_text(passage: Passage) -> str:
-    """What BM25 reads for a passage: its section path (headings name the topic) and its text."""
-    return f"{passage.section}\n{passage.text}"
+def lexical_text(passage: Passage, with_title: bool = False) -> str:
+    """What BM25 reads for a passage: its section path (headings name the topic), with_title its
+    document's title too, and its text."""
+    return f"{passage.title}\n{passage.section}\n{passage.text}" if with_title else f"{passage.section}\n{passage.text}"
 
 
 def embed_and_tokenize(
@@ -55,6 +56,7 @@ def embed_and_tokenize(
     with_context: bool,
     with_clauses: bool,
     progress: bool = False,
+    with_title: bool = False,
 ) -> tuple[dict[str, list[np.ndarray]], list[list[str]]]:
     """Each model's unit vectors of each passage (through its cache), and the passages' BM25 tokens."""
     texts = [unit_texts(p, with_context, with_clauses) for p in passages]
@@ -69,4 +71,4 @@ def embed_and_tokenize(
     unit_vectors = {
         name: [model_vectors[start:end] for start, end in bounds] for name, model_vectors in vectors.items()
     }
-    return unit_vectors, [tokenizer.tokens(lexical_text(p)) for p in passages]
+    return unit_vectors, [tokenizer.tokens(lexical_text(p, with_title)) for p in passages]

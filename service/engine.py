@@ -81,8 +81,10 @@ def settings_note(settings: Settings) -> str:
     dictionary = settings.user_dict.read_bytes() if settings.user_dict.is_file() else b""
     stopwords = settings.stopwords.read_bytes() if settings.stopwords.is_file() else b""
     words = hashlib.sha256(dictionary + b"\0" + stopwords).hexdigest()[:16]
+    # Said only when on, so that indexes built before the setting existed still load.
+    title = "lexical_title=True;" if settings.lexical_title else ""
     return (
-        f"embed_context={settings.embed_context};clause_units={settings.clause_units};"
+        f"embed_context={settings.embed_context};clause_units={settings.clause_units};{title}"
         f"words={words};jieba_min_freq={settings.jieba_min_freq}"
     )
 
@@ -123,7 +125,12 @@ def indexed_chunks(
         for start in range(0, len(passages), BUILD_CHUNK):
             batch = passages[start : start + BUILD_CHUNK]
             unit_vectors, tokens = embed_and_tokenize(
-                batch, encoders, tokenizer, settings.embed_context, settings.clause_units
+                batch,
+                encoders,
+                tokenizer,
+                settings.embed_context,
+                settings.clause_units,
+                with_title=settings.lexical_title,
             )
             yield new_chunk(batch, unit_vectors, tokens)
             bar.update(len(batch))
@@ -251,4 +258,5 @@ def open_searcher(
         lexical_weight=settings.lexical_weight,
         candidates=settings.candidates,
         model_weights=settings.model_weights,
+        document_weight=settings.document_weight,
     )

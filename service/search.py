@@ -203,6 +203,7 @@ class Searcher:
         lexical_weight: float = 0.5,
         candidates: int = 100,
         model_weights: Mapping[str, float] | None = None,
+        document_weight: float = 0.0,
     ) -> None:
         self.store = store
         self.encoders = encoders
@@ -212,6 +213,23 @@ class Searcher:
         self.candidates = candidates
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
         self.unseen_idf = idf(0, store.passage_count)
+        self.document_weight = document_weight
+        self.title_vectors: dict[str, np.ndarray] | None = None  # made on first use (through the vector cache)
+
+    def document_scores(self, rows: list[int], query_vectors: Mapping[str, np.ndarray]) -> dict[str, dict[int, float]]:
+        """Each model's cosine between the question and the title of each row's document.
+
+        A passage of a regulation on blood donation can look like an answer to a question on Party
+        discipline clause by clause; its document's title says what it is about. Titles are encoded
+        once per Searcher (an index version), through the vector cache."""
+        if self.title_vectors is None:
+            titles = [document.title for document in self.store.documents.values()]
+            self.title_vectors = {name: encoder.encode(titles) for name, encoder in self.encoders.items()}
+        numbers = self.store.document_numbers(rows)
+        return {
+            model: dict(zip(rows, (self.title_vectors[model][numbers] @ query_vectors[model]).tolist(), strict=True))
+            for model in self.encoders
+        }
 
     def query_vectors(self, query: str) -> EncodedQuestion:
         """The question's vector from every model (EncodedQuestion: encoded side by side, read when needed)."""
@@ -280,6 +298,12 @@ class Searcher:
         if mode == "hybrid":
             lexical = lexical_of(combined.keys() | lexical.keys())
             fused = fuse(dense, self.model_weights, lexical, lexical_weight)
+            if self.document_weight > 0 and fused and query_vectors is not None:
+                rows = list(fused)
+                titles = min_max(combine_dense(self.document_scores(rows, query_vectors), self.model_weights))
+                fused = {
+                    row: (fused[row] + self.document_weight * titles[row]) / (1 + self.document_weight) for row in rows
+                }
         elif mode == "dense":
             fused = combined
         else:
