@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # Weight of document evidence in hybrid fusion: each model's cosine between the question and the
     # title of the passage's document (service.search.Searcher.document_scores); 0 leaves it out.
     document_weight: float = Field(default=0.0, ge=0.0)
+    # Order hybrid search's best candidates by the fusion fitted on dev (service/rerank.py,
+    # service/resources/fusion.json); off: the hand-set fusion alone.
+    fitted_fusion: bool = False
+    # Which document evidence: "support" (its best candidates' fused scores) or "title" (title cosine).
+    document_evidence: Literal["support", "title"] = "support"
     # Embed each clause of a passage's sentences too (service.embed.unit_texts): better ranking of
     # spoken questions for about three times the vectors; see the README on large corpora.
     clause_units: bool = True

@@ -29,6 +29,7 @@ from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
 from service.originals import original_files
 from service.records import Document, Passage
+from service.rerank import load_fusion
 from service.search import Searcher
 from service.stores import Store
 from service.stores.faiss import FaissStore
@@ -259,4 +260,6 @@ def open_searcher(
         candidates=settings.candidates,
         model_weights=settings.model_weights,
         document_weight=settings.document_weight,
+        document_evidence=settings.document_evidence,
+        fusion=load_fusion(list(encoders)) if settings.fitted_fusion else None,
     )

@@ -4,13 +4,14 @@ import time
 import unicodedata
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from service.config import MODES
 from service.embed import Encoders
 from service.records import Document, Hit, ModelEvidence, Passage
+from service.rerank import FUSION_DEPTH, FittedFusion, candidate_features
 from service.stores import Filters, Store, idf
 from service.text import context_around
 from service.tokenize import WordTokenizer
@@ -20,6 +21,7 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
+DOCUMENT_SUPPORT = 3  # a document's support is the mean of its best this many candidates' fused scores
 
 
 class QueryRejected(ValueError):
@@ -204,6 +206,8 @@ class Searcher:
         candidates: int = 100,
         model_weights: Mapping[str, float] | None = None,
         document_weight: float = 0.0,
+        document_evidence: str = "support",
+        fusion: FittedFusion | None = None,
     ) -> None:
         self.store = store
         self.encoders = encoders
@@ -214,7 +218,23 @@ class Searcher:
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
         self.unseen_idf = idf(0, store.passage_count)
         self.document_weight = document_weight
+        self.document_evidence = document_evidence
+        self.fusion = fusion
         self.title_vectors: dict[str, np.ndarray] | None = None  # made on first use (through the vector cache)
+
+    def document_support(self, rows: list[int], fused: dict[int, float]) -> dict[int, float]:
+        """Per row, the mean of the best DOCUMENT_SUPPORT fused scores among the candidates of its
+        document (a missing one counts 0): an argument a speech makes over several paragraphs
+        outweighs one clause of an unrelated regulation that happens to match."""
+        numbers = self.store.document_numbers(rows).tolist()
+        by_document: dict[int, list[float]] = {}
+        for row, number in zip(rows, numbers, strict=True):
+            by_document.setdefault(number, []).append(fused[row])
+        support = {
+            number: sum(sorted(scores, reverse=True)[:DOCUMENT_SUPPORT]) / DOCUMENT_SUPPORT
+            for number, scores in by_document.items()
+        }
+        return {row: support[number] for row, number in zip(rows, numbers, strict=True)}
 
     def document_scores(self, rows: list[int], query_vectors: Mapping[str, np.ndarray]) -> dict[str, dict[int, float]]:
         """Each model's cosine between the question and the title of each row's document.
@@ -300,10 +320,13 @@ class Searcher:
             fused = fuse(dense, self.model_weights, lexical, lexical_weight)
             if self.document_weight > 0 and fused and query_vectors is not None:
                 rows = list(fused)
-                titles = min_max(combine_dense(self.document_scores(rows, query_vectors), self.model_weights))
-                fused = {
-                    row: (fused[row] + self.document_weight * titles[row]) / (1 + self.document_weight) for row in rows
-                }
+                if self.document_evidence == "title":
+                    evidence = combine_dense(self.document_scores(rows, query_vectors), self.model_weights)
+                else:
+                    evidence = self.document_support(rows, fused)
+                evidence = min_max(evidence)
+                weight = self.document_weight
+                fused = {row: (fused[row] + weight * evidence[row]) / (1 + weight) for row in rows}
         elif mode == "dense":
             fused = combined
         else:
@@ -317,8 +340,20 @@ class Searcher:
             lexical,
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
+        if mode == "hybrid" and self.fusion is not None:
+            return self.reranked(fused, ranking, query_tokens, top_k)
         ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
         return self.hits(ordered, fused, ranking, query_tokens)
+
+    def reranked(self, fused: dict[int, float], ranking: Ranking, query_tokens: list[str], top_k: int) -> list[Hit]:
+        """The FUSION_DEPTH best candidates ordered by the fitted fusion (service/rerank.py), its score shown."""
+        assert self.fusion is not None
+        ordered = sorted(fused, key=lambda row: (-fused[row], row))[: max(top_k, FUSION_DEPTH)]
+        hits = self.hits(ordered, fused, ranking, query_tokens)
+        rows = candidate_features(hits, list(self.encoders), query_tokens, self.idf_of(query_tokens), self.unseen_idf)
+        scores = self.fusion.scores(rows)
+        order = sorted(range(len(hits)), key=lambda i: (-scores[i], i))[:top_k]
+        return [replace(hits[i], score=float(scores[i])) for i in order]
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""
