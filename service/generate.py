@@ -21,6 +21,7 @@ from service.answer import Answer, Answerer, QueryVectors, not_found
 from service.config import Settings
 from service.grounding import CheckedAnswer, GroundingChecker
 from service.records import Hit
+from service.stores import Filters
 from service.text import sentence_spans
 
 logger = logging.getLogger("dangjian_qa")
@@ -191,24 +192,27 @@ class Generator:
         self.client = client
         self.checker = checker
 
-    def ask(self, question: str, top_k: int = 5, mode: str | None = None) -> AskResult:
+    def ask(self, question: str, top_k: int = 5, mode: str | None = None, filters: Filters = Filters()) -> AskResult:
         """The final result of `events`, for a caller that does not stream."""
-        final = [event for event in self.events(question, top_k, mode) if event.kind == "final"]
+        final = [event for event in self.events(question, top_k, mode, filters) if event.kind == "final"]
         assert final[0].result is not None
         return final[0].result
 
-    def events(self, question: str, top_k: int = 5, mode: str | None = None) -> Iterator[Event]:
-        """citations, then text deltas, then the final (checked) result; mode None: generate when configured."""
+    def events(
+        self, question: str, top_k: int = 5, mode: str | None = None, filters: Filters = Filters()
+    ) -> Iterator[Event]:
+        """citations, then text deltas, then the final (checked) result; mode None: generate when configured.
+        `filters` scope the search (collections) as in Searcher.search."""
         mode = mode or (GENERATE if self.client else EXTRACT)
         query_vectors = self.answerer.searcher.query_vectors(question)  # once: the gate and extraction share it
-        hits, score = self.answerer.gated_hits(question, top_k, query_vectors)
+        hits, score = self.answerer.gated_hits(question, top_k, query_vectors, filters)
         if not hits:  # off-topic: the model is never called
             yield Event("citations")
             yield Event("final", result=AskResult(not_found(score), EXTRACT))
             return
         if mode == EXTRACT or self.client is None:
             code = None if mode == EXTRACT else "llm_not_configured"
-            yield from self.extracted(question, hits, score, code, query_vectors)
+            yield from self.extracted(question, hits, score, code, query_vectors, filters)
             return
         passages = fit_passages(hits, self.client.context_chars)
         yield Event("citations", citations=tuple(passages))
@@ -221,27 +225,33 @@ class Generator:
         except ModelFailure as failure:
             detail = redacted(failure.detail, self.client.secret)
             logger.warning("语言模型不可用（%s：%s），改用摘编答案", failure.code, detail)
-            yield self.fallback(question, hits, score, failure.code, query_vectors=query_vectors)
+            yield self.fallback(question, hits, score, failure.code, query_vectors=query_vectors, filters=filters)
             return
         text = "".join(pieces)
         if not text.strip():
             logger.warning("语言模型没有给出答案（llm_empty），改用摘编答案")
-            yield self.fallback(question, hits, score, "llm_empty", query_vectors=query_vectors)
+            yield self.fallback(question, hits, score, "llm_empty", query_vectors=query_vectors, filters=filters)
             return
         checked = self.checker.check(text, [hit.passage for hit in passages])
         seconds = time.monotonic() - started
         if checked.kept == 0:
             logger.info("生成答案的 %d 句均未通过核验（ungrounded，%.1f 秒），改用摘编答案", checked.removed, seconds)
-            yield self.fallback(question, hits, score, "ungrounded", checked.removed, query_vectors)
+            yield self.fallback(question, hits, score, "ungrounded", checked.removed, query_vectors, filters)
             return
         answer_text, citations = renumbered(checked, passages)
         answer = Answer(found=True, text=answer_text, confidence=score, citations=citations)
         yield Event("final", result=AskResult(answer, GENERATE, None, checked.removed))
 
     def extracted(
-        self, question: str, hits: list[Hit], score: float, code: str | None, query_vectors: QueryVectors
+        self,
+        question: str,
+        hits: list[Hit],
+        score: float,
+        code: str | None,
+        query_vectors: QueryVectors,
+        filters: Filters = Filters(),
     ) -> Iterator[Event]:
-        answer = self.answerer.extract(question, hits, score, query_vectors)
+        answer = self.answerer.extract(question, hits, score, query_vectors, filters)
         yield Event("citations", citations=answer.citations)
         yield Event("delta", text=answer.text)
         yield Event("final", result=AskResult(answer, EXTRACT, code))
@@ -254,6 +264,7 @@ class Generator:
         code: str,
         removed: int = 0,
         query_vectors: QueryVectors | None = None,
+        filters: Filters = Filters(),
     ) -> Event:
-        answer = self.answerer.extract(question, hits, score, query_vectors)
+        answer = self.answerer.extract(question, hits, score, query_vectors, filters)
         return Event("final", result=AskResult(answer, EXTRACT, code, removed))

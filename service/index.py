@@ -52,7 +52,9 @@ from service.atomic import fsync_directory, fsync_tree, write_atomic
 from service.records import Document, Passage
 from service.vectors import UnitVectors, ann_file, matrix_file, open_matrix, updated_ann
 
-FORMAT_VERSION = 3  # 3: float16 unit matrices, approximate index when large, passages in SQLite
+# 3: float16 unit matrices, approximate index when large, passages in SQLite; 4: every document names
+# its collection, and Milvus versions hold a collection field and word counts per collection.
+FORMAT_VERSION = 4
 REBUILD_HINT = "请运行 `make index`（或 `dangjian-qa index`）重新构建索引"
 # Checksums at load must stay cheap for a million-passage index (gigabytes of vectors): files up to
 # FULL_HASH_BYTES are hashed whole; larger ones by SAMPLE_BLOCKS blocks spread evenly over the file
@@ -64,10 +66,20 @@ PENDING = "pending.json"
 PENDING_DONE = "PENDING_DONE"  # the version whose pending.json has been carried out
 COPY_CHUNK = 20_000  # passages copied at a time from the previous version by a change
 LOCK_POLL_SECONDS = 0.2
+# What a damaged or vanished version raises while loading (sqlite3: a missing or garbled passage table).
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, sqlite3.Error)
 
 
 class IndexUnavailable(Exception):
-    """The index is missing, corrupt or does not match the configured model; says how to fix it."""
+    """The index is missing, corrupt or does not match the configured model; says how to fix it.
+
+    `folder` is the server's folder the message names: the CLI shows it, HTTP users get
+    `public_message`, which names only its last part (a version's name, `index`).
+    """
+
+    def __init__(self, message: str, folder: Path | None = None) -> None:
+        super().__init__(message)
+        self.public_message = message.replace(str(folder), folder.name) if folder is not None else message
 
 
 class IndexBusy(Exception):
@@ -78,17 +90,27 @@ class IndexBusy(Exception):
 
 
 class PassageTable(Sequence[Passage]):
-    """The passages of a version by row, read from SQLite on demand (only the hits are ever read)."""
+    """The passages of a version by row, read from SQLite on demand (only the hits are ever read).
+
+    Thread-safe: any thread may read; one connection, opened here (never later, when the version's
+    folder may be gone), is shared under a lock. Its owner calls close() once no reader is left.
+    """
 
     def __init__(self, path: Path, count: int) -> None:
-        self.uri = f"file:{quote(str(path))}?mode=ro&immutable=1"  # a version never changes once written
+        uri = f"file:{quote(str(path))}?mode=ro&immutable=1"  # a version never changes once written
         self.count = count
-        self.local = threading.local()  # one connection per thread: sqlite connections are not shared
+        self.lock = threading.Lock()
+        # Reads are a few rows by key, far shorter than a search: one connection serves every thread.
+        self.database = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        self.database.execute("SELECT 1 FROM passages LIMIT 1").fetchall()  # opens the file now
 
-    def connection(self) -> sqlite3.Connection:
-        if not hasattr(self.local, "connection"):
-            self.local.connection = sqlite3.connect(self.uri, uri=True, check_same_thread=False)
-        return self.local.connection
+    def query(self, sql: str, parameters: Sequence[object]) -> list[tuple]:
+        with self.lock:
+            return self.database.execute(sql, parameters).fetchall()
+
+    def close(self) -> None:
+        with self.lock:
+            self.database.close()
 
     def __len__(self) -> int:
         return self.count
@@ -105,7 +127,7 @@ class PassageTable(Sequence[Passage]):
         for start in range(0, len(wanted), 500):
             batch = wanted[start : start + 500]
             query = f"SELECT row, passage, tokens FROM passages WHERE row IN ({','.join('?' * len(batch))})"
-            for row, passage, tokens in self.connection().execute(query, batch):
+            for row, passage, tokens in self.query(query, batch):
                 found[row] = (passage_from_json(passage), json.loads(tokens))
         return found
 
@@ -114,13 +136,13 @@ class PassageTable(Sequence[Passage]):
 
     def rows_of(self, doc_id: str) -> list[int]:
         query = "SELECT row FROM passages WHERE doc_id = ? ORDER BY row"
-        return [row for (row,) in self.connection().execute(query, (doc_id,))]
+        return [row for (row,) in self.query(query, (doc_id,))]
 
     def chunks(self, size: int = COPY_CHUNK) -> Iterator[list[tuple[int, Passage, list[str]]]]:
         """Every row in order, `size` at a time, with its passage and tokens."""
         for start in range(0, self.count, size):
             query = "SELECT row, passage, tokens FROM passages WHERE row >= ? AND row < ? ORDER BY row"
-            rows = self.connection().execute(query, (start, start + size)).fetchall()
+            rows = self.query(query, (start, start + size))
             yield [(row, passage_from_json(passage), json.loads(tokens)) for row, passage, tokens in rows]
 
     def __iter__(self) -> Iterator[Passage]:
@@ -144,7 +166,10 @@ def document_from_fields(fields: dict) -> Document:
 
 @dataclass
 class SearchIndex:
-    """A loaded version: small arrays in memory, everything large memory-mapped or read per hit."""
+    """A loaded version: small arrays in memory, everything large memory-mapped or read per hit.
+
+    Any thread may read it; close() is for its owner (a store), once nothing reads it any more.
+    """
 
     manifest: dict
     documents: dict[str, Document]  # in the order they were added
@@ -155,6 +180,16 @@ class SearchIndex:
     vectors: dict[str, UnitVectors]  # model name -> its unit vectors, same positions for every model
     bm25: bm25s.BM25
     version: str = ""  # its name under versions/
+    reader_hold: int | None = None  # descriptor with a shared flock on the manifest (see hold_version)
+
+    def close(self) -> None:
+        """Close its files and let writers prune the version; call once nothing searches it any more."""
+        self.passages.close()
+        for vectors in self.vectors.values():
+            vectors.close()
+        if self.reader_hold is not None:
+            os.close(self.reader_hold)  # releases the flock
+            self.reader_hold = None
 
     def rows_of_positions(self, positions: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.row_starts, positions, side="right") - 1
@@ -324,7 +359,8 @@ def new_manifest(documents: list[Document], models: list[dict], settings_note: s
         **fields,
         "format_version": FORMAT_VERSION,
         "models": [
-            {"name": m["name"], "weights_sha256": m["weights_sha256"], "dimension": int(m["dimension"])} for m in models
+            {key: m[key] for key in ("name", "weights_sha256", "engine")} | {"dimension": int(m["dimension"])}
+            for m in models
         ],
         "corpus_fingerprint": corpus_fingerprint(documents, settings_note),
         "settings": settings_note,
@@ -435,7 +471,8 @@ def verify_files(version_dir: Path, manifest: dict) -> None:
         size = path.stat().st_size if path.is_file() else None
         if size != expected["bytes"] or file_digest(path, size) != expected["sha256"]:
             found = "文件缺失" if size is None else f"大小 {size} 字节，应为 {expected['bytes']} 字节，或内容已变"
-            raise IndexUnavailable(f"索引已损坏（{version_dir}：{name} 校验失败，{found}）。{REBUILD_HINT}")
+            message = f"索引已损坏（{version_dir}：{name} 校验失败，{found}）。{REBUILD_HINT}"
+            raise IndexUnavailable(message, version_dir)
 
 
 def complete_pending(index_dir: Path) -> None:
@@ -475,11 +512,39 @@ def carry_out(moves: Sequence[tuple[Path, Path]], removals: Sequence[Path]) -> N
             fsync_directory(folder)
 
 
+def hold_version(version_dir: Path) -> int:
+    """A descriptor holding a shared flock on the version's manifest, for as long as it stays open.
+
+    Readers (servers, in any process) hold it while they serve the version; prune_versions leaves a
+    version that anyone holds on disk, so a request started on it finishes on it.
+    """
+    descriptor = os.open(version_dir / "manifest.json", os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
 def prune_versions(index_dir: Path, keep: set[str]) -> None:
-    """Remove old versions and abandoned staging folders; the previous version stays for readers."""
+    """Remove old versions no reader holds (hold_version), and abandoned staging folders; the previous
+    version always stays, and one still read is removed by a later writer once its readers let go."""
     for path in (index_dir / "versions").iterdir():
-        if path.name not in keep:
+        if path.name in keep:
+            continue
+        try:
+            descriptor = os.open(path / "manifest.json", os.O_RDONLY)
+        except OSError:  # a staging folder, or a version broken without its manifest
             shutil.rmtree(path, ignore_errors=True)
+            continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)  # under the lock: no reader can start holding it
+        except BlockingIOError:
+            pass  # still read
+        finally:
+            os.close(descriptor)
 
 
 @contextmanager
@@ -493,7 +558,7 @@ def writer_lock(index_dir: Path, create: bool = False, timeout: float = 600.0) -
     if create:
         index_dir.mkdir(parents=True, exist_ok=True)
     elif not index_dir.is_dir():
-        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
+        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}", index_dir)
     with (index_dir / ".lock").open("a") as handle:
         deadline = time.monotonic() + timeout
         while True:
@@ -533,7 +598,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def model_names(models: list[dict]) -> str:
-    return " + ".join(f"{m['name']}（权重 {str(m['weights_sha256'])[:12]}）" for m in models)
+    return " + ".join(f"{m['name']}（权重 {str(m['weights_sha256'])[:12]}，引擎 {m.get('engine')}）" for m in models)
 
 
 def check_manifest(manifest: dict, models: list[dict], settings_note: str) -> None:
@@ -542,8 +607,10 @@ def check_manifest(manifest: dict, models: list[dict], settings_note: str) -> No
         raise IndexUnavailable(
             f"索引格式版本 {manifest.get('format_version')} 与本程序的版本 {FORMAT_VERSION} 不一致，{REBUILD_HINT}"
         )
-    built = [(m.get("name"), m.get("weights_sha256"), m.get("dimension")) for m in manifest.get("models", [])]
-    wanted = [(m["name"], m["weights_sha256"], int(m["dimension"])) for m in models]
+    # The engine counts too: int8 and float32 vectors of one text differ slightly.
+    keys = ("name", "weights_sha256", "engine", "dimension")
+    built = [tuple(m.get(key) for key in keys) for m in manifest.get("models", [])]
+    wanted = [tuple(m[key] for key in keys) for m in models]
     if built != wanted:
         raise IndexUnavailable(
             f"索引由模型 {model_names(manifest.get('models', []))} 构建，当前配置的模型是 {model_names(models)}；"
@@ -570,9 +637,11 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
     """
     name = current_version(index_dir)
     if name is None:
-        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}")
+        raise IndexUnavailable(f"索引不存在：{index_dir}。{REBUILD_HINT}", index_dir)
     version_dir = index_dir / "versions" / name
+    reader_hold = None
     try:
+        reader_hold = hold_version(version_dir)  # first: a writer may prune the version meanwhile
         manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
         check_manifest(manifest, models, settings_note)
         verify_files(version_dir, manifest)
@@ -589,27 +658,30 @@ def load_index(index_dir: Path, models: list[dict], settings_note: str) -> Searc
             }
             bm25 = bm25s.BM25.load(str(version_dir / "bm25"), mmap=True, show_progress=False)
             vectors = {name: future.result() for name, future in opening.items()}
-    except IndexUnavailable:
-        raise
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise IndexUnavailable(
-            f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}"
-        ) from error
-    passage_count = manifest["passage_count"]
-    counts_agree = len(row_starts) - 1 == passage_count == bm25.scores["num_docs"] == len(doc_rows)
-    units_agree = int(row_starts[-1]) == len(unit_ids) == manifest["unit_count"]
-    if not counts_agree or not units_agree:
-        raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}")
-    if len(documents) != manifest["document_count"]:
-        raise IndexUnavailable(f"索引已损坏（{version_dir}：文档数与清单不一致）。{REBUILD_HINT}")
+        passage_count = manifest["passage_count"]
+        counts_agree = len(row_starts) - 1 == passage_count == bm25.scores["num_docs"] == len(doc_rows)
+        units_agree = int(row_starts[-1]) == len(unit_ids) == manifest["unit_count"]
+        if not counts_agree or not units_agree:
+            raise IndexUnavailable(f"索引已损坏（{version_dir}：各文件的段落数不一致）。{REBUILD_HINT}", version_dir)
+        if len(documents) != manifest["document_count"]:
+            raise IndexUnavailable(f"索引已损坏（{version_dir}：文档数与清单不一致）。{REBUILD_HINT}", version_dir)
+        passages = PassageTable(version_dir / "passages.sqlite", passage_count)
+    except BaseException as error:
+        if reader_hold is not None:
+            os.close(reader_hold)
+        if isinstance(error, IndexUnavailable) or not isinstance(error, LOAD_ERRORS):
+            raise
+        message = f"索引已损坏（{version_dir}：{type(error).__name__}: {error}）。{REBUILD_HINT}"
+        raise IndexUnavailable(message, version_dir) from error
     return SearchIndex(
         manifest=manifest,
         documents={document.doc_id: document for document in documents},
-        passages=PassageTable(version_dir / "passages.sqlite", passage_count),
+        passages=passages,
         unit_ids=unit_ids,
         row_starts=row_starts,
         doc_rows=doc_rows,
         vectors=vectors,
         bm25=bm25,
         version=name,
+        reader_hold=reader_hold,
     )

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from service.atomic import fsync_directory, write_atomic
+from service.collections import DEFAULT_COLLECTION
 from service.index import IndexBusy, IndexUnavailable
 from service.live import LiveIndex
 from service.stores import StoreUnreachable
@@ -121,6 +122,7 @@ class Job:
     started_at: str | None = None
     finished_at: str | None = None
     files: list[dict] = field(default_factory=list)  # {"name": user's file name, "path": name in the job folder}
+    collection: str = DEFAULT_COLLECTION  # the documents' collection (service/collections.py)
     passages_done: int = 0
     passages_total: int = 0
     status: int | None = None  # what the upload answers now that it is done: 201, 200, or the error's
@@ -155,9 +157,9 @@ class JobStore:
         receiving.mkdir()
         return receiving
 
-    def create(self, receiving: Path, files: list[dict], prior: dict) -> Job:
+    def create(self, receiving: Path, files: list[dict], prior: dict, collection: str = DEFAULT_COLLECTION) -> Job:
         """Turn a received folder into a queued job (job.json first, then one rename)."""
-        job = Job(job_id=uuid.uuid4().hex, files=files, prior=prior)
+        job = Job(job_id=uuid.uuid4().hex, files=files, prior=prior, collection=collection)
         job.result = {"added": [], "replaced": [], "skipped": [], "failed": [], **prior}
         write_atomic(receiving / "job.json", json.dumps(asdict(job), ensure_ascii=False).encode())
         receiving.rename(self.folder / job.job_id)
@@ -293,12 +295,18 @@ class JobWorker:
         files = [(file["name"], self.store.folder / job.job_id / file["path"]) for file in job.files]
         try:
             report = self.live.add_files(
-                files, on_progress=self.progress(job), job_id=job.job_id, before_save=lambda rep: self.commit(job, rep)
+                files,
+                on_progress=self.progress(job),
+                job_id=job.job_id,
+                before_save=lambda rep: self.commit(job, rep),
+                collection=job.collection,
             )
         except (IndexUnavailable, IndexBusy, StoreUnreachable) as error:
             code = "index_busy" if isinstance(error, IndexBusy) else "index_unavailable"
             code = "store_unavailable" if isinstance(error, StoreUnreachable) else code
-            job.error, job.status = {"code": code, "message": str(error)}, 503
+            logger.warning("上传任务 %s 失败：%s", job.job_id, error)  # the folder or the store's own words
+            message = getattr(error, "public_message", str(error))  # a job's error is read over HTTP
+            job.error, job.status = {"code": code, "message": message}, 503
             self.finish(job, FAILED_STATE)
             return
         except OSError as error:

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 # Block.heading_level of the document title when the file format marks it (docx "Title" style).
 TITLE_LEVEL = 0
+# The collection of a document added without naming one (service/collections.py).
+DEFAULT_COLLECTION = "default"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Document:
     content_hash: str = ""
     added_at: str = ""
     sections: tuple[str, ...] = ()
+    collection: str = DEFAULT_COLLECTION  # the named set it belongs to; a search can be scoped to some
 
 
 @dataclass(frozen=True)

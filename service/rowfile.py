@@ -15,12 +15,19 @@ import numpy as np
 
 
 class RowFile:
-    """Fixed-size rows starting `offset` bytes into a file; spans of rows are read in one call each."""
+    """Fixed-size rows starting `offset` bytes into a file; spans of rows are read in one call each.
+
+    Thread-safe (pread has no shared file position); its owner calls close() once no reader is left.
+    """
 
     def __init__(self, path: Path | str, offset: int, row_bytes: int) -> None:
         self.descriptor = os.open(path, os.O_RDONLY)
         self.offset, self.row_bytes = offset, row_bytes
-        weakref.finalize(self, os.close, self.descriptor)
+        self.closer = weakref.finalize(self, os.close, self.descriptor)
+
+    def close(self) -> None:
+        """Close the file now (at most once; garbage collection would do it late)."""
+        self.closer()
 
     @classmethod
     def of(cls, array: np.memmap) -> "RowFile":

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from service.collections import CollectionCount, UnknownCollections, collection_counts
 from service.config import MODES
 from service.embed import Encoders
 from service.records import Document, Hit, ModelEvidence, Passage
@@ -22,6 +23,12 @@ from service.tokenize import WordTokenizer
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
 DOCUMENT_SUPPORT = 3  # a document's support is the mean of its best this many candidates' fused scores
+# Calls to a remote store (Milvus) wait on the network, not on a core: they get threads of their own,
+# so that a slow or unreachable store never holds the threads that encode other requests' questions.
+STORE_POOL = ThreadPoolExecutor(16, "store-calls")
+# Words' passage counts within scopes, remembered per index version (which never changes): counting a
+# common word's passages in a scope reads its whole BM25 column.
+SCOPED_COUNTS_KEPT = 50_000
 
 
 class QueryRejected(ValueError):
@@ -217,6 +224,10 @@ class Searcher:
         self.candidates = candidates
         self.model_weights = dense_weights(list(encoders), model_weights or {}, dense_weight)
         self.unseen_idf = idf(0, store.passage_count)
+        self.collections: dict[str, CollectionCount] = collection_counts(
+            store.documents.values(), store.passage_counts()
+        )
+        self.scoped_counts: dict[tuple[frozenset[str], str], int] = {}
         self.document_weight = document_weight
         self.document_evidence = document_evidence
         self.fusion = fusion
@@ -260,20 +271,62 @@ class Searcher:
         (a large FAISS index, a Milvus round trip), else in this thread, where handing work to the
         pool costs more than it saves and competes with encoding."""
         if self.store.concurrent:
-            return QUERY_POOL.submit(work, *args)
+            return (STORE_POOL if self.store.remote else QUERY_POOL).submit(work, *args)
         done: Future[dict[int, float]] = Future()
         done.set_result(work(*args))
         return done
 
-    def idf_of(self, tokens: Sequence[str]) -> dict[str, float]:
-        """The idf of each word the index knows (a word missing from it has unseen_idf)."""
-        frequencies = self.store.frequencies(set(tokens))
-        return {token: idf(frequency, self.store.passage_count) for token, frequency in frequencies.items()}
+    def scope(self, collections: frozenset[str] | None) -> frozenset[str] | None:
+        """The collections a search's statistics come from: None for the whole index (no scope, or one
+        naming every collection); UnknownCollections when it names one the index does not hold."""
+        if collections is None:
+            return None
+        unknown = sorted(collections - self.collections.keys())
+        if unknown:
+            raise UnknownCollections(unknown, self.collections)
+        return None if collections >= self.collections.keys() else collections
 
-    def coverage(self, query_tokens: list[str]) -> float:
-        """The question's vocabulary coverage (term_coverage) with this store's idf."""
-        known = self.idf_of(query_tokens)
-        return term_coverage(query_tokens, known, known, self.unseen_idf)
+    def passages_in(self, scope: frozenset[str] | None) -> int:
+        if scope is None:
+            return self.store.passage_count
+        return sum(self.collections[name].passages for name in scope)
+
+    def idf_of(self, tokens: Sequence[str], scope: frozenset[str] | None = None) -> dict[str, float]:
+        """The idf of each word the index (or the scope's collections) knows; a missing word has unseen_idf_of."""
+        frequencies = self.frequencies(set(tokens), scope)
+        total = self.passages_in(scope)
+        return {token: idf(frequency, total) for token, frequency in frequencies.items()}
+
+    def frequencies(self, tokens: set[str], scope: frozenset[str] | None) -> dict[str, int]:
+        """The store's passage counts of the words (in the scope), those of scopes remembered."""
+        if scope is None:
+            return self.store.frequencies(tokens)
+        missing = [token for token in tokens if (scope, token) not in self.scoped_counts]
+        if missing:
+            found = self.store.frequencies(missing, scope)
+            if len(self.scoped_counts) > SCOPED_COUNTS_KEPT:
+                self.scoped_counts = {}
+            self.scoped_counts |= {(scope, token): found.get(token, 0) for token in missing}
+        counts = {token: self.scoped_counts.get((scope, token), 0) for token in tokens}
+        return {token: count for token, count in counts.items() if count}
+
+    def unseen_idf_of(self, scope: frozenset[str] | None) -> float:
+        return self.unseen_idf if scope is None else idf(0, self.passages_in(scope))
+
+    def coverage(self, query_tokens: list[str], scope: frozenset[str] | None = None) -> float:
+        """The question's vocabulary coverage (term_coverage) with this store's (or the scope's) idf."""
+        known = self.idf_of(query_tokens, scope)
+        return term_coverage(query_tokens, known, known, self.unseen_idf_of(scope))
+
+    def scoped_weights(self, query_tokens: list[str], scope: frozenset[str] | None) -> dict[str, float] | None:
+        """Per word, the scope's idf over the whole index's: BM25's stored weights carry the whole index's
+        idf, and idf is a factor of them, so scaling a word's column gives the scope's own idf (as if the
+        other collections did not exist). Length normalisation keeps the whole index's mean length."""
+        if scope is None:
+            return None
+        whole = self.idf_of(query_tokens)
+        scoped = self.idf_of(query_tokens, scope)
+        return {token: scoped[token] / whole[token] for token in whole if token in scoped and whole[token] > 0}
 
     def search(
         self,
@@ -285,6 +338,9 @@ class Searcher:
     ) -> list[Hit]:
         """The top_k passages for the query, best first, each with its component ranks and scores.
 
+        A scope (`filters.collections`) ranks as if the other collections did not exist: only their
+        passages are candidates (so fusion normalises over them), and BM25 and the coverage weigh words
+        by the scope's idf (scoped_weights). Other filters restrict a search within its scope.
         `query_vectors` are the question's vectors when the caller has them already (an answer
         searches and scores sentences with the same ones)."""
         if mode not in MODES:
@@ -292,11 +348,13 @@ class Searcher:
         if mode in ("hybrid", "dense") and query_vectors is None:
             query_vectors = self.query_vectors(query)  # the models start now; what follows runs beside them
         query_tokens = self.tokenizer.query_tokens(query)
+        scope = self.scope(filters.collections)
         allowed = self.store.allowed(filters)
         lexical: dict[int, float] = {}
         if mode in ("hybrid", "lexical"):
-            lexical, lexical_of = self.store.lexical(query_tokens, allowed, self.candidates)
-        lexical_weight = self.lexical_weight * self.coverage(query_tokens) if mode == "hybrid" else 0.0
+            weights = self.scoped_weights(query_tokens, scope)
+            lexical, lexical_of = self.store.lexical(query_tokens, allowed, self.candidates, weights)
+        lexical_weight = self.lexical_weight * self.coverage(query_tokens, scope) if mode == "hybrid" else 0.0
         searches = {}
         if query_vectors is not None and mode in ("hybrid", "dense"):
             # Each vector is taken here, not in the pool: pool tasks never wait on the pool themselves.
@@ -341,16 +399,24 @@ class Searcher:
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
         if mode == "hybrid" and self.fusion is not None:
-            return self.reranked(fused, ranking, query_tokens, top_k)
+            return self.reranked(fused, ranking, query_tokens, top_k, scope)
         ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
         return self.hits(ordered, fused, ranking, query_tokens)
 
-    def reranked(self, fused: dict[int, float], ranking: Ranking, query_tokens: list[str], top_k: int) -> list[Hit]:
+    def reranked(
+        self,
+        fused: dict[int, float],
+        ranking: Ranking,
+        query_tokens: list[str],
+        top_k: int,
+        scope: frozenset[str] | None = None,
+    ) -> list[Hit]:
         """The FUSION_DEPTH best candidates ordered by the fitted fusion (service/rerank.py), its score shown."""
         assert self.fusion is not None
         ordered = sorted(fused, key=lambda row: (-fused[row], row))[: max(top_k, FUSION_DEPTH)]
         hits = self.hits(ordered, fused, ranking, query_tokens)
-        rows = candidate_features(hits, list(self.encoders), query_tokens, self.idf_of(query_tokens), self.unseen_idf)
+        idf, unseen = self.idf_of(query_tokens, scope), self.unseen_idf_of(scope)
+        rows = candidate_features(hits, list(self.encoders), query_tokens, idf, unseen)
         scores = self.fusion.scores(rows)
         order = sorted(range(len(hits)), key=lambda i: (-scores[i], i))[:top_k]
         return [replace(hits[i], score=float(scores[i])) for i in order]

@@ -24,20 +24,29 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from service.collections import DEFAULT_COLLECTION
 from service.config import Settings
 from service.embed import Encoders, embed_and_tokenize
 from service.engine import open_store, save_version, store_lock, store_version
 from service.index import new_chunk
 from service.ingest import Limits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
-from service.originals import keep_original, kept_original, originals_of, remove_incoming, stage_original
+from service.originals import (
+    collection_file,
+    keep_original,
+    kept_original,
+    originals_of,
+    remove_incoming,
+    stage_original,
+)
 from service.records import Document, Passage
 from service.stores import Store
 from service.tokenize import WordTokenizer
@@ -180,13 +189,18 @@ def save_change(
 
 
 def classify_files(
-    index: Store, files: Sequence[Path | tuple[str, Path]], settings: Settings, progress: bool = False
+    index: Store,
+    files: Sequence[Path | tuple[str, Path]],
+    settings: Settings,
+    progress: bool = False,
+    collection: str = DEFAULT_COLLECTION,
 ) -> tuple[dict[str, tuple[Document, list[Passage]]], AddReport]:
     """Read the files and sort them against `index`, embedding nothing: the accepted documents by doc id
-    (ADDED or REPLACED) and a report with every file's outcome.
+    (ADDED or REPLACED), in `collection`, and a report with every file's outcome.
 
-    Content already in the index (same cleaned-text hash) is DUPLICATE; a file whose doc id (from its
-    name) exists with other content REPLACES that document.
+    Content already in the index (same cleaned-text hash, in any collection) is DUPLICATE; a file whose
+    doc id (from its name) exists with other content REPLACES that document, also into another
+    collection: doc ids name one document across the whole index.
     """
     read, failed = read_files(as_named(files), ingest_limits(settings), progress)
     report = AddReport()
@@ -204,7 +218,7 @@ def classify_files(
             reason = f"{name}：与同批的 {first} 对应同一文档编号 {document.doc_id}，已跳过"
             report.outcomes.append(FileOutcome(name, FAILED, document.doc_id, reason=reason, path=path))
             continue
-        accepted[document.doc_id] = (document, passages)
+        accepted[document.doc_id] = (replace(document, collection=collection), passages)
         owner_of_hash[document.content_hash] = document.doc_id
         status = REPLACED if document.doc_id in index.documents else ADDED
         report.outcomes.append(FileOutcome(name, status, document.doc_id, len(passages), path=path))
@@ -232,6 +246,7 @@ def embed_in_batches(
                 tokenizer,
                 settings.embed_context,
                 settings.clause_units,
+                settings.index_workers,
                 with_title=settings.lexical_title,
             )
             for name, model_vectors in vectors.items():
@@ -251,11 +266,12 @@ def add_documents(
     tokenizer: WordTokenizer,
     progress: bool = False,
     on_progress: Progress | None = None,
+    collection: str = DEFAULT_COLLECTION,
 ) -> tuple[Change, AddReport]:
-    """The change that adds the files to `index` (see classify_files), embedded; `files` are paths or
-    (user's file name, path on disk). The change is empty when no file is accepted."""
+    """The change that adds the files to `index` (see classify_files) into `collection`, embedded;
+    `files` are paths or (user's file name, path on disk). The change is empty when no file is accepted."""
     started = time.perf_counter()
-    accepted, report = classify_files(index, files, settings, progress)
+    accepted, report = classify_files(index, files, settings, progress, collection)
     change = Change(set(accepted) & set(index.documents))
     if accepted:
         change.documents = [document for document, _ in accepted.values()]
@@ -291,8 +307,9 @@ def add_files(
     on_progress: Progress | None = None,
     job_id: str | None = None,
     before_save: Callable[[AddReport], None] | None = None,
+    collection: str = DEFAULT_COLLECTION,
 ) -> AddReport:
-    """Add files to the index on disk and save the new version before returning.
+    """Add files to the index on disk, into `collection`, and save the new version before returning.
 
     For uploads pass (original name, temp path): the name gives the doc id and the messages only.
     The files' bytes are kept as originals by the same change (see service/originals.py).
@@ -304,31 +321,53 @@ def add_files(
     """
     with store_lock(settings):
         remove_incoming(settings.uploads_dir)
-        index = open_store(settings, encoders)
-        change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress)
-        if report.changed:
-            extra = {}
-            if job_id is not None:
-                extra["applied_jobs"] = [*index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
-            if before_save is not None:
-                before_save(report)
-            moves: list[tuple[Path, Path]] = []
-            removals: list[Path] = []
-            previous = store_version(settings)
-            try:
-                for outcome in report.having(ADDED, REPLACED):
-                    staged, others = stage_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
-                    moves += staged
-                    removals += others
-                report.version, _ = save_change(index, change, settings, extra, moves, removals)
-            except BaseException:
-                if store_version(settings) == previous:  # never live: its copies are debris
-                    for staged_copy, _ in moves:
-                        staged_copy.unlink(missing_ok=True)
-                raise
+        with closing(open_store(settings, encoders)) as index:  # its files now, not at garbage collection
+            report = add_to(
+                index, files, settings, encoders, tokenizer, progress, on_progress, job_id, before_save, collection
+            )
         for outcome in report.outcomes:
             if missing_original(settings, outcome):
                 keep_original(settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name)
+    return report
+
+
+def add_to(
+    index: Store,
+    files: Sequence[Path | tuple[str, Path]],
+    settings: Settings,
+    encoders: Encoders,
+    tokenizer: WordTokenizer,
+    progress: bool,
+    on_progress: Progress | None,
+    job_id: str | None,
+    before_save: Callable[[AddReport], None] | None,
+    collection: str,
+) -> AddReport:
+    """add_files' change to `index`, under the writer lock: embed, stage the originals, save the version."""
+    change, report = add_documents(index, files, settings, encoders, tokenizer, progress, on_progress, collection)
+    if not report.changed:
+        return report
+    extra = {}
+    if job_id is not None:
+        extra["applied_jobs"] = [*index.manifest.get("applied_jobs", []), job_id][-APPLIED_JOBS_KEPT:]
+    if before_save is not None:
+        before_save(report)
+    moves: list[tuple[Path, Path]] = []
+    removals: list[Path] = []
+    previous = store_version(settings)
+    try:
+        for outcome in report.having(ADDED, REPLACED):
+            staged, others = stage_original(
+                settings.uploads_dir, outcome.doc_id, outcome.path, outcome.name, collection
+            )
+            moves += staged
+            removals += others
+        report.version, _ = save_change(index, change, settings, extra, moves, removals)
+    except BaseException:
+        if store_version(settings) == previous:  # never live: its copies are debris
+            for staged_copy, _ in moves:
+                staged_copy.unlink(missing_ok=True)
+        raise
     return report
 
 
@@ -346,8 +385,11 @@ def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
 
 def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[str]) -> dict:
     """Remove the documents from the store; the new version's manifest, live before returning."""
-    with store_lock(settings):
-        index = open_store(settings, encoders)
+    with store_lock(settings), closing(open_store(settings, encoders)) as index:
         change = removal(index, doc_ids)
-        removals = [path for doc_id in dict.fromkeys(doc_ids) for path in originals_of(settings.uploads_dir, doc_id)]
+        removals = [
+            path
+            for doc_id in dict.fromkeys(doc_ids)
+            for path in [*originals_of(settings.uploads_dir, doc_id), collection_file(settings.uploads_dir, doc_id)]
+        ]
         return save_change(index, change, settings, removals=removals)[1]

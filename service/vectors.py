@@ -130,6 +130,9 @@ class UnitReader:
         scores[order[0]] = found[0]
         return scores
 
+    def close(self) -> None:
+        self.rows.close()
+
 
 def one_thread_per_search() -> None:
     """Run FAISS and numpy's BLAS on the calling thread only, for the rest of the process.
@@ -159,6 +162,11 @@ class UnitVectors:
         if ann is None:
             return cls(matrix, unit_ids, None, exact=np.asarray(matrix, dtype=np.float32))
         return cls(matrix, unit_ids, ann, reader=UnitReader(path, dimension))
+
+    def close(self) -> None:
+        """Close the matrix file read per search (the memory map goes with the last reference)."""
+        if self.reader is not None:
+            self.reader.close()
 
     def scores(self, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Exact similarity of the units at `positions` (ascending)."""

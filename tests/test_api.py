@@ -2,8 +2,10 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -14,9 +16,9 @@ from service.embed import Encoders
 from service.engine import build_index
 from service.generate import Generator
 from service.http.app import create_app
-from service.live import Snapshot
 from service.tokenize import WordTokenizer
 
+T = TypeVar("T")
 QUESTION = "如何推动党建与医疗业务深度融合"
 MARK = re.compile(r"【(\d+)】")
 
@@ -278,22 +280,30 @@ def test_unknown_document_route_and_method(client: TestClient) -> None:
 
 
 def test_unexpected_failures_are_500_in_the_same_shape(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    live = client.app.state.live
-    healthy = live.current()
+    def broken(*args: object, **kwargs: object) -> list:
+        raise RuntimeError("disk on fire")
 
-    class BrokenSearcher:
-        store = healthy.searcher.store
-
-        def search(self, *args: object, **kwargs: object) -> list:
-            raise RuntimeError("disk on fire")
-
-    monkeypatch.setattr(live, "current", lambda: Snapshot(healthy.version, BrokenSearcher(), healthy.answerer))
-    assert_error(client.post("/api/search", json={"query": "党建"}), 500, "internal_error")
+    monkeypatch.setattr(client.app.state.live.current().searcher, "search", broken)
+    response = client.post("/api/search", json={"query": "党建"})
+    assert_error(response, 500, "internal_error")
+    assert response.headers["x-content-type-options"] == "nosniff" and "content-security-policy" in response.headers
+    # Answered, not re-raised: a re-raised error makes uvicorn drop the client's connection.
+    strict = TestClient(client.app, raise_server_exceptions=True)  # no `with`: the app's lifespan runs once
+    assert_error(strict.post("/api/search", json={"query": "党建"}), 500, "internal_error")
     monkeypatch.undo()
     assert client.get("/api/health").status_code == 200, "the server keeps serving"
 
 
 # ---------- the live index ----------
+
+
+def wait_for(read: Callable[[], T], done: Callable[[T], bool], seconds: float = 20.0) -> T:
+    """read() until done(value) (the index watcher loads a new version in the background)."""
+    deadline = time.monotonic() + seconds
+    while not done(value := read()):
+        assert time.monotonic() < deadline, f"not done within {seconds} s: {value}"
+        time.sleep(0.05)
+    return value
 
 
 def test_server_follows_a_rebuilt_index_and_requests_keep_their_own(
@@ -306,17 +316,17 @@ def test_server_follows_a_rebuilt_index_and_requests_keep_their_own(
     )
     settings = Settings(index_dir=tmp_path / "index", cache_dir=PROJECT_ROOT / "data" / "cache")
     build_index([docs / "a.txt"], settings, encoders, tokenizer)
-    monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.05)
     with TestClient(create_app(settings, encoders, tokenizer)) as test_client:
         live = test_client.app.state.live
-        before = live.current()
         assert test_client.get("/api/health").json()["documents"] == 1
-        (docs / "b.txt").write_text("二、抓医德医风\n加强医德医风建设，弘扬崇高职业精神。\n", encoding="utf-8")
-        build_index(sorted(docs.glob("*.txt")), settings, encoders, tokenizer)
-        health = test_client.get("/api/health").json()
-        assert health["documents"] == 2
-        assert health["index_version"] == (settings.index_dir / "CURRENT").read_text().strip() != before.version
-        assert before.searcher.search("三会一课", top_k=1), "a request holding the old searcher still works"
+        with live.lease() as before:  # what a request in flight holds
+            (docs / "b.txt").write_text("二、抓医德医风\n加强医德医风建设，弘扬崇高职业精神。\n", encoding="utf-8")
+            build_index(sorted(docs.glob("*.txt")), settings, encoders, tokenizer)
+            health = wait_for(lambda: test_client.get("/api/health").json(), lambda h: h["documents"] == 2)
+            assert health["index_version"] == (settings.index_dir / "CURRENT").read_text().strip() != before.version
+            assert before.searcher.search("三会一课", top_k=1), "a request holding the old version still works"
+        assert before.closed, "and its files are closed once it is done"
 
 
 def test_ask_builds_its_generator_once_per_index_version(
@@ -328,7 +338,7 @@ def test_ask_builds_its_generator_once_per_index_version(
     (docs / "a.txt").write_text(party_building, encoding="utf-8")
     settings = Settings(index_dir=tmp_path / "index", cache_dir=PROJECT_ROOT / "data" / "cache")
     build_index([docs / "a.txt"], settings, encoders, tokenizer)
-    monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr("service.live.RELOAD_CHECK_SECONDS", 0.05)
     built: list[Generator] = []
     build = Generator.__init__
 
@@ -349,6 +359,7 @@ def test_ask_builds_its_generator_once_per_index_version(
         assert len(built) == 1, "one generator for the served version, not one per request"
         (docs / "b.txt").write_text("二、抓医德医风\n加强医德医风建设，弘扬崇高职业精神。\n", encoding="utf-8")
         build_index(sorted(docs.glob("*.txt")), settings, encoders, tokenizer)
+        wait_for(lambda: cited("如何加强医德医风建设"), lambda doc_ids: "b" in doc_ids)  # the watcher loads it
         for _ in range(2):
             assert "b" in cited("如何加强医德医风建设")
         assert len(built) == 2, "the next version gets its own, once"

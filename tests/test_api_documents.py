@@ -17,6 +17,7 @@ from service.embed import Encoders
 from service.engine import build_index
 from service.http.app import create_app
 from service.index import IndexUnavailable
+from service.stores import StoreUnreachable
 from service.tokenize import WordTokenizer
 from tests.conftest import live_server
 from tests.make_documents import cjk_collection, make_docx, make_pdf, truetype_subset
@@ -375,6 +376,18 @@ def test_delete_while_the_index_is_unavailable_is_503(client: TestClient, monkey
     assert message == "索引已损坏，请重建"
 
 
+def test_store_unavailable_names_neither_the_store_nor_its_client_words(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(doc_ids: list[str]) -> None:
+        reason = ConnectionError("Fail connecting to server on 10.20.30.40:19530, illegal connection params")
+        raise StoreUnreachable("http://10.20.30.40:19530", reason)
+
+    monkeypatch.setattr(client.app.state.live, "delete_documents", unreachable)
+    message = error_of(client.delete("/api/documents/anything", headers=WRITE), 503, "store_unavailable")
+    assert "Milvus" in message and "10.20.30.40" not in message and "Fail" not in message, message
+
+
 def test_delete_while_another_writer_holds_the_index_is_503_index_busy(
     tmp_path: Path, settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
 ) -> None:
@@ -543,3 +556,51 @@ def test_unknown_job_is_404(client: TestClient) -> None:
     error_of(client.get("/api/jobs/" + "党" * 300, headers=WRITE), 404, "job_not_found")  # no OSError: name too long
     error_of(client.get("/api/jobs/../../etc", headers=WRITE), 404, "not_found")
     error_of(client.get("/api/jobs/0123456789abcdef"), 401, "unauthorized")
+
+
+# ---------- doc ids that the name alone cannot give, and messages meant for the user ----------
+
+
+def test_two_files_named_only_with_emoji_become_two_documents(client: TestClient) -> None:
+    smiles, cats = "😀" * 75 + ".txt", "😺" * 75 + ".txt"
+    first = uploaded(client, (smiles, "放射科党支部开展“阳光放射”便民服务，缩短检查预约等候时间。\n".encode()))
+    second = uploaded(client, (cats, "营养科党支部开展“科学膳食进社区”宣讲，为慢病患者定制食谱。\n".encode()))
+    assert first["status"] == second["status"] == 201, (first, second)
+    first_id, second_id = (job["result"]["added"][0]["doc_id"] for job in (first, second))
+    assert first_id != second_id, "neither silently replaces the other"
+    listed = {row["doc_id"] for row in client.get("/api/documents").json()["documents"]}
+    assert {first_id, second_id} <= listed
+    again = uploaded(client, (smiles, "放射科党支部开展“阳光放射”便民服务，检查报告当天可取。\n".encode()))
+    assert [row["doc_id"] for row in again["result"]["replaced"]] == [first_id], "the same name still replaces"
+
+
+def test_names_differing_only_in_punctuation_are_two_documents(client: TestClient) -> None:
+    round_brackets = uploaded(client, ("院感制度（一）.txt", "院感科党支部每月开展手卫生专项督查。\n".encode()))
+    square_brackets = uploaded(client, ("院感制度【一】.txt", "院感科党支部每季度组织一次院感应急演练。\n".encode()))
+    ids = [job["result"]["added"][0]["doc_id"] for job in (round_brackets, square_brackets)]
+    assert ids[0] != ids[1] and all(doc_id.startswith("院感制度_一_") for doc_id in ids), ids
+
+
+def test_a_file_name_over_4_kb_is_refused_saying_the_name_is_too_long(client: TestClient) -> None:
+    message = error_of(raw_upload(client, "党" * 1500 + ".txt", "内容".encode()), 400, "invalid_form")
+    assert "文件名过长" in message
+
+
+def test_index_unavailable_names_no_server_folder(
+    tmp_path: Path, settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    shutil.copytree(settings.index_dir, tmp_path / "index")
+    private = settings.model_copy(update={"index_dir": tmp_path / "index", "uploads_dir": tmp_path / "uploads"})
+    with TestClient(create_app(private, encoders, tokenizer)) as test_client:
+        doc_id = test_client.get("/api/documents").json()["documents"][0]["doc_id"]
+        version = (private.index_dir / "CURRENT").read_text().strip()
+        (private.index_dir / "versions" / version / "documents.jsonl").write_text("", encoding="utf-8")  # damaged
+        message = error_of(test_client.delete(f"/api/documents/{doc_id}", headers=WRITE), 503, "index_unavailable")
+    assert "索引已损坏" in message and version in message
+    assert str(tmp_path) not in message and "/" not in message, message
+
+
+def test_a_field_of_the_wrong_type_is_refused_in_chinese(client: TestClient) -> None:
+    response = client.post("/api/ask", json={"question": "三会一课", "stream": "sometimes"})
+    message = error_of(response, 422, "invalid_parameter")
+    assert "布尔" in message and "Input should" not in message, message

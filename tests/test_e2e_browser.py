@@ -14,7 +14,8 @@ from service.config import PROJECT_ROOT, Settings
 from service.embed import Encoders
 from service.engine import build_index, source_files
 from service.tokenize import WordTokenizer
-from tests.conftest import live_server, run_cli
+from service.update import add_files
+from tests.conftest import live_server, run_cli, write
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
@@ -268,3 +269,113 @@ def test_server_sends_security_headers_and_no_server_header(base_url: str) -> No
     response = httpx.get(f"{base_url}/api/health")
     assert "server" not in response.headers
     assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+RULES = "规章制度"
+RULE_COUNT = 24  # with the five seeds: two pages of the document list (20 a page)
+
+
+@pytest.fixture(scope="module")
+def collections_url(
+    tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer
+) -> Iterator[str]:
+    """A server on the seeds (collection default) and RULE_COUNT short rules in the collection 规章制度."""
+    folder = tmp_path_factory.mktemp("browser-collections")
+    settings = seed_settings.model_copy(update={"index_dir": folder / "index", "uploads_dir": folder / "uploads"})
+    build_index(source_files(seed_settings.seeds_dir), settings, encoders, tokenizer)
+    rules = [
+        write(
+            folder / "rules",
+            f"规章第{n}号.txt",
+            f"第{n}号规定：各级医疗机构应当落实党风廉政建设主体责任，医务人员不得收受患者红包，违者按第{n}条处理。\n",
+        )
+        for n in range(1, RULE_COUNT + 1)
+    ]
+    add_files(settings, encoders, tokenizer, rules, collection=RULES)
+    with live_server(settings, folder / "server.log", DJQA_API_KEY=API_KEY) as url:
+        yield url
+
+
+def passage_docs(page: Page) -> set[str]:
+    ids = page.locator(".result-card").evaluate_all("cards => cards.map(card => card.dataset.passageId)")
+    return {passage_id.split(":")[0] for passage_id in ids}
+
+
+def test_document_list_pages_filters_searches_and_sorts(browser: Browser, collections_url: str) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(f"{collections_url}/?view=manage")
+    rows = page.locator("#doc-table tbody tr")
+    expect(page.locator("#doc-page-info")).to_have_text(f"第 1 / 2 页 · 共 {RULE_COUNT + 5} 篇", timeout=10_000)
+    assert rows.count() == 20
+    assert rows.first.locator(".col-collection").inner_text() == RULES, "newest first"
+    page.click("#doc-next")
+    expect(page.locator("#doc-page-info")).to_have_text(f"第 2 / 2 页 · 共 {RULE_COUNT + 5} 篇")
+    expect(rows).to_have_count(RULE_COUNT + 5 - 20)
+    assert page.locator("#doc-next").is_disabled()
+    page.select_option("#doc-collection", "default")
+    expect(page.locator("#doc-page-info")).to_have_text("第 1 / 1 页 · 共 5 篇")
+    assert set(rows.locator(".col-collection").all_inner_texts()) == {"default"}
+    assert page.locator("#doc-collection option", has_text=f"{RULES}（{RULE_COUNT} 篇）").count() == 1
+    page.select_option("#doc-collection", RULES)
+    page.fill("#doc-search", "第7号")
+    expect(page.locator("#doc-page-info")).to_have_text("第 1 / 1 页 · 共 1 篇")
+    assert "规章第7号" in rows.first.inner_text()
+    page.fill("#doc-search", "")
+    page.select_option("#doc-sort", "title")
+    expect(page.locator("#doc-page-info")).to_have_text(f"第 1 / 2 页 · 共 {RULE_COUNT} 篇")
+    titles = rows.locator(".col-title a").all_inner_texts()
+    assert titles[:3] == ["第1号规定", "第2号规定", "第3号规定"] and titles[-1] == "第20号规定", "numbers in order"
+    shot(page, "document-list-collections")
+    context.close()
+
+
+def test_search_scope_limits_results_to_one_collection(browser: Browser, collections_url: str) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(collections_url)
+    expect(page.locator("#scope option", has_text=f"{RULES}（{RULE_COUNT} 篇）")).to_have_count(1, timeout=10_000)
+    page.select_option("#top-k", "10")
+    ask(page, "党风廉政建设主体责任怎么落实")
+    unscoped = passage_docs(page)
+    assert any(doc.startswith("规章第") for doc in unscoped) and not all(doc.startswith("规章第") for doc in unscoped)
+    page.select_option("#scope", RULES)  # searches again at once
+    expect(page.locator("#status")).to_contain_text(f"在文档集「{RULES}」中找到 10 条", timeout=20_000)
+    assert all(doc.startswith("规章第") for doc in passage_docs(page))
+    assert parse_qs(urlparse(page.url).query)["c"] == [RULES]
+    assert all(
+        doc.startswith("规章第")
+        for doc in page.locator("#answer .source-list a, #answer a").evaluate_all(
+            "links => links.map(a => new URLSearchParams(a.search).get('doc')).filter(Boolean)"
+        )
+    )
+    page.select_option("#scope", "default")
+    expect(page.locator("#status")).to_contain_text("在文档集「default」中找到", timeout=20_000)
+    assert not any(doc.startswith("规章第") for doc in passage_docs(page))
+    page.reload()  # the scope is in the URL: a shared link searches the same collection
+    expect(page.locator("#status")).to_contain_text("在文档集「default」中找到", timeout=20_000)
+    assert page.locator("#scope").input_value() == "default"
+    context.close()
+
+
+def test_manage_view_uploads_into_a_new_collection(browser: Browser, collections_url: str, tmp_path: Path) -> None:
+    document = tmp_path / "院感制度.txt"
+    document.write_text("医院感染管理委员会每季度召开一次会议，党员科主任带头落实手卫生和消毒隔离制度。\n", "utf-8")
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(f"{collections_url}/?view=manage")
+    expect(page.locator("#doc-page-info")).to_contain_text("共", timeout=10_000)
+    page.fill("#api-key", API_KEY)
+    page.fill("#upload-collection", "院感管理")
+    page.set_input_files("#upload-files", str(document))
+    page.click("#upload-btn")
+    expect(page.locator("#status")).to_contain_text("新增 1", timeout=60_000)
+    assert "文档集「院感管理」" in page.inner_text("#status")
+    page.select_option("#doc-collection", "院感管理")
+    expect(page.locator("#doc-page-info")).to_have_text("第 1 / 1 页 · 共 1 篇")
+    assert page.locator("#doc-table tbody tr .col-collection").all_inner_texts() == ["院感管理"]
+    page.fill("#upload-collection", "院感 管理")
+    page.set_input_files("#upload-files", str(document))
+    page.click("#upload-btn")
+    expect(page.locator("#status")).to_contain_text("只能包含汉字", timeout=10_000)
+    context.close()

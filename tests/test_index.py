@@ -191,3 +191,21 @@ def test_large_files_are_checked_by_sampled_blocks(tmp_path: Path) -> None:
 
 def version_dir(settings: Settings, report: BuildReport) -> Path:
     return settings.index_dir / "versions" / report.version
+
+
+def test_a_version_still_read_stays_on_disk_until_its_reader_closes_it(
+    small_settings: Settings, tmp_path: Path, encoders: Encoders, tokenizer: WordTokenizer
+) -> None:
+    docs = tmp_path / "docs"
+    paths = [write(docs, "a.txt", DOC_A)]
+    build_index(paths, small_settings, encoders, tokenizer)
+    reader = load_current(small_settings, encoders)  # a server's snapshot, two changes behind below
+    first = small_settings.index_dir / "versions" / reader.version
+    for text in ("医德医风建设要常抓不懈。", "廉洁行医，拒收红包。"):
+        paths.append(write(docs, f"{len(paths)}.txt", DOC_B + text + "\n"))
+        build_index(paths, small_settings, encoders, tokenizer)
+    assert first.is_dir(), "pruned while a reader still served it"
+    assert "三会一课" in reader.passages[0].text, "and its passage table still reads"
+    reader.close()
+    build_index(paths[:2], small_settings, encoders, tokenizer)
+    assert not first.exists(), "removed by the next change once its reader let go"

@@ -1,6 +1,7 @@
 """Users' originals are kept beside the index, so a rebuild (`dangjian-qa index`) keeps their documents."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,9 +151,20 @@ LONG_NAME = "𠀀" * 80 + ".txt"  # 80 four-byte characters: a 320-byte stem, pa
 
 def test_doc_id_of_a_long_name_is_bounded_in_bytes_and_stable() -> None:
     doc_id = doc_id_for(Path(LONG_NAME))
-    assert len(doc_id.encode("utf-8")) <= MAX_DOC_ID_BYTES and doc_id == "𠀀" * 60
+    assert len(doc_id.encode("utf-8")) <= MAX_DOC_ID_BYTES and re.fullmatch("𠀀{57}_[0-9a-f]{8}", doc_id), doc_id
     assert doc_id_for(Path(f"{doc_id}.docx")) == doc_id, "a kept original maps back to its id"
     assert doc_id_for(Path("党" * 80 + ".txt")) == "党" * 80, "ids of 80 BMP characters are unchanged"
+    assert doc_id_for(Path("党" * 81 + ".txt")) != doc_id_for(Path("党" * 80 + "建.txt")), "cut, then told apart"
+
+
+def test_names_the_id_cannot_keep_get_a_stable_hash_and_never_collide() -> None:
+    emoji = [doc_id_for(Path(face * 75 + ".txt")) for face in ("😀", "😺")]
+    assert emoji[0] != emoji[1] and all(re.fullmatch("document_[0-9a-f]{8}", doc_id) for doc_id in emoji)
+    brackets = [doc_id_for(Path(name)) for name in ("院感制度（一）.txt", "院感制度【一】.txt", "院感制度_一.txt")]
+    assert len(set(brackets)) == 3 and brackets[2] == "院感制度_一"
+    assert doc_id_for(Path("😀" * 75 + ".docx")) == emoji[0], "stable: the same name, the same id"
+    assert doc_id_for(Path("2024年 支部总结.txt")) == "2024年_支部总结", "spaces still read as underscores"
+    assert all(doc_id_for(Path(f"{doc_id}.pdf")) == doc_id for doc_id in emoji + brackets)
 
 
 def test_file_with_a_long_name_is_added_kept_and_removed(

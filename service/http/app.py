@@ -49,9 +49,11 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        live.start()
         jobs.start()
         yield
         jobs.stop()
+        live.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -61,13 +63,13 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
         docs_url=None,  # FastAPI's own /docs and /redoc load their files from a CDN; ours are local
         redoc_url=None,
     )
-    app.add_middleware(SecurityHeaders)
     app.state.live = live
     app.state.jobs = jobs
     app.state.settings = settings
     # ModelClient None: extractive answers only. The searchers of every version share live.encoders.
     app.state.generators = Generators(ModelClient.from_settings(settings), GroundingChecker(live.encoders))
     add_error_handlers(app)
+    app.add_middleware(SecurityHeaders)  # added last, so it wraps every response, 500s included
     for router in [*search_routers(settings), read_routes, write_routes, system_routes]:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

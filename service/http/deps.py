@@ -2,6 +2,7 @@
 
 import hmac
 import threading
+from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import parse_qsl
 
@@ -17,8 +18,11 @@ from service.live import Snapshot
 from service.search import QueryRejected, clean_query
 
 
-def live_snapshot(request: Request) -> Snapshot:
-    return request.app.state.live.current()
+async def live_snapshot(request: Request) -> AsyncIterator[Snapshot]:
+    """The live snapshot, leased until the response is sent (a streamed answer included): its version's
+    files stay open while the request uses them, whatever goes live meanwhile."""
+    with request.app.state.live.lease() as snapshot:
+        yield snapshot
 
 
 async def app_settings(request: Request) -> Settings:

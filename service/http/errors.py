@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.collections import InvalidCollection, UnknownCollections
 from service.http.multipart import FileOverLimit, FormError, NotAForm, TooManyFiles
 from service.http.schemas import ErrorResponse
 from service.index import IndexBusy, IndexUnavailable
@@ -40,6 +42,12 @@ FIELD_NAMES = {
     "doc_type": "文档类型（doc_type）",
     "year": "年份（year）",
     "doc_id": "文档 ID（doc_id）",
+    "stream": "流式输出（stream）",
+    "collections": "文档集范围（collections）",
+    "collection": "文档集（collection）",
+    "sort": "排序（sort）",
+    "page": "页码（page）",
+    "page_size": "每页条数（page_size）",
 }
 
 
@@ -81,13 +89,15 @@ def over_limit_message(error: FileOverLimit) -> str:
 CORE_ERRORS: dict[type[Exception], tuple[int, str, Callable[[Any], str]]] = {
     UnknownDocuments: (404, "document_not_found", unknown_documents_message),
     WouldEmptyIndex: (409, "last_document", str),
-    IndexUnavailable: (503, "index_unavailable", str),
+    IndexUnavailable: (503, "index_unavailable", lambda error: error.public_message),  # no server paths
     IndexBusy: (503, "index_busy", str),
-    StoreUnreachable: (503, "store_unavailable", str),
+    StoreUnreachable: (503, "store_unavailable", lambda error: error.public_message),  # no URI, no English
     FileOverLimit: (413, "file_too_large", over_limit_message),
     NotAForm: (415, "unsupported_media_type", str),
     TooManyFiles: (400, "too_many_files", str),
     FormError: (400, "invalid_form", str),
+    InvalidCollection: (422, "invalid_collection", str),
+    UnknownCollections: (422, "unknown_collection", str),
 }
 
 
@@ -183,31 +193,49 @@ class JsonBodyRoute(APIRoute):
 # ---------- error handlers: FastAPI's own errors in our shape ----------
 
 
+# pydantic's error types in Chinese; "{name}" is the field, other names come from the error's context.
+TYPE_MESSAGES = {
+    "missing": "缺少参数{name}",
+    "int_type": "参数{name}必须是整数",
+    "int_parsing": "参数{name}必须是整数",
+    "int_from_float": "参数{name}必须是整数",
+    "int_parsing_size": "参数{name}的数值过大",
+    "string_type": "参数{name}必须是字符串",
+    "str_type": "参数{name}必须是字符串",
+    "string_too_short": "参数{name}不能短于 {min_length} 个字符",
+    "string_too_long": "参数{name}不能长于 {max_length} 个字符",
+    "bool_type": "参数{name}必须是布尔值（true 或 false）",
+    "bool_parsing": "参数{name}必须是布尔值（true 或 false）",
+    "float_type": "参数{name}必须是数字",
+    "float_parsing": "参数{name}必须是数字",
+    "list_type": "参数{name}必须是列表",
+    "too_long": "参数{name}最多 {max_length} 项",
+    "too_short": "参数{name}至少 {min_length} 项",
+    "dict_type": "参数{name}必须是 JSON 对象",
+    "model_type": "参数{name}必须是 JSON 对象",
+    "greater_than_equal": "参数{name}不能小于 {ge}",
+    "greater_than": "参数{name}必须大于 {gt}",
+    "less_than_equal": "参数{name}不能大于 {le}",
+    "less_than": "参数{name}必须小于 {lt}",
+    "extra_forbidden": "不支持参数{name}",
+}
+
+
 def parameter_message(error: dict[str, Any]) -> str:
-    """A Chinese sentence for one pydantic validation error, naming the field."""
+    """A Chinese sentence for one pydantic validation error, naming the field (never pydantic's English)."""
     field = next((str(part) for part in reversed(error.get("loc", ())) if isinstance(part, str)), "")
     if field == "body":
         return "缺少请求体" if error["type"] == "missing" else "请求体必须是 JSON 对象"
     name = f"「{FIELD_NAMES.get(field, field)}」"
     kind, context = error["type"], error.get("ctx") or {}
-    if kind == "missing":
-        return f"缺少参数{name}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"参数{name}必须是整数"
-    if kind == "int_parsing_size":
-        return f"参数{name}的数值过大"
-    if kind in ("string_type", "str_type"):
-        return f"参数{name}必须是字符串"
-    if kind == "list_type":
-        return f"参数{name}必须是列表"
-    if kind == "greater_than_equal":
-        return f"参数{name}不能小于 {context['ge']}"
-    if kind == "less_than_equal":
-        return f"参数{name}不能大于 {context['le']}"
     if kind == "literal_error":
         choices = context.get("expected", "").replace(" or ", ", ").replace("'", "").replace(", ", "、")
         return f"参数{name}必须是以下之一：{choices}"
-    return f"参数{name}无效（{error.get('msg', '')}）"
+    template = TYPE_MESSAGES.get(kind, "参数{name}的值无效")
+    try:
+        return template.format(name=name, **context)
+    except (KeyError, IndexError):  # a context without the number the sentence names
+        return f"参数{name}的值无效"
 
 
 async def on_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -248,6 +276,8 @@ async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
 
 async def on_core_error(request: Request, error: Exception) -> JSONResponse:
     status, code, message = next(CORE_ERRORS[kind] for kind in type(error).__mro__ if kind in CORE_ERRORS)
+    if status >= 500:  # the details (folders, the store's address and words) are for the log only
+        logger.warning("%s %s：%s", request.method, request.url.path, error)
     return error_response(status, code, message(error))
 
 
@@ -255,15 +285,50 @@ async def on_unexpected_error(request: Request, error: Exception) -> JSONRespons
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         logger.error("磁盘空间不足：%s %s：%s", request.method, request.url.path, error)
         return error_response(507, "insufficient_storage", "磁盘空间不足，本次操作未执行，索引未改变；请清理磁盘后重试")
-    logger.exception("未处理的错误：%s %s", request.method, request.url.path)
+    logger.error("未处理的错误：%s %s", request.method, request.url.path, exc_info=error)
     return error_response(500, "internal_error", "服务内部错误，请稍后重试")
 
 
+class UnexpectedErrors:
+    """ASGI middleware answering any exception a route lets through as on_unexpected_error says.
+
+    Starlette's own catch-all (ServerErrorMiddleware) sends its 500 from outside every middleware,
+    so without the security headers, and then re-raises, and uvicorn drops the connection. This one
+    sits inside SecurityHeaders and does not re-raise: the client gets a 500 on a connection it can
+    keep using. A response already under way (a stream) can only be ended.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception as error:
+            request = Request(scope)
+            if started:
+                logger.error("响应中途出错：%s %s", request.method, request.url.path, exc_info=error)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            response = await on_unexpected_error(request, error)
+            await response(scope, receive, send)
+
+
 def add_error_handlers(app: FastAPI) -> None:
-    """Every error the app answers, in the one shape."""
+    """Every error the app answers, in the one shape (call before adding SecurityHeaders, which wraps it)."""
     app.add_exception_handler(ApiError, on_api_error)
     for kind in CORE_ERRORS:
         app.add_exception_handler(kind, on_core_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected_error)
+    app.add_middleware(UnexpectedErrors)

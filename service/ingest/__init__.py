@@ -1,5 +1,6 @@
 """Ingest: file -> blocks (read) -> cleaned blocks (clean) -> sections (structure) -> passages."""
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ __all__ = ["Corpus", "Limits", "OverLimit", "ReadError", "doc_id_for", "ingest_f
 # A doc id names the kept original (<doc_id><suffix>), and file names are at most 255 bytes. 240
 # keeps every id of 80 BMP characters (3 bytes each in UTF-8) as it was; 4-byte characters get 60.
 MAX_DOC_ID_BYTES = 240
+MAX_DOC_ID_CHARS = 80
+DIGEST_CHARS = 8  # of the name's sha256, after an id the name cannot give faithfully: 4 billion values
 
 
 @dataclass
@@ -28,12 +31,24 @@ class Corpus:
 def doc_id_for(path: Path) -> str:
     """A stable id from the file name: the same name always maps to the same document.
 
+    The name itself when it can be kept (letters, digits, `_`, `-`; spaces become `_`), at most 80
+    characters and MAX_DOC_ID_BYTES bytes of UTF-8. A name that cannot (punctuation or emoji
+    replaced, cut at the limit, nothing left) gets `_` and a hash of the whole name after what is
+    left of it, so two such names never share an id, and the same name keeps its id.
     Applied to `<doc_id>.txt` it gives back doc_id, so kept originals (service/originals.py) keep their id.
-    At most 80 characters and MAX_DOC_ID_BYTES bytes of UTF-8, cut between characters.
     """
-    stem = re.sub(r"[^\w\-]+", "_", path.stem)[:80]
-    stem = stem.encode("utf-8")[:MAX_DOC_ID_BYTES].decode("utf-8", errors="ignore")
-    return stem.strip("_") or "document"
+    readable = re.sub(r"\s+", "_", path.stem.strip())
+    kept = re.sub(r"[^\w\-]+", "_", readable).strip("_")
+    if kept == readable and fits(kept, MAX_DOC_ID_CHARS):
+        return kept
+    digest = hashlib.sha256(path.stem.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
+    room = MAX_DOC_ID_CHARS - DIGEST_CHARS - 1
+    cut = kept[:room].encode("utf-8")[: MAX_DOC_ID_BYTES - DIGEST_CHARS - 1].decode("utf-8", errors="ignore")
+    return f"{cut.strip('_') or 'document'}_{digest}"
+
+
+def fits(doc_id: str, max_chars: int) -> bool:
+    return 0 < len(doc_id) <= max_chars and len(doc_id.encode("utf-8")) <= MAX_DOC_ID_BYTES
 
 
 def ingest_file(

@@ -10,7 +10,12 @@
   const config = { modes: ['hybrid'], default_mode: 'hybrid', max_top_k: 5, default_top_k: 5, max_query_chars: 500 };
   const KEY_STORE = 'dangjian-qa.apiKey';
   const LAST_SEARCH = 'dangjian-qa.lastSearch';
-  const state = { seq: 0, renderedKey: null, searchStatus: null };
+  const DOC_PAGE_SIZE = 20;
+  const state = {
+    seq: 0, renderedKey: null, searchStatus: null,
+    collections: [], // [{name, documents, passages}] from /api/health and /api/documents
+    docs: { collection: '', q: '', sort: '-added', page: 1 },
+  };
 
   // ---------- DOM helpers (text is always inserted as text nodes) ----------
   function el(tag, attrs = {}, ...children) {
@@ -32,7 +37,7 @@
   const reduceMotion = () => window.matchMedia('(prefers-reduced-motion: reduce)').matches;
   const safeId = (s) => String(s).replace(/[^A-Za-z0-9_-]/g, '_');
   const docUrl = (docId, pid) => '/?' + new URLSearchParams(pid ? { doc: docId, p: pid } : { doc: docId });
-  const searchUrl = (q, mode, k) => '/?' + new URLSearchParams({ q, mode, k: String(k) });
+  const searchUrl = (q, mode, k, c) => '/?' + new URLSearchParams({ q, mode, k: String(k), ...(c ? { c } : {}) });
 
   function fmtDate(iso) {
     const d = new Date(iso);
@@ -99,6 +104,7 @@
       q: (p.get('q') || '').trim(),
       mode: config.modes.includes(p.get('mode')) ? p.get('mode') : config.default_mode,
       k: k >= 1 && k <= config.max_top_k ? k : config.default_top_k,
+      c: (p.get('c') || '').trim(), // the collection a search is scoped to; '' = every collection
     };
   }
 
@@ -142,8 +148,11 @@
   }
 
   // ---------- search ----------
-  function applyControls({ q, mode, k }) {
+  function applyControls({ q, mode, k, c }) {
     $('#q').value = q;
+    const scope = $('#scope');
+    if (c && ![...scope.options].some((o) => o.value === c)) scope.append(el('option', { value: c }, c));
+    scope.value = c || '';
     const radio = $(`input[name=mode][value="${mode}"]`);
     if (radio) radio.checked = true;
     const sel = $('#top-k');
@@ -156,13 +165,14 @@
       q: $('#q').value.trim(),
       mode: ($('input[name=mode]:checked') || {}).value || config.default_mode,
       k: Number.parseInt($('#top-k').value, 10) || config.default_top_k,
+      c: $('#scope').value,
     };
   }
 
   function submitSearch() {
     const params = currentControls();
     if (!params.q) { setStatus('请输入问题', 'warn'); $('#q').focus(); return; }
-    const url = searchUrl(params.q, params.mode, params.k);
+    const url = searchUrl(params.q, params.mode, params.k, params.c);
     if (url !== location.pathname + location.search) history.pushState(null, '', url);
     runSearch(params);
   }
@@ -175,9 +185,10 @@
     $('#results').replaceChildren(...cards);
   }
 
-  async function runSearch({ q, mode, k }) {
+  async function runSearch({ q, mode, k, c }) {
     const seq = ++state.seq;
-    const url = searchUrl(q, mode, k);
+    const url = searchUrl(q, mode, k, c);
+    const collections = c ? [c] : null;
     sessionStorage.setItem(LAST_SEARCH, url);
     $('#nav-search').setAttribute('href', url);
     document.title = `${q} · 党建问答`;
@@ -185,13 +196,14 @@
     setStatus('正在检索…', 'info', true);
     showSkeleton(k);
     const answerMode = config.generation ? (($('input[name=answer-mode]:checked') || {}).value || 'generate') : null;
-    const askBody = answerMode ? { question: q, top_k: k, mode: answerMode } : { question: q, top_k: k };
+    const askBody = answerMode
+      ? { question: q, top_k: k, mode: answerMode, collections } : { question: q, top_k: k, collections };
     const asking = answerMode === 'generate'
       ? streamAsk({ ...askBody, stream: true }, (kind, data) => { if (seq === state.seq) showStreamed(kind, data); })
       : api('/api/ask', { method: 'POST', body: askBody });
     const [ask, search] = await Promise.allSettled([
       asking,
-      api('/api/search', { method: 'POST', body: { query: q, top_k: k, mode, doc_ids: null, doc_type: null, year: null } }),
+      api('/api/search', { method: 'POST', body: { query: q, top_k: k, mode, doc_ids: null, doc_type: null, year: null, collections } }),
     ]);
     if (seq !== state.seq) return; // superseded by a newer navigation
     setBusy(false);
@@ -205,7 +217,10 @@
     else if (ask.status === 'fulfilled' && ask.value.found === false) {
       // One message: the server's not-found text, then what the cards below are.
       setSearchStatus(`${ask.value.answer}以下 ${results.length} 条是最接近的段落，仅供参考。`, 'empty');
-    } else setSearchStatus(`找到 ${results.length} 条相关段落 · 用时 ${Math.round(search.value.took_ms || 0)} 毫秒`, 'info');
+    } else {
+      const where = c ? `在文档集「${c}」中` : '';
+      setSearchStatus(`${where}找到 ${results.length} 条相关段落 · 用时 ${Math.round(search.value.took_ms || 0)} 毫秒`, 'info');
+    }
   }
 
   function rerunIfShown() {
@@ -510,32 +525,72 @@
     if (await loadDocuments()) setStatus('');
   }
 
+  // The list is paged, filtered and sorted by the server (GET /api/documents), so it stays quick with
+  // thousands of documents: the page only ever holds DOC_PAGE_SIZE rows.
   async function loadDocuments() {
     const seq = ++state.seq;
+    const { collection, q, sort, page } = state.docs;
+    const params = new URLSearchParams({ sort, page: String(page), page_size: String(DOC_PAGE_SIZE) });
+    if (collection) params.set('collection', collection);
+    if (q) params.set('q', q);
     try {
-      const data = await api('/api/documents');
-      if (seq === state.seq) renderDocTable(data.documents || []);
-      return seq === state.seq;
+      const data = await api(`/api/documents?${params}`);
+      if (seq !== state.seq) return false;
+      if (data.total && page > data.pages) { // the last page emptied by a delete: show the one before
+        state.docs.page = data.pages;
+        return loadDocuments();
+      }
+      setCollections(data.collections || []);
+      renderDocTable(data.documents || [], data);
+      return true;
     } catch (e) {
       if (seq === state.seq) setStatus(e.message, 'error');
       return false;
     }
   }
 
-  function renderDocTable(docs) {
+  // Every place that offers the collections: the search scope, the list's filter, the upload's suggestions.
+  function setCollections(collections) {
+    state.collections = collections;
+    const label = (c) => `${c.name}（${c.documents} 篇）`;
+    for (const [sel, all] of [[$('#scope'), '全部文档集'], [$('#doc-collection'), '全部']]) {
+      const chosen = sel.value;
+      const names = collections.map((c) => c.name);
+      const options = collections.map((c) => el('option', { value: c.name }, label(c)));
+      if (chosen && !names.includes(chosen)) options.push(el('option', { value: chosen }, chosen));
+      sel.replaceChildren(el('option', { value: '' }, all), ...options);
+      sel.value = chosen;
+    }
+    $('#collection-names').replaceChildren(...collections.map((c) => el('option', { value: c.name })));
+  }
+
+  function renderDocTable(docs, page = {}) {
     const rows = docs.map((d) => el('tr', {},
       el('td', { 'data-label': '标题', class: 'col-title' },
         el('a', { href: docUrl(d.doc_id), 'data-nav': true }, d.title || d.doc_id),
         d.source ? el('div', { class: 'doc-source' }, d.source) : null),
       el('td', { 'data-label': '类型' }, d.doc_type || '—'),
       el('td', { 'data-label': '年份' }, d.year || '—'),
+      el('td', { 'data-label': '文档集', class: 'col-collection' }, d.collection || 'default'),
       el('td', { 'data-label': '段落数', class: 'num' }, d.passages ?? '—'),
       el('td', { 'data-label': '添加时间' }, fmtDate(d.added_at) || '—'),
       el('td', { class: 'col-action' }, el('button', {
         type: 'button', class: 'delete-btn', 'aria-label': `删除「${d.title || d.doc_id}」`, onclick: () => deleteDoc(d),
       }, '删除'))));
     $('#doc-table tbody').replaceChildren(...rows);
+    const filtered = Boolean(state.docs.collection || state.docs.q);
+    $('#doc-empty').textContent = filtered ? '没有符合条件的文档。' : '暂无文档，请先上传。';
     $('#doc-empty').hidden = docs.length > 0;
+    const pages = page.pages || 1;
+    $('#doc-pager').hidden = !page.total;
+    $('#doc-page-info').textContent = `第 ${page.page || 1} / ${pages} 页 · 共 ${page.total || 0} 篇`;
+    $('#doc-prev').disabled = (page.page || 1) <= 1;
+    $('#doc-next').disabled = (page.page || 1) >= pages;
+  }
+
+  function changeDocs(update) {
+    Object.assign(state.docs, { page: 1 }, update);
+    loadDocuments();
   }
 
   async function deleteDoc(d) {
@@ -558,6 +613,8 @@
     const headers = apiKeyHeaders();
     if (!headers) return;
     const form = new FormData();
+    const collection = $('#upload-collection').value.trim();
+    if (collection) form.append('collection', collection);
     files.forEach((f) => form.append('files', f, f.name));
     const btn = $('#upload-btn');
     btn.disabled = true;
@@ -569,7 +626,10 @@
       const summary = renderUploadResult(job.result || {});
       await loadDocuments();
       if (job.state === 'failed') setStatus(job.error ? job.error.message : '没有添加任何文档', 'error');
-      else setStatus(summary, (job.result.failed || []).length ? 'warn' : 'ok');
+      else {
+        const where = job.collection && job.collection !== 'default' ? `（文档集「${job.collection}」）` : '';
+        setStatus(summary + where, (job.result.failed || []).length ? 'warn' : 'ok');
+      }
       loadHealth();
     } catch (e) { handleWriteError(e); } finally { btn.disabled = false; }
   }
@@ -619,6 +679,8 @@
       const h = await api('/api/health');
       const parts = [`文档 ${h.documents} 篇`, `段落 ${h.passages} 个`, `模型 ${h.model}`];
       if (h.built_at) parts.push(`索引更新于 ${fmtDate(h.built_at)}`);
+      if ((h.collections || []).length > 1) parts.splice(1, 0, `文档集 ${h.collections.length} 个`);
+      setCollections(h.collections || []);
       f.textContent = parts.join(' · ');
       f.classList.remove('offline');
     } catch (e) {
@@ -675,6 +737,17 @@
     }));
     $('#top-k').addEventListener('change', rerunIfShown);
     $('#upload-btn').addEventListener('click', uploadFiles);
+    $('#scope').addEventListener('change', rerunIfShown);
+    $('#doc-filters').addEventListener('submit', (e) => e.preventDefault());
+    $('#doc-collection').addEventListener('change', (e) => changeDocs({ collection: e.target.value }));
+    $('#doc-sort').addEventListener('change', (e) => changeDocs({ sort: e.target.value }));
+    let typing = null;
+    $('#doc-search').addEventListener('input', (e) => {
+      clearTimeout(typing);
+      typing = setTimeout(() => changeDocs({ q: e.target.value.trim() }), 250);
+    });
+    $('#doc-prev').addEventListener('click', () => { state.docs.page -= 1; loadDocuments(); });
+    $('#doc-next').addEventListener('click', () => { state.docs.page += 1; loadDocuments(); });
     $('#api-key').addEventListener('change', (e) => sessionStorage.setItem(KEY_STORE, e.target.value.trim()));
     const last = sessionStorage.getItem(LAST_SEARCH);
     if (last) $('#nav-search').setAttribute('href', last);

@@ -5,8 +5,9 @@ explanations and highlights itself and so ranks the same whichever store answere
 
 - `dense`: exact scores of the passages owning the units nearest a question's vector, for one model;
 - `row_scores`: exact scores of given passages for one model (every unit of each, best one wins);
-- `lexical`: the best BM25 passages, and a way to score other passages for the same question;
-- `frequencies`: how many passages hold each word (for idf);
+- `lexical`: the best BM25 passages, and a way to score other passages for the same question (each
+  word's weight can be scaled: a search scoped to collections gives them the scope's idf);
+- `frequencies`: how many passages hold each word (for idf), in the index or in some collections;
 - `passages`: the hits' passages and tokens;
 - `document_numbers`: which document each of some rows belongs to (document evidence in fusion).
 
@@ -34,7 +35,13 @@ LexicalScores = Callable[[Iterable[int]], dict[int, float]]  # rows -> their BM2
 
 
 class StoreUnreachable(Exception):
-    """The store did not answer (Milvus stopped, unreachable, overloaded); the service recovers once it does."""
+    """The store did not answer (Milvus stopped, unreachable, overloaded); the service recovers once it does.
+
+    str() names the store's address and the client's own (English) reason, for the CLI and the log;
+    HTTP users get `public_message`, which names neither.
+    """
+
+    public_message = "向量数据库 Milvus 暂时无法访问。恢复后服务会自动继续，请稍后重试"
 
     def __init__(self, uri: str, error: Exception) -> None:
         reason = getattr(error, "message", None) or str(error) or type(error).__name__
@@ -48,6 +55,7 @@ class Filters:
     doc_ids: frozenset[str] | None = None
     doc_type: str | None = None
     year: int | None = None
+    collections: frozenset[str] | None = None  # the search's scope (service/collections.py)
 
 
 class Store(Protocol):
@@ -59,6 +67,7 @@ class Store(Protocol):
     documents: dict[str, Document]  # in the order they were added
     passage_count: int
     concurrent: bool  # whether each model's search is worth running beside the others
+    remote: bool  # whether its calls wait on the network (Milvus) rather than on a core
 
     def allowed(self, filters: Filters) -> object: ...
 
@@ -67,10 +76,10 @@ class Store(Protocol):
     def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]: ...
 
     def lexical(
-        self, query_tokens: list[str], allowed: object, candidates: int
+        self, query_tokens: list[str], allowed: object, candidates: int, weights: dict[str, float] | None = None
     ) -> tuple[dict[int, float], LexicalScores]: ...
 
-    def frequencies(self, tokens: Iterable[str]) -> dict[str, int]: ...
+    def frequencies(self, tokens: Iterable[str], collections: frozenset[str] | None = None) -> dict[str, int]: ...
 
     def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]: ...
 
@@ -87,6 +96,8 @@ class Store(Protocol):
     def chunks(self, drop_doc_ids: set[str]) -> Iterator[Chunk]: ...
 
     def check_reachable(self) -> None: ...
+
+    def close(self) -> None: ...  # by its owner, once nothing searches it
 
 
 def idf(document_frequency: int, passage_count: int) -> float:
@@ -107,6 +118,7 @@ def document_rows(store: Store) -> list[dict]:
             "passages": count,
             "characters": len(document.text),
             "added_at": document.added_at,
+            "collection": document.collection,
         }
         for document, count in zip(store.documents.values(), store.passage_counts(), strict=True)
     ]

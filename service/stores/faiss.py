@@ -10,6 +10,8 @@ from service.records import Passage
 from service.rowfile import RowFile
 from service.stores import DENSE_ROWS_PER_CANDIDATE, UNITS_PER_CANDIDATE, Filters, LexicalScores
 
+MAX_SCOPE_MASKS = 16
+
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores (any order), exactly, in far less than a full partition.
@@ -37,19 +39,26 @@ def first_occurrences(values: np.ndarray) -> np.ndarray:
     return values[np.sort(first)]
 
 
-def column_reader(array: np.ndarray) -> Callable[[list[tuple[int, int]]], np.ndarray]:
-    """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index), else in memory."""
+def column_reader(array: np.ndarray, opened: list[RowFile]) -> Callable[[list[tuple[int, int]]], np.ndarray]:
+    """Reads spans of a 1-D array: from its file when memory-mapped (a loaded index; the file is added
+    to `opened`), else in memory."""
     if isinstance(array, np.memmap):
         rows = RowFile.of(array)
+        opened.append(rows)
         rows.prefetch()  # BM25 columns are read for every question: have them in memory early
         return lambda spans: rows.read(spans).view(array.dtype).ravel()
     return lambda spans: np.concatenate([array[start:end] for start, end in spans])
 
 
 class FaissStore:
-    """An index directory's version (service/index.py): FAISS or exact scans, bm25s columns, SQLite rows."""
+    """An index directory's version (service/index.py): FAISS or exact scans, bm25s columns, SQLite rows.
+
+    Thread-safe for searches (per-thread score buffers, pread, a locked passage table); close() is
+    for its owner, once no search uses it.
+    """
 
     kind = "faiss"
+    remote = False
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
@@ -63,11 +72,28 @@ class FaissStore:
         self.buffers = threading.local()
         bm25_scores = index.bm25.scores
         self.bm25_indptr = np.asarray(bm25_scores["indptr"])
-        self.bm25_columns = [column_reader(bm25_scores[name]) for name in ("data", "indices")]
+        self.row_files: list[RowFile] = []
+        self.bm25_columns = [column_reader(bm25_scores[name], self.row_files) for name in ("data", "indices")]
         documents = list(index.documents.values())
         self.doc_types = np.array([document.doc_type or "" for document in documents], dtype=object)
         self.doc_years = np.array([document.year or 0 for document in documents], dtype=np.int64)
         self.doc_numbers = {document.doc_id: number for number, document in enumerate(documents)}
+        self.doc_collections = np.array([document.collection for document in documents], dtype=object)
+        self.scope_masks: dict[frozenset[str], np.ndarray] = {}  # a few scopes, each a byte per passage
+
+    def in_collections(self, collections: frozenset[str]) -> np.ndarray:
+        """Which documents (a mask by document number) belong to the collections."""
+        return np.isin(self.doc_collections, list(collections))
+
+    def scope_mask(self, collections: frozenset[str]) -> np.ndarray:
+        """Which passages belong to the collections; remembered, since a page asks for the same few scopes."""
+        mask = self.scope_masks.get(collections)
+        if mask is None:
+            mask = self.in_collections(collections)[self.index.doc_rows]
+            if len(self.scope_masks) >= MAX_SCOPE_MASKS:
+                self.scope_masks.clear()
+            self.scope_masks[collections] = mask
+        return mask
 
     def allowed(self, filters: Filters) -> np.ndarray | None:
         """Rows passing the filters (ascending), or None when nothing is filtered.
@@ -86,6 +112,8 @@ class FaissStore:
             allowed &= self.doc_types == filters.doc_type
         if filters.year is not None:
             allowed &= self.doc_years == filters.year
+        if filters.collections is not None:
+            allowed &= self.in_collections(filters.collections)
         return np.flatnonzero(allowed[self.index.doc_rows])
 
     def row_scores(self, model: str, rows: Collection[int], vector: np.ndarray) -> dict[int, float]:
@@ -114,20 +142,30 @@ class FaissStore:
         return self.row_scores(model, rows, vector)
 
     def lexical(
-        self, query_tokens: list[str], allowed: np.ndarray | None, candidates: int
+        self,
+        query_tokens: list[str],
+        allowed: np.ndarray | None,
+        candidates: int,
+        weights: dict[str, float] | None = None,
     ) -> tuple[dict[int, float], LexicalScores]:
         """The best BM25 passages (positive scores only), and every passage's score on demand.
 
         Reads only the columns of the question's words (with pread when the index is on disk, see
-        service/rowfile.py) and adds them up column by column: the sum bm25s computes.
+        service/rowfile.py) and adds them up column by column: the sum bm25s computes, each word's
+        column scaled by its weight when given.
         """
         scores = self.score_buffer(self.passage_count)
-        token_ids = self.index.bm25.get_tokens_ids(query_tokens)
-        if token_ids and self.passage_count:
+        vocabulary = self.index.bm25.vocab_dict
+        known = [token for token in query_tokens if token in vocabulary]
+        if known and self.passage_count:
             read_weights, read_rows = self.bm25_columns
-            for token in token_ids:
-                span = [(int(self.bm25_indptr[token]), int(self.bm25_indptr[token + 1]))]
-                scores[read_rows(span)] += read_weights(span)  # a column names each passage once
+            for token in known:
+                number = vocabulary[token]
+                span = [(int(self.bm25_indptr[number]), int(self.bm25_indptr[number + 1]))]
+                column = read_weights(span)
+                if weights is not None:
+                    column = column * np.float32(weights.get(token, 1.0))
+                scores[read_rows(span)] += column  # a column names each passage once
             if allowed is not None:
                 mask = np.zeros(self.passage_count, dtype=bool)
                 mask[allowed] = True
@@ -151,14 +189,23 @@ class FaissStore:
             buffer.fill(0.0)
         return buffer
 
-    def frequencies(self, tokens: Iterable[str]) -> dict[str, int]:
-        """Passages holding each known word (bm25s keeps a CSC matrix: a word's column lists them)."""
+    def frequencies(self, tokens: Iterable[str], collections: frozenset[str] | None = None) -> dict[str, int]:
+        """Passages holding each known word (bm25s keeps a CSC matrix: a word's column lists them);
+        with `collections`, only theirs, counted over the column's passages (words they lack are left out)."""
         vocabulary = self.index.bm25.vocab_dict
-        return {
-            token: int(self.bm25_indptr[vocabulary[token] + 1] - self.bm25_indptr[vocabulary[token]])
+        spans = {
+            token: (int(self.bm25_indptr[vocabulary[token]]), int(self.bm25_indptr[vocabulary[token] + 1]))
             for token in tokens
             if token and token in vocabulary
         }
+        if collections is None:
+            return {token: end - start for token, (start, end) in spans.items()}
+        in_scope, read_rows = self.scope_mask(collections), self.bm25_columns[1]
+        counts = {
+            token: int(np.count_nonzero(in_scope[read_rows([span])])) if span[1] > span[0] else 0
+            for token, span in spans.items()
+        }
+        return {token: count for token, count in counts.items() if count}
 
     def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]:
         return self.index.passages.with_tokens(rows)
@@ -181,3 +228,9 @@ class FaissStore:
 
     def check_reachable(self) -> None:
         """A loaded index folder is always at hand."""
+
+    def close(self) -> None:
+        """Close the version's files (passage table, the files read per search) and release its hold."""
+        for rows in self.row_files:
+            rows.close()
+        self.index.close()

@@ -2,14 +2,16 @@
 
 Each index version is three collections, `<prefix>_<version>_<part>`:
 
-- `u` (units): one entity per embedded unit: unit id, passage row, the document's id, type and year
-  (filters are Milvus expressions on them), one FLOAT_VECTOR field per model (`vec_<i>`, manifest order).
+- `u` (units): one entity per embedded unit: unit id, passage row, the document's id, type, year and
+  collection (filters are Milvus expressions on them), one FLOAT_VECTOR field per model (`vec_<i>`,
+  manifest order).
 - `p` (passages): one per passage: row, the same document fields, the passage and its BM25 tokens as
   JSON, and its BM25 weights as a SPARSE_FLOAT_VECTOR over word numbers. The weights are bm25s's, from
   the project's own jieba tokens, so a question's sparse vector (its words' numbers, each counted)
   scores every passage exactly as the FAISS store's column sums do.
 - `r` (records): the manifest, the documents (JSON in parts: a field holds at most 64 KB) and the
-  vocabulary (word -> its number and how many passages hold it).
+  vocabulary (word -> its number and how many passages hold it, in all and per collection, so that a
+  scoped search weighs words by the scope's idf as the FAISS store does).
 
 The alias `<prefix>` names the live version's records collection. A change (build, add, remove;
 service/stores/milvus_writer.py) writes a whole new version beside the live one, checks its counts, and
@@ -80,6 +82,8 @@ def filter_expression(filters: Filters) -> str:
     if filters.year is not None:
         # A year no INT64 field holds matches no document (Milvus would refuse the literal).
         terms.append(f"year == {filters.year}" if INT64_MIN <= filters.year <= INT64_MAX else "year in []")
+    if filters.collections is not None:
+        terms.append(f"collection in [{','.join(literal(c) for c in sorted(filters.collections))}]")
     return " and ".join(terms)
 
 
@@ -152,6 +156,7 @@ class MilvusStore:
 
     kind = "milvus"
     concurrent = True  # each model's search is a round trip: they overlap with BM25's
+    remote = True  # its calls wait on the network: search.py runs them in STORE_POOL, not with encoding
 
     def __init__(self, client: MilvusClient, settings: Settings, version: str, manifest: dict) -> None:
         self.client = client
@@ -162,7 +167,7 @@ class MilvusStore:
         self.units, self.passages_name, self.records = (
             collection(prefix, version, part) for part in (UNITS, PASSAGES, RECORDS)
         )
-        self.terms: dict[str, tuple[int, int] | None] = {}
+        self.terms: dict[str, tuple[int, int, dict[str, int]] | None] = {}
         self.manifest = manifest
         self.passage_count = int(self.manifest["passage_count"])
         self.max_units = max(1, int(self.manifest["max_units_per_passage"]))
@@ -274,13 +279,19 @@ class MilvusStore:
             return {row: first[row] for row in rows}
         return self.row_scores(model, rows, vector)
 
-    def lexical(self, query_tokens: list[str], allowed: str, candidates: int) -> tuple[dict[int, float], LexicalScores]:
+    def lexical(
+        self, query_tokens: list[str], allowed: str, candidates: int, weights: dict[str, float] | None = None
+    ) -> tuple[dict[int, float], LexicalScores]:
+        """The best BM25 passages and a way to score others: the question is a sparse vector of its
+        words' numbers, each counted (and scaled by its weight when given), and a passage's score is its
+        inner product with the passage's stored BM25 weights."""
         terms = self.vocabulary(query_tokens)
         question: dict[int, float] = {}
         for token in query_tokens:
             if terms.get(token) is not None:
                 number = terms[token][0]
-                question[number] = question.get(number, 0.0) + 1.0
+                weight = 1.0 if weights is None else weights.get(token, 1.0)
+                question[number] = question.get(number, 0.0) + weight
         if not question:
             return {}, lambda rows: dict.fromkeys(rows, 0.0)
         hits = self.search(self.passages_name, "bm25", question, candidates, allowed, [])
@@ -300,23 +311,34 @@ class MilvusStore:
 
         return top, scores_of
 
-    def vocabulary(self, tokens: Iterable[str]) -> dict[str, tuple[int, int] | None]:
-        """Each word's number and passage count (None: not in the vocabulary), remembered per version."""
+    def vocabulary(self, tokens: Iterable[str]) -> dict[str, tuple[int, int, dict[str, int]] | None]:
+        """Each word's number, passage count and count per collection (None: not in the vocabulary),
+        remembered per version."""
         wanted = {token for token in tokens if token and usable_token(token)}
         missing = sorted(wanted - self.terms.keys())
         if missing:
             keys = ",".join(literal(term_key(token)) for token in missing)
             found = self.call(
-                self.client.query, self.records, filter=f"key in [{keys}]", output_fields=["key", "number", "count"]
+                self.client.query,
+                self.records,
+                filter=f"key in [{keys}]",
+                output_fields=["key", "number", "count", "value"],
             )
             if len(self.terms) > TERM_CACHE_WORDS:
                 self.terms = {}
-            known = {entry["key"][2:]: (int(entry["number"]), int(entry["count"])) for entry in found}
+            known = {
+                entry["key"][2:]: (int(entry["number"]), int(entry["count"]), json.loads(entry["value"] or "{}"))
+                for entry in found
+            }
             self.terms |= {token: known.get(token) for token in missing}
         return {token: self.terms.get(token) for token in wanted}
 
-    def frequencies(self, tokens: Iterable[str]) -> dict[str, int]:
-        return {token: term[1] for token, term in self.vocabulary(tokens).items() if term is not None}
+    def frequencies(self, tokens: Iterable[str], collections: frozenset[str] | None = None) -> dict[str, int]:
+        terms = {token: term for token, term in self.vocabulary(tokens).items() if term is not None}
+        if collections is None:
+            return {token: term[1] for token, term in terms.items()}
+        counts = {token: sum(term[2].get(name, 0) for name in collections) for token, term in terms.items()}
+        return {token: count for token, count in counts.items() if count}
 
     def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]:
         wanted = sorted({int(row) for row in rows})
@@ -348,6 +370,9 @@ class MilvusStore:
         """StoreUnreachable unless Milvus answers a small request within a few seconds."""
         with reaching(self.uri):
             self.client.list_aliases(timeout=min(self.timeout, 3.0))
+
+    def close(self) -> None:
+        """Nothing of a version is open here: the client is shared by the process (client_for)."""
 
     def rows(self, start: int, end: int, fields: list[str], name: str | None = None) -> list[dict]:
         return self.query_all(name or self.passages_name, f"row >= {start} and row < {end}", fields)

@@ -56,6 +56,7 @@ def create_collections(client: MilvusClient, settings: Settings, version: str, m
         schema.add_field("doc_id", DataType.VARCHAR, max_length=KEY_BYTES)
         schema.add_field("doc_type", DataType.VARCHAR, max_length=KEY_BYTES)
         schema.add_field("year", DataType.INT64)
+        schema.add_field("collection", DataType.VARCHAR, max_length=KEY_BYTES)
 
     units = client.create_schema(auto_id=False, enable_dynamic_field=False)
     units.add_field("unit", DataType.INT64, is_primary=True)
@@ -121,6 +122,16 @@ def sparse_rows(tokens: list[list[str]]) -> tuple[scipy.sparse.csr_matrix, dict[
     return columns.tocsr(), vocabulary, np.diff(scores["indptr"])
 
 
+def collection_frequencies(weights: scipy.sparse.csr_matrix, collections: list[str]) -> dict[str, np.ndarray]:
+    """Each collection's passage count of every word (a passage's row names each of its words once)."""
+    row_collections = np.array(collections, dtype=object)
+    entry_collections = np.repeat(row_collections, np.diff(weights.indptr)) if len(collections) else row_collections
+    return {
+        name: np.bincount(weights.indices[entry_collections == name], minlength=weights.shape[1])
+        for name in dict.fromkeys(collections)
+    }
+
+
 class MilvusVersionWriter:
     """Writes one version's collections, chunk by chunk; passages wait for BM25, which needs them all."""
 
@@ -148,7 +159,12 @@ class MilvusVersionWriter:
             zip(chunk.passages, chunk.tokens, chunk.unit_counts, strict=True)
         ):
             document = documents[passage.doc_id]
-            fields = {"doc_id": passage.doc_id, "doc_type": document.doc_type or "", "year": document.year or 0}
+            fields = {
+                "doc_id": passage.doc_id,
+                "doc_type": document.doc_type or "",
+                "year": document.year or 0,
+                "collection": document.collection,
+            }
             self.passages.append(
                 fields
                 | {
@@ -172,6 +188,7 @@ class MilvusVersionWriter:
     def finish(self, documents: list[Document]) -> dict:
         """Passages with their BM25 weights, the vocabulary and the documents; the manifest's counts."""
         weights, vocabulary, frequencies = sparse_rows(self.tokens)
+        by_collection = collection_frequencies(weights, [entity["collection"] for entity in self.passages])
         for start in range(0, len(self.passages), INSERT_BATCH):
             batch = self.passages[start : start + INSERT_BATCH]
             for entity in batch:
@@ -179,7 +196,12 @@ class MilvusVersionWriter:
                 entity["bm25"] = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True)) or {NO_WORD: 1.0}
             insert(self.client, self.names[PASSAGES], batch, self.timeout)
         terms = [
-            record(term_key(token), number=number, count=int(frequencies[number]))
+            record(
+                term_key(token),
+                as_json({name: int(counts[number]) for name, counts in by_collection.items() if counts[number]}),
+                number=number,
+                count=int(frequencies[number]),
+            )
             for token, number in vocabulary.items()
             if usable_token(token)
         ]

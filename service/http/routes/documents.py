@@ -9,21 +9,32 @@ thread and the new version is served before it answers. Searches go on answering
 
 import shutil
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from service.collections import (
+    DEFAULT_COLLECTION,
+    MAX_NAME_CHARS,
+    MAX_PAGE_SIZE,
+    DocumentQuery,
+    checked_collection,
+    document_page,
+)
 from service.config import Settings
 from service.http.deps import SettingsDep, SnapshotDep, require_read_key, require_write_key
 from service.http.errors import ApiError, error_responses
 from service.http.multipart import ReceivedFile, receive_files
 from service.http.schemas import (
+    CollectionInfo,
     DocumentDetail,
     DocumentList,
     DocumentSummary,
     PassageSpan,
     RemovedDocument,
+    Sort,
     UploadJob,
 )
 from service.jobs import Job, nothing_added, problem_rows
@@ -47,7 +58,13 @@ UPLOAD_FORM = {  # the body as /docs shows it; the route reads the stream itself
                             "items": {"type": "string", "format": "binary"},
                             "minItems": 1,
                             "description": "一个或多个 .txt、.md、.docx、.pdf 文件",
-                        }
+                        },
+                        "collection": {
+                            "type": "string",
+                            "maxLength": MAX_NAME_CHARS,
+                            "default": DEFAULT_COLLECTION,
+                            "description": "收录到哪个文档集（汉字、字母、数字、_ 和 -），默认 default",
+                        },
                     },
                 }
             }
@@ -69,16 +86,37 @@ UPLOAD_RESPONSES = {
             "有文件超过大小上限（file_too_large），本次上传的文件都未添加；或文件内容超过上限（document_too_large）",
         ),
         (415, "文件类型不支持（unsupported_file_type）或请求不是表单（unsupported_media_type）"),
-        (422, "文件无法读取：损坏、为空、没有文字或是扫描件（unreadable_file）；原因不一时为 upload_failed"),
+        (
+            422,
+            "文件无法读取：损坏、为空、没有文字或是扫描件（unreadable_file）；原因不一时为 upload_failed；"
+            "文档集名称无效（invalid_collection）",
+        ),
         (507, "磁盘空间不足（insufficient_storage），文档未添加"),
     ),
 }
 
 
 @read_routes.get("/documents", summary="文档列表", response_model=DocumentList)
-def list_documents(snapshot: SnapshotDep) -> DocumentList:
-    """已收录的全部文档及其段落数、字数。"""
-    return DocumentList(documents=[DocumentSummary(**row) for row in document_rows(snapshot.searcher.store)])
+def list_documents(
+    snapshot: SnapshotDep,
+    collection: Annotated[str | None, Query(description="只列出此文档集的文档")] = None,
+    q: Annotated[str, Query(max_length=200, description="标题或文档 ID 包含的文字（不区分大小写）")] = "",
+    sort: Annotated[
+        Sort, Query(description="排序：added 收录顺序、title 标题、passages 段落数、year 年份；前加 - 为倒序")
+    ] = "added",
+    page: Annotated[int, Query(ge=1, description="页码，从 1 开始")] = 1,
+    page_size: Annotated[
+        int | None, Query(ge=1, le=MAX_PAGE_SIZE, description=f"每页条数，1 到 {MAX_PAGE_SIZE}；不给时一页列出全部")
+    ] = None,
+) -> DocumentList:
+    """已收录的文档及其段落数、字数、文档集，可按文档集和标题筛选、排序、分页；并列出全部文档集。"""
+    searcher = snapshot.searcher
+    name = None if collection is None else checked_collection(collection)  # 422 invalid_collection
+    listed = document_page(document_rows(searcher.store), DocumentQuery(name, q, sort, page, page_size))
+    return DocumentList(
+        **{**listed, "documents": [DocumentSummary(**row) for row in listed["documents"]]},
+        collections=[CollectionInfo(**vars(count)) for count in searcher.collections.values()],
+    )
 
 
 @read_routes.get(
@@ -111,7 +149,9 @@ def document_detail(doc_id: str, snapshot: SnapshotDep) -> DocumentDetail:
     )
 
 
-def check_upload(request: Request, settings: Settings, received: list[ReceivedFile], folder: Path) -> Job:
+def check_upload(
+    request: Request, settings: Settings, received: list[ReceivedFile], folder: Path, collection: str
+) -> Job:
     """Read and check the received files against the live index; a job for those to add, else ApiError.
 
     Runs in a worker thread: reading a large Word or PDF file takes a while, searches go on meanwhile.
@@ -128,7 +168,7 @@ def check_upload(request: Request, settings: Settings, received: list[ReceivedFi
         if upload.path not in kept:
             upload.path.unlink(missing_ok=True)
     job_files = [{"name": outcome.name, "path": outcome.path.name} for outcome in accepted]
-    return request.app.state.jobs.store.create(folder, job_files, problem_rows(report))
+    return request.app.state.jobs.store.create(folder, job_files, problem_rows(report), collection)
 
 
 @write_routes.post(
@@ -140,7 +180,8 @@ def check_upload(request: Request, settings: Settings, received: list[ReceivedFi
     openapi_extra=UPLOAD_FORM,
 )
 async def upload_documents(request: Request, settings: SettingsDep) -> JSONResponse:
-    """上传 .txt、.md、.docx、.pdf 文件（表单字段 files，可多个），需要 API 密钥。
+    """上传 .txt、.md、.docx、.pdf 文件（表单字段 files，可多个）到文档集（表单字段 collection，默认 default），
+    需要 API 密钥。
 
     文件保存并检查（类型、大小、内容上限、是否重复）后立即返回 202 和任务 ID，由后台建立索引；
     用 GET /api/jobs/{job_id} 查看进度和结果。没有可收录的文件时立即返回错误。
@@ -151,12 +192,20 @@ async def upload_documents(request: Request, settings: SettingsDep) -> JSONRespo
     job: Job | None = None
     try:
         content_type = request.headers.get("content-type", "")
-        received = await receive_files(  # a FormError is answered by errors.CORE_ERRORS
-            request.stream(), content_type, "files", folder, settings.max_upload_bytes, settings.max_upload_files
+        received, fields = await receive_files(  # a FormError is answered by errors.CORE_ERRORS
+            request.stream(),
+            content_type,
+            "files",
+            folder,
+            settings.max_upload_bytes,
+            settings.max_upload_files,
+            text_fields=("collection",),
         )
+        # 422 invalid_collection before anything is read; an empty field is the default collection
+        collection = checked_collection(fields.get("collection", "").strip() or DEFAULT_COLLECTION)
         if not received:
             raise ApiError(400, "no_files", "请选择要上传的文件（表单字段 files）")
-        job = await run_in_threadpool(check_upload, request, settings, received, folder)
+        job = await run_in_threadpool(check_upload, request, settings, received, folder, collection)
     finally:
         if job is None:
             shutil.rmtree(folder, ignore_errors=True)

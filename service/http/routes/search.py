@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
+from service.collections import checked_scope
 from service.config import DEFAULT_MODE, Settings
 from service.generate import AskResult
 from service.http.deps import (
@@ -20,6 +21,8 @@ from service.http.deps import (
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
 from service.http.schemas import (
     EXAMPLE_QUERY,
+    MAX_SCOPE,
+    SCOPE_HELP,
     AskResponse,
     ErrorDetail,
     Mode,
@@ -42,10 +45,11 @@ def search_routers(settings: Settings) -> list[APIRouter]:
 
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
     def search_post(body: SearchRequest, snapshot: SnapshotDep, settings: SettingsDep) -> SearchResponse:  # type: ignore[valid-type]
-        """按问题检索最相关的段落，可按文档、类型、年份过滤。"""
+        """按问题检索最相关的段落，可限定文档集（collections），可按文档、类型、年份过滤。"""
         doc_ids = None if body.doc_ids is None else frozenset(body.doc_ids)
-        filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year)
         query = checked_query(body.query, settings)
+        scope = checked_scope(body.collections)  # 422 invalid_collection; unknown ones: the searcher's 422
+        filters = Filters(doc_ids=doc_ids, doc_type=body.doc_type, year=body.year, collections=scope)
         return SearchResponse(**search_response(snapshot.searcher, query, body.top_k, body.mode, filters))
 
     @query_routes.get("/search", summary="检索段落（GET）", response_model=SearchResponse, responses=ERROR_RESPONSES)
@@ -66,10 +70,14 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         mode: Annotated[Mode, Query(description="检索方式：hybrid、dense、lexical")] = DEFAULT_MODE,
         doc_type: Annotated[str | None, Query(description="只检索此类型的文档")] = None,
         year: Annotated[int | None, Query(description="只检索此年份的文档")] = None,
+        collections: Annotated[
+            list[str] | None,
+            Query(max_length=MAX_SCOPE, description=f"{SCOPE_HELP}；可重复：collections=a&collections=b"),
+        ] = None,
     ) -> SearchResponse:
         """与 POST /api/search 相同，参数放在查询串中，便于分享链接。"""
-        filters = Filters(doc_type=doc_type, year=year)
         query = checked_query(q, settings)
+        filters = Filters(doc_type=doc_type, year=year, collections=checked_scope(collections))
         return SearchResponse(**search_response(snapshot.searcher, query, top_k, mode, filters))
 
     @json_routes.post(
@@ -82,6 +90,8 @@ def search_routers(settings: Settings) -> list[APIRouter]:
         """回答问题，每句后以 【n】 标注出处；无相关内容时 found 为 false。已配置语言模型时默认由模型依据检索到的
         段落生成答案，并删去无法在所引段落中核实的句子；模型不可用时改用摘编答案并说明原因（fallback_reason）。"""
         question = checked_query(body.question, settings)
+        filters = Filters(collections=checked_scope(body.collections))
+        snapshot.searcher.scope(filters.collections)  # an unknown collection: 422 before a stream starts
         documents = snapshot.searcher.store.documents
 
         def citation_rows(hits: Sequence[Hit]) -> list[SearchResult]:
@@ -105,10 +115,10 @@ def search_routers(settings: Settings) -> list[APIRouter]:
             )
 
         if not body.stream:
-            return response(generator.ask(question, body.top_k, body.mode))
+            return response(generator.ask(question, body.top_k, body.mode, filters))
 
         def sse() -> Iterator[str]:
-            for event in generator.events(question, body.top_k, body.mode):
+            for event in generator.events(question, body.top_k, body.mode, filters):
                 if event.kind == "citations":
                     data = {"citations": [row.model_dump() for row in citation_rows(event.citations)]}
                 elif event.kind == "delta":

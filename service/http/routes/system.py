@@ -6,7 +6,7 @@ from embeddings.model import licence_of
 from service.config import DEFAULT_MODE, MODES
 from service.http.deps import SettingsDep, SnapshotDep
 from service.http.errors import error_responses
-from service.http.schemas import ClientConfig, Health, ModelInfo
+from service.http.schemas import ClientConfig, CollectionInfo, Health, ModelInfo
 
 system_routes = APIRouter(prefix="/api")
 
@@ -28,7 +28,10 @@ def health(snapshot: SnapshotDep) -> Health:
         model=" + ".join(model["name"] for model in manifest["models"]),
         models=[
             ModelInfo(
-                name=model["name"], weights_sha256=model["weights_sha256"], licence=licence_of(model["weights_sha256"])
+                name=model["name"],
+                weights_sha256=model["weights_sha256"],
+                engine=model["engine"],
+                licence=licence_of(model["weights_sha256"]),
             )
             for model in manifest["models"]
         ],
@@ -36,6 +39,7 @@ def health(snapshot: SnapshotDep) -> Health:
         index_version=snapshot.version,
         store=store.kind,
         store_reachable=True,
+        collections=[CollectionInfo(**vars(count)) for count in snapshot.searcher.collections.values()],
     )
 
 
