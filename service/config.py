@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     # Prefix passages with title and section path before embedding (see embeddings.encoder).
     embed_context: bool = False
     # BM25 reads each passage's document title beside its section path and text (service.embed.lexical_text).
-    lexical_title: bool = False
+    # Beside 100 archive documents dev MRR@10 0.706 -> 0.723, the seeds alone unchanged (0.823).
+    lexical_title: bool = True
     # Weight of document evidence in hybrid fusion: each model's cosine between the question and the
     # title of the passage's document (service.search.Searcher.document_scores); 0 leaves it out.
     document_weight: float = Field(default=0.0, ge=0.0)
