@@ -26,7 +26,12 @@ OFFTOPIC_KINDS = ("unrelated", "near_domain")
 KINDS = (*ON_TOPIC_KINDS, *OFFTOPIC_KINDS)
 SPLITS = ("dev", "test")
 FIELDS = ("id", "question", "kind", "relevant", "split")
-OPTIONAL_FIELDS = ("facts",)
+OPTIONAL_FIELDS = ("facts", "collection")
+# Where a question belongs (eval/collections.py). Without the field: its targets are in the seeds, or
+# it is off-topic in both collections. "target": its relevant passages are in archive documents, so it
+# is asked of the `scale` collection only. "answers": off-topic on the seeds, but an archive document
+# answers it, so the `scale` collection leaves it out.
+COLLECTION_MARKS = ("target", "answers")
 # A snippet inside one sentence stays inside one passage and one embedded sentence unit.
 SENTENCE_END = frozenset("。！？；!?;\n\r")
 MULTI_MIN_SNIPPETS = 2
@@ -50,6 +55,11 @@ class Question:
     relevant: tuple[str, ...]  # snippets, each occurring in exactly one passage
     split: str
     facts: tuple[str, ...] = ()  # any one of them in an answer gives the key fact
+    collection: str | None = None  # None, "target" or "answers" (COLLECTION_MARKS)
+
+    def asked_of(self, collection: str) -> bool:
+        """Whether the eval asks this question of the collection named `seeds` or `scale`."""
+        return self.collection != ("target" if collection == "seeds" else "answers")
 
 
 def is_string_list(value: object) -> bool:
@@ -78,6 +88,12 @@ def record_problems(where: str, row: object) -> list[str]:
         problems.append(f"{where}: off-topic questions ({', '.join(OFFTOPIC_KINDS)}), and only they, have no snippets")
     if kind in OFFTOPIC_KINDS and facts:
         problems.append(f"{where}: off-topic questions have no facts")
+    if row.get("collection") not in (None, *COLLECTION_MARKS):
+        problems.append(f"{where}: collection must be one of {COLLECTION_MARKS}")
+    if row.get("collection") == "target" and kind in OFFTOPIC_KINDS:
+        problems.append(f"{where}: an off-topic question has no target documents")
+    if row.get("collection") == "answers" and kind not in OFFTOPIC_KINDS:
+        problems.append(f"{where}: only an off-topic question can be answered by the archive alone")
     if kind == "fact" and not facts:
         problems.append(f"{where}: a fact question needs facts")
     if kind in ("multi", "cross") and len(relevant) < MULTI_MIN_SNIPPETS:
@@ -120,6 +136,7 @@ def load_questions(path: Path = QUESTIONS_FILE, split: str | None = None) -> lis
                     tuple(row["relevant"]),
                     row["split"],
                     tuple(row.get("facts", ())),
+                    row.get("collection"),
                 )
             )
     problems.extend(f"duplicate {field} {value!r}" for (field, value), count in seen.items() if count > 1)
@@ -165,6 +182,17 @@ def checked_labels(questions: Sequence[Question], passages: Sequence[Passage]) -
     return labels
 
 
+def within(questions: Sequence[Question], passages: Sequence[Passage]) -> list[Question]:
+    """The questions whose targets are indexed: a question about archive documents is left out when a
+    slice of the archive smaller than the eval's (a CI run's) does not hold all its snippets."""
+    texts = [p.text for p in passages]
+    return [
+        q
+        for q in questions
+        if q.collection != "target" or all(any(snippet in text for text in texts) for snippet in q.relevant)
+    ]
+
+
 def word_characters(text: str) -> str:
     """The letters, digits and CJK characters of a text, punctuation and spaces removed."""
     return "".join(char for char in text if char.isalnum())
@@ -197,28 +225,31 @@ def counts_table(questions: Sequence[Question], passages: Sequence[Passage]) -> 
         lines.append(f"{kind:<12}{dev:>6}{test:>6}{dev + test:>7}{mean:>9}")
     doc_of = {p.passage_id: p.doc_id for p in passages}
     per_document = Counter(doc_of[pid] for ids in labels.values() for pid in ids)
-    documents = dict.fromkeys(doc_of.values())
+    documents = [doc for doc in dict.fromkeys(doc_of.values()) if per_document[doc]]
     lines.append("labelled passages per document: " + ", ".join(f"{d}={per_document[d]}" for d in documents))
     lines.append("overlap: mean share of a question's character bigrams found in its relevant passages")
     return "\n".join(lines)
 
 
 def main() -> int:
-    """Check the questions file against the seed passages; exit 1 listing the offenders."""
+    """Check the questions file against the passages of both collections (no encoding); exit 1 listing offenders."""
+    from eval.collections import COLLECTIONS, collection
     from service.config import Settings
-    from service.engine import source_files
     from service.ingest import ingest_paths
 
     settings = Settings()
-    passages = ingest_paths(source_files(settings.seeds_dir)).passages
     try:
         questions = load_questions()
-        checked_labels(questions, passages)
+        for name in COLLECTIONS:
+            chosen = collection(name, settings)
+            passages = ingest_paths(list(chosen.files)).passages
+            asked = [q for q in questions if q.asked_of(name)]
+            checked_labels(asked, passages)
+            print(f"{QUESTIONS_FILE.name} on {chosen.label}: {len(asked)} questions, {len(passages)} passages")
+            print(counts_table(asked, passages))
     except QuestionSetError as error:
         print(error, file=sys.stderr)
         return 1
-    print(f"{QUESTIONS_FILE}: {len(questions)} questions, {len(passages)} seed passages")
-    print(counts_table(questions, passages))
     print("OK")
     return 0
 

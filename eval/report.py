@@ -175,8 +175,8 @@ def ask_table(results: dict) -> str | None:
     )
 
 
-def markdown_report(results: dict) -> str:
-    """The whole results as markdown: ranking tables, lead over baselines, significance, ablation, ask."""
+def collection_parts(results: dict) -> list[str]:
+    """One collection's results as markdown: ranking tables, lead over baselines, significance, ablation, ask."""
     questions = results["questions"]
     where = (
         "everything in-process"
@@ -185,43 +185,119 @@ def markdown_report(results: dict) -> str:
     )
     counts = ", ".join(f"{n} {kind}" for kind, n in questions.items())
     parts = [
-        "# Retrieval and answer quality",
-        f"Model {results['model']}, {results['passages']} passages, split `{results['split']}`: "
-        f"{sum(questions.values())} questions ({counts}); {where}. Ranking metrics count on-topic questions "
-        f"only; `hard` = colloquial, short, long, fact and cross; `older` = lexical, paraphrase and multi. "
-        f"Latency is per query over all questions. Generated {results['generated_at']} by `make eval`.",
-        "## Ranking",
-        *ranking_tables(results),
+        f"Model {results['model']}, {results.get('documents', '?')} documents, {results['passages']} passages, "
+        f"split `{results['split']}`: {sum(questions.values())} questions ({counts}); {where}.",
+        "### Ranking",
+        *(part.replace("### Split", "#### Split") for part in ranking_tables(results)),
     ]
     if lead := lead_table(results):
-        parts += ["## Hybrid against the baselines (absolute difference)", lead]
+        parts += ["### Hybrid against the baselines (absolute difference)", lead]
     if tests := significance_table(results):
-        parts += ["## Paired significance tests (per-question MRR@10)", tests]
+        parts += ["### Paired significance tests (per-question MRR@10)", tests]
     if ablation := ablation_table(results):
-        parts += ["## Ablation: title/section prefix on the embedded text", ablation]
-    parts += ["## /api/ask", ask_table(results) or "Not measured."]
+        parts += ["### Ablation: title/section prefix on the embedded text", ablation]
+    parts += ["### /api/ask", ask_table(results) or "Not measured."]
+    return parts
+
+
+def side_by_side_ranking(collections: dict, split: str, system: str = "hybrid") -> str | None:
+    """hit@5 / MRR@10 of one system per question group, one column per collection."""
+    measured = {name: c["systems"][system][split] for name, c in collections.items() if split in c["systems"][system]}
+    if len(measured) < 2:
+        return None
+    kinds = [kind for kind in KIND_NAMES if any(kind in by_kind for by_kind in measured.values())]
+    header = ["kind", *(f"{name} hit@5 / MRR@10 (n)" for name in measured)]
+    rows = [
+        [
+            KIND_NAMES[kind][0],
+            *(
+                f"{by_kind[kind]['hit@5']:.3f} / {by_kind[kind]['mrr@10']:.3f} ({by_kind[kind]['n']})"
+                if kind in by_kind
+                else "–"
+                for by_kind in measured.values()
+            ),
+        ]
+        for kind in kinds
+    ]
+    return table(header, rows)
+
+
+ASK_MEASURES = (
+    ("on-topic answered", "answered_on_topic"),
+    ("off-topic refused", "refused_off_topic"),
+    ("  unrelated refused", "refused_unrelated"),
+    ("  near-domain refused", "refused_near_domain"),
+    ("key fact in the answer", "fact_present"),
+    ("sentence precision", "sentence_precision"),
+)
+
+
+def side_by_side_ask(collections: dict) -> str | None:
+    """/api/ask's rates per split, one column per collection."""
+    splits = [split for split in ("dev", "test") if all(split in c["ask"] for c in collections.values())]
+    if len(collections) < 2 or not splits:
+        return None
+    header = ["/api/ask", *(f"{name} {split}" for split in splits for name in collections)]
+    rows = [
+        [label, *(percent(c["ask"][split].get(key)) for split in splits for c in collections.values())]
+        for label, key in ASK_MEASURES
+    ]
+    rows.append(
+        ["questions (on / off topic)"]
+        + [
+            f"{c['ask'][split]['n_on_topic']} / {c['ask'][split]['n_off_topic']}"
+            for split in splits
+            for c in collections.values()
+        ]
+    )
+    return table(header, rows)
+
+
+def markdown_report(results: dict) -> str:
+    """Both collections side by side (hybrid per kind, /api/ask), then each collection's full tables."""
+    collections = results["collections"]
+    labels = "; ".join(f"`{name}` = {c['label']} ({c['passages']} passages)" for name, c in collections.items())
+    parts = [
+        "# Retrieval and answer quality",
+        f"Collections: {labels}. Ranking metrics count on-topic questions only; `hard` = colloquial, short, "
+        "long, fact and cross; `older` = lexical, paraphrase and multi. Questions about archive documents "
+        "are asked of `scale` only; off-topic questions an archive document answers, of `seeds` only "
+        f"(eval/questions.py). Latency is per query over all questions. Generated {results['generated_at']} "
+        "by `make eval`.",
+    ]
+    for split in ("dev", "test"):
+        if ranking := side_by_side_ranking(collections, split):
+            parts += [f"## Side by side, split {split}: hybrid hit@5 / MRR@10", ranking]
+    if ask := side_by_side_ask(collections):
+        parts += ["## Side by side: /api/ask", ask]
+    for name, measured in collections.items():
+        parts += [f"## Collection `{name}`: {measured['label']}", *collection_parts(measured)]
     return "\n\n".join(parts) + "\n"
 
 
 def changes_text(results: dict, previous: dict | None) -> str:
-    """hit@5 and MRR@10 of each system against the committed results, as plain text."""
+    """hit@5 and MRR@10 of each system on each collection against the committed results, as plain text."""
     if previous is None:
         return "与上次提交的结果比较：no previous results (eval/results/quality.json is not in HEAD)"
-    lines = [f"与上次提交的结果比较（{previous.get('generated_at', '?')}，split {previous.get('split')}）："]
-    if previous.get("questions_sha256") != results.get("questions_sha256"):
-        lines.append("  （问题集已改变，差值只供参考）")
-    for name, system in results["systems"].items():
-        before = previous.get("systems", {}).get(name, {}).get("all", {}).get("all")
-        now = system.get("all", {}).get("all")
-        if not before or not now:
-            lines.append(f"  {system_name(name)}: new")
-            continue
-        deltas = "  ".join(f"{label} {now[m]:.3f} ({signed(now[m] - before[m])})" for m, label in HEADLINE)
-        lines.append(f"  {system_name(name):<40} {deltas}")
-    ask, ask_before = results.get("ask", {}).get("all", {}), (previous.get("ask") or {}).get("all", {})
-    for key in ("answered_on_topic", "refused_off_topic", "fact_present", "sentence_precision"):
-        if ask.get(key) is not None and ask_before.get(key) is not None:
-            lines.append(f"  ask {key:<36} {ask[key]:.3f} ({signed(ask[key] - ask_before[key])})")
+    before_collections = previous.get("collections") or {"seeds": previous}  # results before two collections
+    lines = [f"与上次提交的结果比较（{previous.get('generated_at', '?')}）："]
+    for name, measured in results["collections"].items():
+        before_results = before_collections.get(name) or {}
+        lines.append(f" {name} ({measured['label']}):")
+        if before_results.get("questions_sha256") != measured.get("questions_sha256"):
+            lines.append("  （问题集已改变，差值只供参考）")
+        for system_key, system in measured["systems"].items():
+            before = before_results.get("systems", {}).get(system_key, {}).get("all", {}).get("all")
+            now = system.get("all", {}).get("all")
+            if not before or not now:
+                lines.append(f"  {system_name(system_key)}: new")
+                continue
+            deltas = "  ".join(f"{label} {now[m]:.3f} ({signed(now[m] - before[m])})" for m, label in HEADLINE)
+            lines.append(f"  {system_name(system_key):<40} {deltas}")
+        ask, ask_before = measured.get("ask", {}).get("all", {}), (before_results.get("ask") or {}).get("all", {})
+        for key in ("answered_on_topic", "refused_off_topic", "fact_present", "sentence_precision"):
+            if ask.get(key) is not None and ask_before.get(key) is not None:
+                lines.append(f"  ask {key:<36} {ask[key]:.3f} ({signed(ask[key] - ask_before[key])})")
     return "\n".join(lines)
 
 

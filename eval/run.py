@@ -1,9 +1,12 @@
-"""Retrieval and answer quality: `python -m eval.run` (`make eval`) scores the eval set.
+"""Retrieval and answer quality: `python -m eval.run` (`make eval`) scores the eval set on two collections.
 
-Scores every search mode, the baselines and the embed-context ablation, with paired significance
-tests against the baselines, and /api/ask (answered, refused, key fact, sentence precision). In-process
+Every run asks its questions of the seeds alone and of the seeds beside ranks 1–100 of the archive
+(eval/collections.py; each collection's index is cached, so a rerun encodes nothing), and reports
+them side by side. On each it scores every search mode, the baselines and (seeds only) the
+embed-context ablation, with paired significance tests against the baselines, and /api/ask
+(answered, refused, key fact, sentence precision). In-process
 by default (the index in DJQA_INDEX_DIR); with --url the project's modes and /api/ask go over HTTP to
-a running server, which must serve the same seed index (passage ids are compared).
+a running server, which must serve the chosen collection's index (one collection per run then).
 
 Writes eval/results/quality.{json,md,png} and prints the change against the results in the last
 commit. `--write-baseline` (`make eval-baseline`) also rewrites eval/baseline.json, the committed floor
@@ -29,6 +32,7 @@ from eval.baselines import (
     search_mode,
     whole_passage_dense,
 )
+from eval.collections import COLLECTIONS, DEFAULT_RANKS, collection, collection_settings
 from eval.metrics import latency_summary, mean_metrics, paired_test, ranking_metrics
 from eval.questions import (
     HARD_KINDS,
@@ -39,10 +43,11 @@ from eval.questions import (
     QuestionSetError,
     checked_labels,
     load_questions,
+    within,
 )
 from service.answer import Answerer
 from service.config import MODES, PROJECT_ROOT, Settings
-from service.engine import open_searcher
+from service.engine import open_encoders, open_searcher, open_tokenizer
 from service.search import Searcher
 
 RESULTS_DIR = PROJECT_ROOT / "eval" / "results"
@@ -220,10 +225,17 @@ def http_rankers(url: str, modes: Sequence[str]) -> tuple[dict[str, Ranker], Ask
     return {mode: mode_ranker(mode) for mode in modes}, ask
 
 
-def all_rankers(searcher: Searcher, settings: Settings, modes: Sequence[str]) -> dict[str, Ranker]:
-    """The project's modes in-process, the three baselines and the embed-context ablation (hybrid, dense)."""
+def all_rankers(
+    searcher: Searcher, settings: Settings, modes: Sequence[str], ablation: bool = True
+) -> dict[str, Ranker]:
+    """The project's modes in-process, the three baselines and (when asked) the embed-context ablation.
+
+    The ablation re-embeds every passage with its title and section: cheap on the seeds, half an hour
+    on the archive slice, so the `scale` collection skips it."""
     rankers = {mode: search_mode(searcher, mode) for mode in modes}
     rankers |= baseline_rankers(searcher)
+    if not ablation:
+        return rankers
     flipped = not settings.embed_context
     ablated = embed_context_searcher(searcher, settings, with_context=flipped)
     for mode in ("hybrid", "dense"):
@@ -252,16 +264,19 @@ def run(
     split: str = "all",
     modes: Sequence[str] = MODES,
     url: str | None = None,
+    collection_name: str = "seeds",
     questions_file: Path = QUESTIONS_FILE,
 ) -> dict:
-    """The whole evaluation as a JSON-able dict, of eval/questions.jsonl or another file in its format
-    (such as `dangjian-qa export-questions` writes)."""
-    questions = load_questions(questions_file, split=split)
+    """The whole evaluation of one collection's index (settings.index_dir) as a JSON-able dict, of
+    eval/questions.jsonl or another file in its format (such as `dangjian-qa export-questions` writes)."""
+    questions = [q for q in load_questions(questions_file, split=split) if q.asked_of(collection_name)]
     # Each mode asks the same questions: without this, later modes would time cached query vectors.
     settings = settings.model_copy(update={"query_cache_size": 0})
     searcher = open_searcher(settings)
-    labels = checked_labels(questions, list(searcher.store.all_passages()))
-    rankers = all_rankers(searcher, settings, modes)
+    passages = list(searcher.store.all_passages())
+    questions = within(questions, passages)
+    labels = checked_labels(questions, passages)
+    rankers = all_rankers(searcher, settings, modes, ablation=collection_name == "seeds")
     asker = local_asker(searcher, settings)
     if url:
         remote, asker = http_rankers(url, modes)
@@ -274,6 +289,7 @@ def run(
         "model": " + ".join(model["name"] for model in searcher.store.manifest["models"]),
         "embed_context": settings.embed_context,
         "passages": searcher.store.passage_count,
+        "documents": len(searcher.store.documents),
         "questions_file": questions_file.name,
         "questions_sha256": questions_sha256(questions_file),
         "questions": {kind: sum(q.kind == kind for q in questions) for kind in (*ON_TOPIC_KINDS, *OFFTOPIC_KINDS)},
@@ -283,17 +299,44 @@ def run(
     }
 
 
+def run_collections(
+    settings: Settings,
+    names: Sequence[str] = COLLECTIONS,
+    ranks: int = DEFAULT_RANKS,
+    split: str = "all",
+    modes: Sequence[str] = MODES,
+    url: str | None = None,
+) -> dict:
+    """`run` on each named collection (its cached index, built first when missing), side by side."""
+    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+    results = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "collections": {}}
+    for name in names:
+        chosen = collection(name, settings, ranks)
+        indexed = collection_settings(chosen, settings, encoders, tokenizer)
+        results["collections"][name] = {
+            "label": chosen.label,
+            "ranks": chosen.ranks,
+            **run(indexed, split, modes, url, name),
+        }
+    return results
+
+
 def guarded_measures(results: dict) -> dict:
-    """What the regression guard holds the project to: each mode's hit@5 / MRR@10 and /api/ask's rates."""
-    ask = results["ask"]["all"]
-    return {
-        "questions_sha256": results["questions_sha256"],
-        "systems": {
-            mode: {metric: results["systems"][mode]["all"]["all"][metric] for metric in ("hit@5", "mrr@10")}
-            for mode in MODES
-        },
-        "ask": {name: ask[name] for name in ("answered_on_topic", "refused_off_topic", "fact_present")},
-    }
+    """What the regression guard holds the project to, per collection: each mode's hit@5 / MRR@10
+    and /api/ask's rates (the `scale` entry names its archive slice)."""
+    guarded: dict = {}
+    for name, measured in results["collections"].items():
+        ask = measured["ask"]["all"]
+        guarded["questions_sha256"] = measured["questions_sha256"]
+        guarded[name] = {
+            "ranks": measured["ranks"],
+            "systems": {
+                mode: {metric: measured["systems"][mode]["all"]["all"][metric] for metric in ("hit@5", "mrr@10")}
+                for mode in MODES
+            },
+            "ask": {measure: ask[measure] for measure in ("answered_on_topic", "refused_off_topic", "fact_present")},
+        }
+    return guarded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     from eval.report import changes_text, markdown_report, quality_chart
 
     parser = argparse.ArgumentParser(prog="python -m eval.run", description="评测检索和问答质量")
-    parser.add_argument("--url", help="评测运行中的服务，例如 http://127.0.0.1:8765（默认进程内）")
+    parser.add_argument("--url", help="评测运行中的服务，例如 http://127.0.0.1:8765（默认进程内；只评测一个集合）")
     parser.add_argument("--split", choices=SPLITS, default="all")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--collections", nargs="+", choices=COLLECTIONS, default=list(COLLECTIONS))
+    parser.add_argument("--ranks", type=int, default=DEFAULT_RANKS, help="规模集合：种子文档加档案第 1–N 名")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="结果目录（默认 eval/results/）")
     parser.add_argument("--write-baseline", action="store_true", help=f"同时改写回归基线 {BASELINE_FILE.name}")
     parser.add_argument(
@@ -313,8 +358,21 @@ def main(argv: list[str] | None = None) -> int:
         help="评测集文件（默认 eval/questions.jsonl，格式相同的任何文件）",
     )
     args = parser.parse_args(argv)
+    if args.url and len(args.collections) != 1:
+        print("错误：--url 只能评测一个集合（--collections seeds 或 scale）", file=sys.stderr)
+        return 2
+    if args.write_baseline and (
+        args.split != "all" or set(args.modes) != set(MODES) or set(args.collections) != set(COLLECTIONS)
+    ):
+        print("错误：基线须用全部问题、全部检索方式和两个集合生成", file=sys.stderr)
+        return 2
     try:
-        results = run(Settings(), split=args.split, modes=args.modes, url=args.url, questions_file=args.questions)
+        if args.questions.resolve() != QUESTIONS_FILE:  # users' own set: asked of the served index alone
+            results = {
+                "collections": {"seeds": run(Settings(), args.split, args.modes, args.url, "seeds", args.questions)}
+            }
+        else:
+            results = run_collections(Settings(), args.collections, args.ranks, args.split, args.modes, args.url)
     except QuestionSetError as error:
         print(f"错误：{error}", file=sys.stderr)
         return 4
@@ -331,16 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "quality.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     report = markdown_report(results)
     (args.out / "quality.md").write_text(report)
-    quality_chart(results, args.out / "quality.png")
+    for name, measured in results["collections"].items():
+        quality_chart(measured, args.out / ("quality.png" if name == "seeds" else f"quality-{name}.png"))
     print(report)
     print(changes_text(results, previous_results()))
     if args.write_baseline:
-        if args.split != "all" or set(args.modes) != set(MODES):
-            print("错误：基线须用全部问题和全部检索方式生成", file=sys.stderr)
-            return 2
         BASELINE_FILE.write_text(json.dumps(guarded_measures(results), indent=2) + "\n")
         print(f"→ 回归基线已改写：{BASELINE_FILE}")
-    print(f"→ {args.out}/quality.json、quality.md、quality.png")
+    print(f"→ {args.out}/quality.json、quality.md、quality*.png")
     return 0
 
 

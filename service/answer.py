@@ -12,15 +12,17 @@ every query (fused scores are min-max normalised per query, so they do not):
 
     confidence = logistic(bias + Σ w_m · cosine_m + w_c · coverage + w_a · agreement)
 
-answered when confidence ≥ settings.answer_min_confidence (0.5). The weights (GATES, one set per
-model profile) are fitted by `python -m eval.fit_answer` on the dev split only; its output and the
-test-split numbers are in the README.
+answered when confidence ≥ settings.answer_min_confidence (0.5). The weights (one set per model
+profile) are fitted by `python -m eval.fit_answer` on the dev split only and written to
+service/resources/answer_gate.json, which this module loads; the test-split numbers are in the README.
 """
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -78,26 +80,39 @@ class Selection:
     number_bonus: float = 0.3  # for a question asking how many / which year: sentences with a number
 
 
-# Fitted by `python -m eval.fit_answer` on the dev split only (one gate per model profile); a profile
-# not listed uses the model-free gate. Test-split numbers are reported, never tuned on.
-GATES: dict[frozenset[str], Gate] = {
-    # dev: on-topic answered 78/90, off-topic refused 27/29
-    frozenset({"m3e-small", "multilingual-e5-small"}): Gate(
-        bias=-64.737,
-        cosine_weights={"m3e-small": 0.456, "multilingual-e5-small": 69.494},
-        coverage=0.954,
-        agreement=2.323,
-        verbatim=0.964,
-    ),
-    # The permissive profile (DJQA_MODELS=multilingual-e5-small): dev on-topic answered 78/90, off-topic refused 26/29
-    frozenset({"multilingual-e5-small"}): Gate(
-        bias=-65.297, cosine_weights={"multilingual-e5-small": 71.027}, coverage=1.216, agreement=1.447, verbatim=1.081
-    ),
-}
+# Fitted by `python -m eval.fit_answer` on the dev split only (one gate per model profile), which writes
+# this file; a profile not listed uses the model-free gate. Test-split numbers are reported, never tuned on.
+GATE_FILE = Path(__file__).resolve().parent / "resources" / "answer_gate.json"
+
+
+def load_gates(fitted: dict) -> dict[frozenset[str], Gate]:
+    """The fitted gates of a gate file's contents, by the set of models they were fitted for."""
+    return {
+        frozenset(profile["models"]): Gate(
+            bias=profile["bias"],
+            cosine_weights=profile["cosine_weights"],
+            coverage=profile["coverage"],
+            agreement=profile["agreement"],
+            verbatim=profile.get("verbatim", 0.0),
+        )
+        for profile in fitted["profiles"]
+    }
+
+
+FITTED = json.loads(GATE_FILE.read_text(encoding="utf-8"))
+GATES = load_gates(FITTED)
+# A question asking for a number is answered only by a sentence with one that uses at least this
+# share of the question's words (IDF-weighted); fitted with the gate, 0 turns the check off.
+NUMBER_MIN_OVERLAP = float(FITTED.get("number_min_overlap", 0.0))
 MODEL_FREE_GATE = Gate(bias=-2.0, cosine_weights={}, coverage=3.0, agreement=2.0)
 SELECTION = Selection()
-ASKS_NUMBER = re.compile(r"多少|几[个名人家次项条年月天岁]|哪一?年|何时|什么时候|比例|百分之|数量|多久|多长")
-NUMBER = re.compile(r"\d|[一二三四五六七八九十百千万两]+(?:个|名|人|家|次|项|条|年|月|天|所|支|批|类|种|位|份|场|期|%)")
+ASKS_NUMBER = re.compile(
+    r"多少|几(?:个|名|人|家|次|项|条|年|月|天|周|岁|小时|篇|种|级|成|倍|位)|哪一?年|何时|什么时候|比例|百分之|数量|多久|多长"
+)
+NUMBER = re.compile(
+    r"\d|[一二三四五六七八九十百千万两]+(?:个|名|人|家|次|项|条|年|月|日|天|周|小时|岁|所|支|批|类|种|位|份|场|期"
+    r"|倍|成|元|毫升|分之|比|%|％)"
+)
 
 
 @dataclass(frozen=True)
@@ -292,6 +307,7 @@ class Answerer:
         self.min_confidence = min_confidence
         self.selection = selection
         self.gate = gate_for(list(searcher.encoders))
+        self.number_min_overlap = NUMBER_MIN_OVERLAP
 
     def evidence(
         self,
@@ -342,6 +358,11 @@ class Answerer:
         best = hits[0].score
         hits = [hit for hit in hits if hit.score >= self.selection.hit_share * best]
         sentences = split_sentences(hits)
+        asks_number = bool(ASKS_NUMBER.search(question))
+        if asks_number:
+            # How many, which year, what share: only a sentence with a number answers that. Without one
+            # among the passages, the question is not answered here, however close the passages are.
+            sentences = [sentence for sentence in sentences if NUMBER.search(sentence.text)]
         if not sentences:
             return not_found(score)
         texts = [sentence.text for sentence in sentences]
@@ -349,15 +370,23 @@ class Answerer:
         vectors = {name: encoder.encode(texts) for name, encoder in self.searcher.encoders.items()}
         cosines = np.stack([vectors[name] @ query_vectors[name] for name in vectors], axis=1)
         tokenizer = self.searcher.tokenizer
-        asks_number = bool(ASKS_NUMBER.search(question))
         question_tokens = list(dict.fromkeys(tokenizer.tokens(question)))
         scope = self.searcher.scope(filters.collections)
+        sentence_tokens = [tokenizer.tokens(text) for text in texts]
+        idf = self.searcher.idf_of(question_tokens, scope)
+        unseen = self.searcher.unseen_idf_of(scope)
+        if asks_number and self.number_min_overlap > 0:
+            # The number must be about what was asked: a contribution rate does not answer a question
+            # on reimbursement. The best number sentence has to use enough of the question's words.
+            overlaps = [term_coverage(question_tokens, set(tokens), idf, unseen) for tokens in sentence_tokens]
+            if max(overlaps) < self.number_min_overlap:
+                return not_found(score)
         scores = sentence_scores(
             cosines,
             question_tokens,
-            [tokenizer.tokens(text) for text in texts],
-            self.searcher.idf_of(question_tokens, scope),
-            self.searcher.unseen_idf_of(scope),
+            sentence_tokens,
+            idf,
+            unseen,
             [asks_number and bool(NUMBER.search(text)) for text in texts],
             self.selection,
         )

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     seeds_dir: Path = PROJECT_ROOT / "seeds"
     # The collection (service/collections.py) that `dangjian-qa index` puts the seeds folder's files in.
     seeds_collection: str = DEFAULT_COLLECTION
+    # The eval's second collection (eval/collections.py): seeds plus the top-ranked documents of this
+    # folder (manifest.tsv ranks, docs/<id>.txt), so quality is measured where users' sizes are.
+    eval_collection_dir: Path = Path("/work/shared/collection")
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.
     uploads_dir: Path = PROJECT_ROOT / "data" / "uploads"
@@ -68,6 +71,17 @@ class Settings(BaseSettings):
     candidates: int = Field(default=100, ge=1)
     # Prefix passages with title and section path before embedding (see embeddings.encoder).
     embed_context: bool = False
+    # BM25 reads each passage's document title beside its section path and text (service.embed.lexical_text).
+    # Beside 100 archive documents dev MRR@10 0.706 -> 0.723, the seeds alone unchanged (0.823).
+    lexical_title: bool = True
+    # Weight of document evidence in hybrid fusion: each model's cosine between the question and the
+    # title of the passage's document (service.search.Searcher.document_scores); 0 leaves it out.
+    document_weight: float = Field(default=0.0, ge=0.0)
+    # Order hybrid search's best candidates by the fusion fitted on dev (service/rerank.py,
+    # service/resources/fusion.json); off: the hand-set fusion alone.
+    fitted_fusion: bool = False
+    # Which document evidence: "support" (its best candidates' fused scores) or "title" (title cosine).
+    document_evidence: Literal["support", "title"] = "support"
     # Embed each clause of a passage's sentences too (service.embed.unit_texts): better ranking of
     # spoken questions for about three times the vectors; see the README on large corpora.
     clause_units: bool = True

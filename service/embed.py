@@ -46,10 +46,11 @@ def unit_texts(passage: Passage, with_context: bool, with_clauses: bool = False)
     return list(dict.fromkeys(units))  # a repeated sentence or clause would only repeat a vector
 
 
-def lexical_text(passage: Passage) -> str:
-    """What BM25 reads for a passage: its section path (headings name the topic), its text and its
-    linked questions (their words are how users name what the passage answers)."""
-    return "\n".join([passage.section, passage.text, *passage.questions])
+def lexical_text(passage: Passage, with_title: bool = False) -> str:
+    """What BM25 reads for a passage: its section path (headings name the topic), with_title its
+    document's title too, its text and its linked questions (their words are how users name what the
+    passage answers)."""
+    return "\n".join([*([passage.title] if with_title else []), passage.section, passage.text, *passage.questions])
 
 
 def embed_and_tokenize(
@@ -60,13 +61,14 @@ def embed_and_tokenize(
     with_clauses: bool,
     workers: int = 1,
     progress: bool = False,
+    with_title: bool = False,
 ) -> tuple[dict[str, list[np.ndarray]], list[list[str]]]:
     """Each model's unit vectors of each passage (through its cache, `workers` batches at a time), and
     the passages' BM25 tokens, made while the models encode."""
     texts = [unit_texts(p, with_context, with_clauses) for p in passages]
     flat = [text for units in texts for text in units]
     bounds = list(itertools.pairwise(np.cumsum([0, *(len(units) for units in texts)])))
-    tokens = TOKENIZE_POOL.submit(lambda: [tokenizer.tokens(lexical_text(p)) for p in passages])
+    tokens = TOKENIZE_POOL.submit(lambda: [tokenizer.tokens(lexical_text(p, with_title)) for p in passages])
     vectors = encode_models(encoders, flat, workers, progress)
     unit_vectors = {
         name: [model_vectors[start:end] for start, end in bounds] for name, model_vectors in vectors.items()

@@ -30,6 +30,7 @@ from service.ingest.read import SUPPORTED_SUFFIXES
 from service.links import kept_links, load_links, staged_links, with_questions
 from service.originals import kept_collection, original_files, remove_incoming
 from service.records import Document, Passage
+from service.rerank import load_fusion
 from service.search import Searcher
 from service.stores import Store
 from service.stores.faiss import FaissStore
@@ -89,8 +90,10 @@ def settings_note(settings: Settings) -> str:
     dictionary = settings.user_dict.read_bytes() if settings.user_dict.is_file() else b""
     stopwords = settings.stopwords.read_bytes() if settings.stopwords.is_file() else b""
     words = hashlib.sha256(dictionary + b"\0" + stopwords).hexdigest()[:16]
+    # Said only when on, so that indexes built before the setting existed still load.
+    title = "lexical_title=True;" if settings.lexical_title else ""
     return (
-        f"embed_context={settings.embed_context};clause_units={settings.clause_units};"
+        f"embed_context={settings.embed_context};clause_units={settings.clause_units};{title}"
         f"words={words};jieba_min_freq={settings.jieba_min_freq}"
     )
 
@@ -154,7 +157,13 @@ def indexed_chunks(
         for start in range(0, len(passages), BUILD_CHUNK):
             batch = passages[start : start + BUILD_CHUNK]
             unit_vectors, tokens = embed_and_tokenize(
-                batch, encoders, tokenizer, settings.embed_context, settings.clause_units, settings.index_workers
+                batch,
+                encoders,
+                tokenizer,
+                settings.embed_context,
+                settings.clause_units,
+                settings.index_workers,
+                with_title=settings.lexical_title,
             )
             yield new_chunk(batch, unit_vectors, tokens)
             bar.update(len(batch))
@@ -318,4 +327,7 @@ def open_searcher(
         lexical_weight=settings.lexical_weight,
         candidates=settings.candidates,
         model_weights=settings.model_weights,
+        document_weight=settings.document_weight,
+        document_evidence=settings.document_evidence,
+        fusion=load_fusion(list(encoders)) if settings.fitted_fusion else None,
     )

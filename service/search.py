@@ -13,6 +13,7 @@ from service.config import MODES
 from service.embed import Encoders
 from service.monitoring import ENCODE_SECONDS, STAGE_SECONDS, timed
 from service.records import Document, Hit, ModelEvidence, Passage
+from service.rerank import FUSION_DEPTH, FittedFusion, candidate_features
 from service.stores import Filters, Store, idf
 from service.text import context_around
 from service.tokenize import WordTokenizer
@@ -22,6 +23,7 @@ from service.tokenize import WordTokenizer
 # wait on the pool themselves. A Searcher is made for every index version, so a pool of its own
 # would leave idle threads behind at each rebuild or added document.
 QUERY_POOL = ThreadPoolExecutor(4, "per-model")
+DOCUMENT_SUPPORT = 3  # a document's support is the mean of its best this many candidates' fused scores
 # Calls to a remote store (Milvus) wait on the network, not on a core: they get threads of their own,
 # so that a slow or unreachable store never holds the threads that encode other requests' questions.
 STORE_POOL = ThreadPoolExecutor(16, "store-calls")
@@ -218,6 +220,9 @@ class Searcher:
         lexical_weight: float = 0.5,
         candidates: int = 100,
         model_weights: Mapping[str, float] | None = None,
+        document_weight: float = 0.0,
+        document_evidence: str = "support",
+        fusion: FittedFusion | None = None,
     ) -> None:
         self.store = store
         self.encoders = encoders
@@ -231,6 +236,39 @@ class Searcher:
             store.documents.values(), store.passage_counts()
         )
         self.scoped_counts: dict[tuple[frozenset[str], str], int] = {}
+        self.document_weight = document_weight
+        self.document_evidence = document_evidence
+        self.fusion = fusion
+        self.title_vectors: dict[str, np.ndarray] | None = None  # made on first use (through the vector cache)
+
+    def document_support(self, rows: list[int], fused: dict[int, float]) -> dict[int, float]:
+        """Per row, the mean of the best DOCUMENT_SUPPORT fused scores among the candidates of its
+        document (a missing one counts 0): an argument a speech makes over several paragraphs
+        outweighs one clause of an unrelated regulation that happens to match."""
+        numbers = self.store.document_numbers(rows).tolist()
+        by_document: dict[int, list[float]] = {}
+        for row, number in zip(rows, numbers, strict=True):
+            by_document.setdefault(number, []).append(fused[row])
+        support = {
+            number: sum(sorted(scores, reverse=True)[:DOCUMENT_SUPPORT]) / DOCUMENT_SUPPORT
+            for number, scores in by_document.items()
+        }
+        return {row: support[number] for row, number in zip(rows, numbers, strict=True)}
+
+    def document_scores(self, rows: list[int], query_vectors: Mapping[str, np.ndarray]) -> dict[str, dict[int, float]]:
+        """Each model's cosine between the question and the title of each row's document.
+
+        A passage of a regulation on blood donation can look like an answer to a question on Party
+        discipline clause by clause; its document's title says what it is about. Titles are encoded
+        once per Searcher (an index version), through the vector cache."""
+        if self.title_vectors is None:
+            titles = [document.title for document in self.store.documents.values()]
+            self.title_vectors = {name: encoder.encode(titles) for name, encoder in self.encoders.items()}
+        numbers = self.store.document_numbers(rows)
+        return {
+            model: dict(zip(rows, (self.title_vectors[model][numbers] @ query_vectors[model]).tolist(), strict=True))
+            for model in self.encoders
+        }
 
     def query_vectors(self, query: str) -> EncodedQuestion:
         """The question's vector from every model (EncodedQuestion: encoded side by side, read when needed)."""
@@ -359,8 +397,10 @@ class Searcher:
         if mode in ("hybrid", "lexical"):
             LEXICAL_SECONDS.observe(lexical_seconds)
         with FUSION_SECONDS.time():
-            fused, ranking = self.fused(mode, dense, lexical, lexical_weight)
+            fused, ranking = self.fused(mode, dense, lexical, lexical_weight, query_vectors)
             ordered = sorted(fused, key=lambda row: (-fused[row], row))[:top_k]
+        if mode == "hybrid" and self.fusion is not None:  # the experimental fitted fusion (off by default)
+            return self.reranked(fused, ranking, query_tokens, top_k, scope)
         with ROWS_SECONDS.time():
             hits = self.hits(ordered, fused, ranking, query_tokens)
         if query_vectors is None:
@@ -370,12 +410,26 @@ class Searcher:
         ]
 
     def fused(
-        self, mode: str, dense: dict[str, dict[int, float]], lexical: dict[int, float], lexical_weight: float
+        self,
+        mode: str,
+        dense: dict[str, dict[int, float]],
+        lexical: dict[int, float],
+        lexical_weight: float,
+        query_vectors: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[dict[int, float], Ranking]:
         """The mode's final scores of every candidate, and the evidence behind them."""
         combined = combine_dense(dense, self.model_weights) if dense else {}
         if mode == "hybrid":
             fused = fuse(dense, self.model_weights, lexical, lexical_weight)
+            if self.document_weight > 0 and fused and query_vectors is not None:
+                rows = list(fused)
+                if self.document_evidence == "title":
+                    evidence = combine_dense(self.document_scores(rows, query_vectors), self.model_weights)
+                else:
+                    evidence = self.document_support(rows, fused)
+                evidence = min_max(evidence)
+                weight = self.document_weight
+                fused = {row: (fused[row] + weight * evidence[row]) / (1 + weight) for row in rows}
         elif mode == "dense":
             fused = combined
         else:
@@ -390,6 +444,24 @@ class Searcher:
             ranks({r: s for r, s in lexical.items() if s > 0}),
         )
         return fused, ranking
+
+    def reranked(
+        self,
+        fused: dict[int, float],
+        ranking: Ranking,
+        query_tokens: list[str],
+        top_k: int,
+        scope: frozenset[str] | None = None,
+    ) -> list[Hit]:
+        """The FUSION_DEPTH best candidates ordered by the fitted fusion (service/rerank.py), its score shown."""
+        assert self.fusion is not None
+        ordered = sorted(fused, key=lambda row: (-fused[row], row))[: max(top_k, FUSION_DEPTH)]
+        hits = self.hits(ordered, fused, ranking, query_tokens)
+        idf, unseen = self.idf_of(query_tokens, scope), self.unseen_idf_of(scope)
+        rows = candidate_features(hits, list(self.encoders), query_tokens, idf, unseen)
+        scores = self.fusion.scores(rows)
+        order = sorted(range(len(hits)), key=lambda i: (-scores[i], i))[:top_k]
+        return [replace(hits[i], score=float(scores[i])) for i in order]
 
     def hits(self, rows: list[int], fused: dict[int, float], ranking: Ranking, query_tokens: list[str]) -> list[Hit]:
         """The rows as hits: their passages and tokens are read from the passage table only now."""

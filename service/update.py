@@ -250,7 +250,13 @@ def embed_in_batches(
         for start in range(0, len(passages), EMBED_BATCH):
             batch = passages[start : start + EMBED_BATCH]
             vectors, batch_tokens = embed_and_tokenize(
-                batch, encoders, tokenizer, settings.embed_context, settings.clause_units, settings.index_workers
+                batch,
+                encoders,
+                tokenizer,
+                settings.embed_context,
+                settings.clause_units,
+                settings.index_workers,
+                with_title=settings.lexical_title,
             )
             for name, model_vectors in vectors.items():
                 unit_vectors[name] += model_vectors

@@ -9,7 +9,22 @@ from service.text import CLOSERS, COLONS, COMMAS, FULL_STOPS, SENTENCE_ENDS, num
 CLAUSE_END = re.compile(rf"[{SENTENCE_ENDS}{COLONS}]")
 SENTENCE_END = re.compile(rf"[{FULL_STOPS}][{CLOSERS}]*$")
 TERMINAL_PUNCT = re.compile(rf"[{SENTENCE_ENDS}{COMMAS}{COLONS}]$")
-TITLE_WORDS = re.compile(r"(讲话|发言|致辞|报告|总结|汇报|材料|做法|意见|方案|通知|要点)$")
+# A title ends on the document's genre: a speech, a report … or a law, a regulation, a rule. An edition
+# date in brackets may follow (「…条例（2022-12-30）」).
+GENRE_END = r"[（(][^（）()]{0,20}[）)]$|$"
+TITLE_WORDS = re.compile(
+    rf"(讲话|发言|致辞|报告|总结|汇报|材料|做法|意见|方案|通知|要点|计划|规划|纲要"
+    rf"|法|条例|办法|规定|细则|规则|决定|决议|解释)(?:{GENRE_END})"
+)
+# Laws, regulations and rules: a title naming the genre, or a body of numbered articles (第一条 …).
+STATUTE_TITLE = re.compile(rf"(法|条例|办法|规定|细则|规则|决定|决议|解释)(?:{GENRE_END})")
+ARTICLE = re.compile(r"第[一二三四五六七八九十百零〇]+条[\s　]")
+MIN_ARTICLES = 3
+# A dated header line under a statute's title: 「2016年2月6日 … 修订」「… 通过」「… 施行」.
+DATED_LINE = re.compile(r"((?:19|20)\d{2})年\d{1,2}月\d{1,2}日")
+ENACTED = re.compile(r"通过|公布|发布|修订|修正|批准|审议")
+CHAPTER = re.compile(r"第[一二三四五六七八九十]+章")
+HEADER_LINES = 8
 MEETING = re.compile(r"召开(?:了)?(?:\d{4}年)?([^，。,；]{4,40}?(?:会议|大会|座谈会|推进会|部署会|会))")
 YEAR = re.compile(r"((?:19|20)\d{2})年")
 LEVEL_MARKERS = {  # 全县, 县委, 县卫健局 / 县卫生健康局 …
@@ -102,8 +117,17 @@ def derive_title(texts: list[str], fallback: str) -> str:
     return first_sentence_title(body[0]) if body else fallback
 
 
+def is_statute(title: str, texts: list[str]) -> bool:
+    """A law, regulation or rule: its title names the genre, or its body is numbered articles."""
+    return bool(STATUTE_TITLE.search(title)) or sum(bool(ARTICLE.match(text)) for text in texts) >= MIN_ARTICLES
+
+
 def detect_doc_type(title: str, texts: list[str], headings: list[str]) -> str | None:
+    """讲话, 汇报, 经验交流, 工作总结 or 法规 where the title or the text says so, else None (unknown)."""
     heading_text = " ".join(headings)
+    if is_statute(title, texts):
+        # Before the report rules: a regulation's chapters (「存在问题的处理」) are no work summary.
+        return "法规"
     if re.search(r"讲话|致辞", title) or (texts and texts[0].startswith("同志们")):
         return "讲话"
     if "汇报" in title:
@@ -115,9 +139,33 @@ def detect_doc_type(title: str, texts: list[str], headings: list[str]) -> str | 
     return None
 
 
-def detect_year(title: str, texts: list[str]) -> int | None:
-    """The year the title states, else one stated in the opening paragraphs."""
-    for text in [title, *texts[:3]]:
+def header_years(texts: list[str]) -> list[int]:
+    """Years a statute's dated header lines (under the title, before the first chapter or article) give
+    for its adoption, publication and revisions; a date only followed by 「施行」 is when it took effect."""
+    years = []
+    for text in texts[:HEADER_LINES]:
+        if ARTICLE.match(text) or CHAPTER.match(text) or numbered_level(text) is not None:
+            break
+        if not DATED_LINE.match(text):
+            continue
+        dates = list(DATED_LINE.finditer(text))
+        for date, following in zip(dates, [*dates[1:], None], strict=True):
+            said = text[date.end() : following.start() if following else len(text)]
+            if not ("施行" in said and not ENACTED.search(said)):
+                years.append(int(date.group(1)))
+    return years
+
+
+def detect_year(title: str, texts: list[str], statute: bool = False) -> int | None:
+    """The year the title states; for a statute, the latest adoption or revision its header states (the
+    edition the text is, not the first one), else unknown; for other documents a year stated in the
+    opening paragraphs."""
+    if match := YEAR.search(title):
+        return int(match.group(1))
+    if statute:
+        years = header_years(texts)
+        return max(years) if years else None
+    for text in texts[:3]:
         if match := YEAR.search(text):
             return int(match.group(1))
     return None
@@ -170,10 +218,11 @@ def outline(blocks: list[Block], fallback_title: str) -> Outline:
         paragraphs.append(Paragraph(text, path, is_passage, block.page))
 
     headings = [name for p in paragraphs for name in p.section_path[-1:]]
+    doc_type = detect_doc_type(title, body_texts, headings)
     return Outline(
         title=title,
-        doc_type=detect_doc_type(title, body_texts, headings),
-        year=detect_year(title, body_texts),
+        doc_type=doc_type,
+        year=detect_year(title, body_texts, statute=doc_type == "法规"),
         level=detect_level(title, body_texts),
         paragraphs=tuple(paragraphs),
     )

@@ -8,7 +8,8 @@ explanations and highlights itself and so ranks the same whichever store answere
 - `lexical`: the best BM25 passages, and a way to score other passages for the same question (each
   word's weight can be scaled: a search scoped to collections gives them the scope's idf);
 - `frequencies`: how many passages hold each word (for idf), in the index or in some collections;
-- `passages`: the hits' passages and tokens.
+- `passages`: the hits' passages and tokens;
+- `document_numbers`: which document each of some rows belongs to (document evidence in fusion).
 
 Filters are turned into the store's own form once per search (`allowed`). FaissStore answers from
 an index directory (stores/faiss.py over service/index.py, the default); MilvusStore from Milvus
@@ -87,6 +88,10 @@ class Store(Protocol):
     def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]: ...
 
     def passages_of(self, doc_id: str) -> list[Passage]: ...
+
+    def document_numbers(self, rows: list[int]) -> np.ndarray:
+        """The number (in `documents` order) of each row's document."""
+        ...
 
     def passage_counts(self) -> list[int]: ...
 

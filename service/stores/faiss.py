@@ -211,6 +211,9 @@ class FaissStore:
     def passages(self, rows: Iterable[int]) -> dict[int, tuple[Passage, list[str]]]:
         return self.index.passages.with_tokens(rows)
 
+    def document_numbers(self, rows: list[int]) -> np.ndarray:
+        return self.index.doc_rows[np.asarray(rows, dtype=np.int64)]
+
     def passages_of(self, doc_id: str) -> list[Passage]:
         table = self.index.passages
         return list(table.many(table.rows_of(doc_id)).values())

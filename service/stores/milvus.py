@@ -356,6 +356,11 @@ class MilvusStore:
                 found[entity["row"]] = (passage_from_json(entity["passage"]), json.loads(entity["tokens"]))
         return dict(sorted(found.items()))
 
+    def document_numbers(self, rows: list[int]) -> np.ndarray:
+        numbers = {doc_id: number for number, doc_id in enumerate(self.documents)}
+        found = self.passages(rows)
+        return np.array([numbers[found[row][0].doc_id] for row in rows], dtype=np.int64)
+
     def passages_of(self, doc_id: str) -> list[Passage]:
         entities = self.query_all(self.passages_name, f"doc_id == {literal(doc_id)}", ["row", "passage"])
         return [passage_from_json(entity["passage"]) for entity in sorted(entities, key=lambda e: e["row"])]
