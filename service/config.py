@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     seeds_collection: str = DEFAULT_COLLECTION
     # The eval's second collection (eval/collections.py): seeds plus the top-ranked documents of this
     # folder (manifest.tsv ranks, docs/<id>.txt), so quality is measured where users' sizes are.
-    eval_collection_dir: Path = Path("/work/shared/collection")
+    eval_collection_dir: Path = PROJECT_ROOT.parent / "shared" / "collection"
     cache_dir: Path = PROJECT_ROOT / "data" / "cache"
     # Originals of users' documents (<doc_id><suffix>), indexed with the seeds by `dangjian-qa index`.
     uploads_dir: Path = PROJECT_ROOT / "data" / "uploads"
