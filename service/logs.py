@@ -55,3 +55,4 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     root.setLevel(logging.WARNING)
     for name in (LOGGER_NAME, "uvicorn", "uvicorn.error"):
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets DEBUG on its own logger when imported
