@@ -123,7 +123,7 @@ def question_routers(settings: Settings) -> list[APIRouter]:
         groups = [QuestionGroupRow(**group.public()) for group in log.unresolved(linked)]
         return QuestionGroups(groups=groups, out_of_scope=[mark_row(mark) for mark in log.marks()])
 
-    @write_routes.post(
+    @write_json_routes.post(
         "/questions/out-of-scope", summary="标记为「文件中没有」", status_code=201, response_model=OutOfScopeMark
     )
     def mark_out_of_scope(body: QuestionRequest, request: Request, settings: SettingsDep) -> OutOfScopeMark:  # type: ignore[valid-type]
