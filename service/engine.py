@@ -261,7 +261,8 @@ def build_index(
         passages = corpus.passages
         if with_uploads and (links := load_links(settings.uploads_dir)):
             passages = with_questions(passages, links)
-            by_document = {doc.doc_id: [] for doc in corpus.documents} | {link.doc_id: [] for link in links}
+            by_document: dict[str, list[Passage]] = {doc.doc_id: [] for doc in corpus.documents}
+            by_document |= {link.doc_id: [] for link in links}
             for passage in passages:
                 by_document[passage.doc_id].append(passage)
             kept = kept_links(links, by_document)

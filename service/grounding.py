@@ -133,11 +133,7 @@ class GroundingChecker:
     def sentence_vectors(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
         """Each model's vectors of the answer's sentences, outside the vector cache: they are the
         model's words, not the documents', and would only grow it."""
-        # embed_batch is on both encoders but not (yet) on embeddings.encoder.TextEncoder.
-        return {
-            name: self.encoders[name].embed_batch(list(sentences))  # type: ignore[attr-defined]
-            for name in self.support_model.cosine_weights
-        }
+        return {name: self.encoders[name].embed_batch(list(sentences)) for name in self.support_model.cosine_weights}
 
     def features(
         self, sentences: Sequence[str], passage: Passage, vectors: dict[str, np.ndarray] | None = None

@@ -19,6 +19,7 @@ MAX_ATTEMPTS times is reported failed.
 """
 
 import asyncio
+import contextvars
 import errno
 import json
 import logging
@@ -408,7 +409,10 @@ class UploadChecks:
             raise UploadsBusy(f"正在检查的上传过多（最多 {self.capacity} 个同时检查或等待），请稍后重试")
         self.pending += 1
         try:
-            return await asyncio.wrap_future(self.executor.submit(function, *args))
+            # A bare executor does not carry context variables (run_in_threadpool does): copy the
+            # request's, so the lines the check logs (the job queued) carry its request id.
+            context = contextvars.copy_context()
+            return await asyncio.wrap_future(self.executor.submit(context.run, function, *args))
         finally:
             self.pending -= 1
 

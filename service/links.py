@@ -14,7 +14,7 @@ a crash. Writers call these under the index's writer lock; readers read the file
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +90,7 @@ def with_questions(passages: Sequence[Passage], links: Iterable[Link]) -> list[P
     ]  # fmt: skip
 
 
-def kept_links(links: Iterable[Link], passages_of: dict[str, Sequence[Passage]]) -> list[Link]:
+def kept_links(links: Iterable[Link], passages_of: Mapping[str, Sequence[Passage]]) -> list[Link]:
     """The links whose document is not in `passages_of`, or whose passage is among its passages:
     `passages_of` maps each changed document to its new passages (none when it is removed)."""
     keys = {doc_id: {passage_key(p) for p in passages} for doc_id, passages in passages_of.items()}

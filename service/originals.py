@@ -97,8 +97,8 @@ def stage_original(
         others.append(recorded)
     else:
         try:
-            name = staged_copy(uploads_dir, COLLECTION_SUFFIX, lambda handle: handle.write(collection.encode()))
-            moves.append((name, recorded))
+            staged = staged_copy(uploads_dir, COLLECTION_SUFFIX, lambda handle: handle.write(collection.encode()))
+            moves.append((staged, recorded))
         except BaseException:
             moves[0][0].unlink(missing_ok=True)
             raise

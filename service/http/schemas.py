@@ -42,6 +42,7 @@ class SearchFields(BaseModel):
     doc_ids: list[str] | None = None
     doc_type: str | None = None
     year: int | None = None
+    collections: list[str] | None = None
 
 
 class AskFields(BaseModel):
@@ -51,6 +52,7 @@ class AskFields(BaseModel):
     top_k: int
     mode: Literal["generate", "extract"] | None = None
     stream: bool = False
+    collections: list[str] | None = None
 
 
 def query_length(settings: Settings) -> dict[str, Any]:
@@ -322,19 +324,33 @@ class ClientConfig(BaseModel):
 PASSAGE_ID_CHARS = 200  # doc ids are at most 80 characters (ingest.doc_id_for), plus 「:n」
 
 
-def question_models(settings: Settings) -> tuple[type[BaseModel], type[BaseModel]]:
+class FeedbackFields(BaseModel):
+    """What a feedback body holds; question_models' FeedbackRequest adds this app's limits and help."""
+
+    question: str
+    helpful: bool
+    passage_id: str | None = None
+
+
+class QuestionFields(BaseModel):
+    """The {question} body of links and marks; question_models' QuestionRequest adds this app's limit."""
+
+    question: str
+
+
+def question_models(settings: Settings) -> tuple[type[FeedbackFields], type[QuestionFields]]:
     """The feedback body and the {question} body of links and marks, with this app's question limit."""
     length = f"不超过 {settings.max_query_chars} 字"
     bounds = query_length(settings)
 
-    class FeedbackRequest(BaseModel):
+    class FeedbackRequest(FeedbackFields):
         question: StrictStr = Field(description=f"用户的问题，{length}", json_schema_extra=bounds)
         helpful: StrictBool = Field(description="有用（true）或没用（false）；对某段落时为 true：这段回答了我的问题")
         passage_id: StrictStr | None = Field(
             default=None, max_length=PASSAGE_ID_CHARS, description="回答了问题的段落（「这段回答了我的问题」）"
         )
 
-    class QuestionRequest(BaseModel):
+    class QuestionRequest(QuestionFields):
         question: StrictStr = Field(
             description=f"问题，{length}", examples=[EXAMPLE_QUESTION], json_schema_extra=bounds
         )

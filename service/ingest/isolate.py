@@ -71,11 +71,17 @@ class ParsePool:
         """A new child once fewer than `parallel` run."""
         with self.condition:
             self.condition.wait_for(lambda: len(self.children) < parallel)
-            pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
             # No DJQA_* variables: the child's limits come with its request, and the API key and the
             # store's and model's tokens stay out of reach of a parser bug a file might exploit.
             env = {key: value for key, value in os.environ.items() if not key.startswith("DJQA_")}
-            child = subprocess.Popen([sys.executable, "-c", CHILD_COMMAND], cwd=CHILD_CWD, env=env, **pipes)
+            child = subprocess.Popen(
+                [sys.executable, "-c", CHILD_COMMAND],
+                cwd=CHILD_CWD,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             self.children.add(child)
             return child
 

@@ -8,7 +8,7 @@ and is served before the request answers, as a document delete is.
 import threading
 import time
 from collections import deque
-from typing import Annotated
+from typing import Annotated, cast
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -20,9 +20,11 @@ from service.http.deps import SettingsDep, SnapshotDep, checked_query, require_r
 from service.http.errors import ERROR_RESPONSES, ApiError, JsonBodyRoute, error_responses
 from service.http.schemas import (
     PASSAGE_ID_CHARS,
+    FeedbackFields,
     LinkedQuestion,
     LinkedQuestionList,
     OutOfScopeMark,
+    QuestionFields,
     QuestionGroupRow,
     QuestionGroups,
     question_models,
@@ -100,11 +102,12 @@ def question_routers(settings: Settings) -> list[APIRouter]:
     )
     def feedback(body: FeedbackRequest, request: Request, settings: SettingsDep) -> dict:  # type: ignore[valid-type]
         """记录用户对答案（helpful）或某段落（passage_id，「这段回答了我的问题」）的反馈，无需密钥；每个客户端每分钟有次数限制。"""
+        fields = cast(FeedbackFields, body)  # FeedbackRequest is made per app, so the type checker knows its base
         log = required_log(request)
-        question = checked_query(body.question, settings)
+        question = checked_query(fields.question, settings)
         if not limiter.allow(request.client.host if request.client else "-"):
             raise ApiError(429, "too_many_requests", "反馈过于频繁，请稍后再试", headers={"Retry-After": "60"})
-        log.record(Feedback(question, body.helpful, body.passage_id))  # written by the log's thread: 202
+        log.record(Feedback(question, fields.helpful, fields.passage_id))  # written by the log's thread: 202
         return {"accepted": True}
 
     @write_routes.get("/questions", summary="待处理的问题", response_model=QuestionGroups)
@@ -120,12 +123,13 @@ def question_routers(settings: Settings) -> list[APIRouter]:
         groups = [QuestionGroupRow(**group.public()) for group in log.unresolved(linked)]
         return QuestionGroups(groups=groups, out_of_scope=[mark_row(mark) for mark in log.marks()])
 
-    @write_routes.post(
+    @write_json_routes.post(
         "/questions/out-of-scope", summary="标记为「文件中没有」", status_code=201, response_model=OutOfScopeMark
     )
     def mark_out_of_scope(body: QuestionRequest, request: Request, settings: SettingsDep) -> OutOfScopeMark:  # type: ignore[valid-type]
         """把问题标记为文件中没有答案：/api/ask 此后对它及相近问法回答「未找到」。需要 API 密钥。"""
-        question = checked_query(body.question, settings)
+        fields = cast(QuestionFields, body)  # QuestionRequest is made per app, as FeedbackRequest is
+        question = checked_query(fields.question, settings)
         return mark_row(required_log(request).mark_out_of_scope(question))
 
     @write_routes.delete("/questions/out-of-scope/{mark_id}", summary="取消「文件中没有」标记", status_code=204)
@@ -152,7 +156,8 @@ def question_routers(settings: Settings) -> list[APIRouter]:
     async def link(passage_id: str, body: QuestionRequest, request: Request, settings: SettingsDep) -> JSONResponse:  # type: ignore[valid-type]
         """把问题关联到段落：问题成为该段落的检索单元（各模型和关键词检索），同类问法由此找到该段落。
         新索引版本生效后才返回。需要 API 密钥。"""
-        question = checked_query(body.question, settings)
+        fields = cast(QuestionFields, body)  # QuestionRequest is made per app, as FeedbackRequest is
+        question = checked_query(fields.question, settings)
         live = request.app.state.live
         made = await run_in_threadpool(live.link_question, checked_passage_id(passage_id), question)
         row = link_row(made, passage_id)

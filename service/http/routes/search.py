@@ -71,20 +71,27 @@ def log_search(request: Request, query: str, mode: str, filters: Filters, respon
         log.record(Entry(query, "search", mode, scope_of(filters), passage_ids, response["took_ms"]))
 
 
-def scope_of(filters: Filters) -> dict:
+def scope_of(filters: Filters) -> dict[str, object]:
     """The filters a search was restricted by, as the log keeps them (JSON)."""
-    scope = {"doc_ids": None if filters.doc_ids is None else sorted(filters.doc_ids)}
-    scope |= {"doc_type": filters.doc_type, "year": filters.year}
+    scope: dict[str, object] = {
+        "doc_ids": None if filters.doc_ids is None else sorted(filters.doc_ids),
+        "doc_type": filters.doc_type,
+        "year": filters.year,
+        "collections": None if filters.collections is None else sorted(filters.collections),
+    }
     return {name: value for name, value in scope.items() if value is not None}
 
 
-def log_ask(request: Request, question: str, mode: str, result: AskResult, started: float) -> None:
+def log_ask(request: Request, question: str, filters: Filters, result: AskResult, started: float) -> None:
+    """Queue the question and its answer for the question log (when it is on), like log_search."""
     log = request.app.state.question_log
     if log is not None:
         answer = result.answer
         passage_ids = [hit.passage.passage_id for hit in answer.citations]
         latency = round((time.perf_counter() - started) * 1000, 1)
-        log.record(Entry(question, "ask", mode, {}, passage_ids, latency, answer.found, round(answer.confidence, 4)))
+        confidence = round(answer.confidence, 4)
+        scope = scope_of(filters)
+        log.record(Entry(question, "ask", result.mode_used, scope, passage_ids, latency, answer.found, confidence))
 
 
 def out_of_scope(request: Request, question: str) -> AskResult | None:
@@ -203,7 +210,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
 
         if not fields.stream:
             result = refusal or generator.ask(question, fields.top_k, fields.mode, filters)
-            log_ask(request, question, result.mode_used, result, started)
+            log_ask(request, question, filters, result, started)
             return response(result)
 
         def sse() -> Iterator[str]:
@@ -217,7 +224,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
                     data = {"text": event.text}
                 else:
                     assert event.result is not None  # the final event carries the result
-                    log_ask(request, question, event.result.mode_used, event.result, started)
+                    log_ask(request, question, filters, event.result, started)
                     data = response(event.result).model_dump()
                 yield f"event: {event.kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
