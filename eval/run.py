@@ -308,7 +308,7 @@ def run_collections(
     url: str | None = None,
 ) -> dict:
     """`run` on each named collection (its cached index, built first when missing), side by side."""
-    encoders, tokenizer = open_encoders(settings), open_tokenizer(settings)
+    encoders, tokenizer = open_encoders(settings, build=True), open_tokenizer(settings)  # one core per build batch
     measured: dict[str, dict] = {}
     results = {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "collections": measured}
     for name in names:

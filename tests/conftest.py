@@ -138,7 +138,8 @@ def private_settings(tmp_path: Path, seed_settings: Settings) -> Settings:
 @pytest.fixture(scope="session")
 def encoders() -> Encoders:
     """The configured embedding models (m3e-small and multilingual-e5-small by default)."""
-    return open_encoders(make_settings(PROJECT_ROOT / "data" / "unused"))
+    # One thread per model, as index builds use them: tests build indexes (the archive slice's among them).
+    return open_encoders(make_settings(PROJECT_ROOT / "data" / "unused"), build=True)
 
 
 @pytest.fixture(scope="session")
