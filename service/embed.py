@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from embeddings.encoder import TextEncoder, encode_models
+from service.config import Settings
 from service.records import Passage
 from service.text import CLAUSE, COLONS, COMMAS, SENTENCE_ENDS, sentence_spans
 from service.tokenize import WordTokenizer
@@ -74,3 +75,18 @@ def embed_and_tokenize(
         name: [model_vectors[start:end] for start, end in bounds] for name, model_vectors in vectors.items()
     }
     return unit_vectors, tokens.result()
+
+
+def embed_with_settings(
+    passages: list[Passage], encoders: Encoders, tokenizer: WordTokenizer, settings: Settings
+) -> tuple[dict[str, list[np.ndarray]], list[list[str]]]:
+    """embed_and_tokenize as the settings shape units, BM25 text and the build's workers."""
+    return embed_and_tokenize(
+        passages,
+        encoders,
+        tokenizer,
+        settings.embed_context,
+        settings.clause_units,
+        settings.index_workers,
+        with_title=settings.lexical_title,
+    )

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from embeddings.encoder import TextEncoder, open_encoder
 from service.config import Settings
-from service.embed import Encoders, embed_and_tokenize
+from service.embed import Encoders, embed_with_settings
 from service.extras import import_extra
 from service.index import (
     Chunk,
@@ -156,15 +156,7 @@ def indexed_chunks(
     with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
         for start in range(0, len(passages), BUILD_CHUNK):
             batch = passages[start : start + BUILD_CHUNK]
-            unit_vectors, tokens = embed_and_tokenize(
-                batch,
-                encoders,
-                tokenizer,
-                settings.embed_context,
-                settings.clause_units,
-                settings.index_workers,
-                with_title=settings.lexical_title,
-            )
+            unit_vectors, tokens = embed_with_settings(batch, encoders, tokenizer, settings)
             yield new_chunk(batch, unit_vectors, tokens)
             bar.update(len(batch))
 

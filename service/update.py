@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from service.collections import DEFAULT_COLLECTION
 from service.config import Settings
-from service.embed import Encoders, embed_and_tokenize
+from service.embed import Encoders, embed_with_settings
 from service.engine import ingest_limits, open_store, parse_limits, save_version, store_lock, store_version
 from service.index import new_chunk
 from service.ingest import Limits, ProcessLimits, doc_id_for, ingest_file
@@ -249,15 +249,7 @@ def embed_in_batches(
     with tqdm(total=len(passages), desc="编码段落", unit="段", disable=not progress) as bar:
         for start in range(0, len(passages), EMBED_BATCH):
             batch = passages[start : start + EMBED_BATCH]
-            vectors, batch_tokens = embed_and_tokenize(
-                batch,
-                encoders,
-                tokenizer,
-                settings.embed_context,
-                settings.clause_units,
-                settings.index_workers,
-                with_title=settings.lexical_title,
-            )
+            vectors, batch_tokens = embed_with_settings(batch, encoders, tokenizer, settings)
             for name, model_vectors in vectors.items():
                 unit_vectors[name] += model_vectors
             tokens += batch_tokens
