@@ -182,7 +182,7 @@ def test_the_eval_set_scores_the_same_through_both_stores_apis(
     seed_settings: Settings, milvus_settings: Settings, searcher: Searcher, tmp_path: Path
 ) -> None:
     """The issue's bar: every kind's hit@5 and MRR@10, and /api/ask's rates, within 0.01 over HTTP."""
-    questions = load_questions()
+    questions = [q for q in load_questions() if q.asked_of("seeds")]  # the archive's questions need the archive
     labels = checked_labels(questions, list(searcher.store.all_passages()))
     measured = {}
     milvus_env = {
