@@ -249,8 +249,9 @@ class Encoder:
         self.relative_cost = 3.0 if self.query_prefix else 1.0
         # The export's folder names its recipe: vectors of an older int8 recipe are never reused.
         self.cache = VectorCache(cache_dir / "vectors.sqlite", vectors_key(weights_hash, f"{export_dir.name}/{engine}"))
-        batched = QueryBatcher(lambda texts: self.embed_together(texts, self.query_prefix))
-        self.query_batcher = batched if engine == "onnx-fp32" else None
+        self.query_batcher = (
+            QueryBatcher(lambda texts: self.embed_together(texts, self.query_prefix)) if engine == "onnx-fp32" else None
+        )
         # Users repeat questions (the page's examples, shared links); 0 turns the cache off.
         self.cached_query = query_cache_of(self.embed_query, query_cache)
 

@@ -187,7 +187,7 @@ def search_during_upload(server_url: str, key: str, questions: Sequence[str], do
         finished = threading.Event()
 
         def watch() -> None:
-            while client_state(server_url, job["job_id"], headers) in ("queued", "running"):
+            while job_state(server_url, job["job_id"], headers) in ("queued", "running"):
                 time.sleep(0.2)
             finished.set()
 
@@ -199,7 +199,8 @@ def search_during_upload(server_url: str, key: str, questions: Sequence[str], do
     return {"idle": latency_summary(idle), "during_upload": latency_summary(busy), "upload_bytes": size}
 
 
-def client_state(url: str, job_id: str, headers: dict) -> str:
+def job_state(url: str, job_id: str, headers: dict) -> str:
+    """An upload job's state, asked of the server."""
     return httpx.get(f"{url}/api/jobs/{job_id}", headers=headers, timeout=30).json()["state"]
 
 

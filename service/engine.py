@@ -27,7 +27,7 @@ from service.index import (
 )
 from service.ingest import Corpus, Limits, ProcessLimits, doc_id_for, ingest_paths
 from service.ingest.read import SUPPORTED_SUFFIXES
-from service.links import kept_links, load_links, staged_links, with_questions
+from service.links import grouped, links_change, load_links, with_questions
 from service.originals import kept_collection, original_files, remove_incoming
 from service.records import Document, Passage
 from service.rerank import load_fusion
@@ -253,12 +253,8 @@ def build_index(
         passages = corpus.passages
         if with_uploads and (links := load_links(settings.uploads_dir)):
             passages = with_questions(passages, links)
-            by_document: dict[str, list[Passage]] = {doc.doc_id: [] for doc in corpus.documents}
-            by_document |= {link.doc_id: [] for link in links}
-            for passage in passages:
-                by_document[passage.doc_id].append(passage)
-            kept = kept_links(links, by_document)
-            moves = staged_links(settings.uploads_dir, kept) if len(kept) != len(links) else []
+            doc_ids = [*(document.doc_id for document in corpus.documents), *(link.doc_id for link in links)]
+            moves = links_change(settings.uploads_dir, links, grouped(passages, doc_ids))
         encode_started = time.perf_counter()
         version = write_passages(corpus.documents, passages, settings, encoders, tokenizer, progress, moves)
         encode_seconds = time.perf_counter() - encode_started

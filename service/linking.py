@@ -8,10 +8,11 @@ and the served version change together. Callers hold nothing; these take the wri
 """
 
 from collections.abc import Iterable
+from contextlib import closing
 
 from service.config import Settings
 from service.embed import Encoders
-from service.engine import open_store, store_lock, store_version
+from service.engine import open_store, store_lock
 from service.links import (
     MAX_LINKED_CHARS,
     MAX_LINKS_PER_PASSAGE,
@@ -26,7 +27,7 @@ from service.originals import remove_incoming
 from service.records import Passage
 from service.stores import Store
 from service.tokenize import WordTokenizer
-from service.update import Change, UpdateError, embed_in_batches, save_change
+from service.update import Change, UpdateError, debris_unless_live, embed_in_batches, save_change
 
 
 class UnknownPassage(UpdateError):
@@ -81,23 +82,16 @@ def relink(
     change = Change({doc_id}, [index.documents[doc_id]], passages)
     change.unit_vectors, change.tokens = embed_in_batches(passages, settings, encoders, tokenizer)
     moves = staged_links(settings.uploads_dir, links)
-    previous = store_version(settings)
-    try:
+    with debris_unless_live(settings, moves):
         return save_change(index, change, settings, moves=moves)[0]
-    except BaseException:
-        if store_version(settings) == previous:
-            for staged_copy, _ in moves:
-                staged_copy.unlink(missing_ok=True)
-        raise
 
 
 def link_question(
     settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, passage_id: str, question: str
 ) -> Link:
     """Link a question to a passage; live (a new version whose passage has it as a unit) before returning."""
-    with store_lock(settings):
+    with store_lock(settings), closing(open_store(settings, encoders)) as index:
         remove_incoming(settings.uploads_dir)
-        index = open_store(settings, encoders)
         passage = find_passage(index, passage_id)
         links = load_links(settings.uploads_dir)
         existing = links_of(passage, links)
@@ -115,9 +109,8 @@ def unlink_question(
     settings: Settings, encoders: Encoders, tokenizer: WordTokenizer, passage_id: str, link_id: str
 ) -> None:
     """Remove a linked question from its passage; live before returning."""
-    with store_lock(settings):
+    with store_lock(settings), closing(open_store(settings, encoders)) as index:
         remove_incoming(settings.uploads_dir)
-        index = open_store(settings, encoders)
         passage = find_passage(index, passage_id)
         links = load_links(settings.uploads_dir)
         if not any(link.link_id == link_id for link in links_of(passage, links)):

@@ -105,3 +105,19 @@ def staged_links(uploads_dir: Path, links: Sequence[Link]) -> list[tuple[Path, P
     with atomic_file(staged, prefix=INCOMING_PREFIX) as handle:
         handle.write(data)
     return [(staged, links_path(uploads_dir))]
+
+
+def grouped(passages: Sequence[Passage], doc_ids: Iterable[str]) -> dict[str, list[Passage]]:
+    """The passages by document, with an empty list for each of `doc_ids` that has none."""
+    by_document: dict[str, list[Passage]] = {doc_id: [] for doc_id in doc_ids}
+    for passage in passages:
+        by_document.setdefault(passage.doc_id, []).append(passage)
+    return by_document
+
+
+def links_change(
+    uploads_dir: Path, links: Sequence[Link], passages_of: Mapping[str, Sequence[Passage]]
+) -> list[tuple[Path, Path]]:
+    """The staged move of the links file when documents changed and some links went (kept_links), else nothing."""
+    kept = kept_links(links, passages_of)
+    return staged_links(uploads_dir, kept) if len(kept) != len(links) else []

@@ -23,8 +23,8 @@ import filecmp
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +39,7 @@ from service.engine import ingest_limits, open_store, parse_limits, save_version
 from service.index import new_chunk
 from service.ingest import Limits, ProcessLimits, doc_id_for, ingest_file
 from service.ingest.read import FileTooLarge, OverLimit, ReadError, UnsupportedFileType
-from service.links import Link, kept_links, load_links, staged_links, with_questions
+from service.links import Link, grouped, links_change, load_links, with_questions
 from service.originals import (
     collection_file,
     keep_original,
@@ -362,21 +362,29 @@ def add_to(
         before_save(report)
     moves: list[tuple[Path, Path]] = []
     removals: list[Path] = []
-    previous = store_version(settings)
-    try:
+    with debris_unless_live(settings, moves):
         for outcome in report.having(ADDED, REPLACED):
             doc_id, path = outcome.doc_and_path()
             staged, others = stage_original(settings.uploads_dir, doc_id, path, outcome.name, collection)
             moves += staged
             removals += others
-        moves += links_change(settings, links, grouped(change.passages, change.drop_doc_ids))
+        moves += links_change(settings.uploads_dir, links, grouped(change.passages, change.drop_doc_ids))
         report.version, _ = save_change(index, change, settings, extra, moves, removals)
+    return report
+
+
+@contextmanager
+def debris_unless_live(settings: Settings, moves: list[tuple[Path, Path]]) -> Iterator[None]:
+    """Remove the staged copies of `moves` (which the block may still extend) when the block fails
+    before its version went live: nothing will ever move them into place."""
+    previous = store_version(settings)
+    try:
+        yield
     except BaseException:
-        if store_version(settings) == previous:  # never live: its copies are debris
+        if store_version(settings) == previous:
             for staged_copy, _ in moves:
                 staged_copy.unlink(missing_ok=True)
         raise
-    return report
 
 
 def missing_original(settings: Settings, outcome: FileOutcome) -> bool:
@@ -403,21 +411,5 @@ def delete_documents(settings: Settings, encoders: Encoders, doc_ids: Sequence[s
                 for doc_id in dict.fromkeys(doc_ids)
                 for path in [*originals_of(settings.uploads_dir, doc_id), collection_file(settings.uploads_dir, doc_id)]
             ]
-            moves = links_change(settings, load_links(settings.uploads_dir), {doc_id: [] for doc_id in doc_ids})
+            moves = links_change(settings.uploads_dir, load_links(settings.uploads_dir), {d: [] for d in doc_ids})
             return save_change(index, change, settings, moves=moves, removals=removals)[1]
-
-
-def grouped(passages: Sequence[Passage], doc_ids: Iterable[str]) -> dict[str, list[Passage]]:
-    """The passages by document, with an empty list for each of `doc_ids` that has none."""
-    by_document: dict[str, list[Passage]] = {doc_id: [] for doc_id in doc_ids}
-    for passage in passages:
-        by_document.setdefault(passage.doc_id, []).append(passage)
-    return by_document
-
-
-def links_change(
-    settings: Settings, links: Sequence[Link], passages_of: dict[str, list[Passage]]
-) -> list[tuple[Path, Path]]:
-    """The staged move of the links file when documents changed (kept_links), else nothing."""
-    kept = kept_links(links, passages_of)
-    return staged_links(settings.uploads_dir, kept) if len(kept) != len(links) else []

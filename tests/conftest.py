@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from embeddings.encoder import Encoder
 from service.config import PROJECT_ROOT, Settings
@@ -19,6 +20,7 @@ from service.embed import Encoders
 from service.engine import build_index, open_encoders, open_searcher, open_tokenizer, source_files
 from service.search import Searcher
 from service.tokenize import WordTokenizer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, csp_violations
 
 
 def make_settings(index_dir: Path, **overrides: object) -> Settings:
@@ -164,3 +166,26 @@ def seed_settings(tmp_path_factory: pytest.TempPathFactory, encoders: Encoders, 
 @pytest.fixture(scope="session")
 def searcher(seed_settings: Settings, encoders: Encoders, tokenizer: WordTokenizer) -> Searcher:
     return open_searcher(seed_settings, encoders, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, one per browser test module."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """A fresh page on the module's `base_url`; fails the test on a script error or a CSP violation."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.extend(csp_violations([message.text])))
+    page.goto(base_url)
+    yield page
+    context.close()
+    assert not errors, f"页面脚本出错或违反内容安全策略：{errors}"

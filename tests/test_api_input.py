@@ -106,6 +106,13 @@ def test_a_query_string_that_is_not_utf8_is_400(client: TestClient, raw: str) ->
     assert error_code(response, 400) == "invalid_encoding"
 
 
+@pytest.mark.parametrize(
+    "url", ["/api/documents?q=%ED%BF%BF", "/api/documents/%FF", "/api/passages/%ED%A0%80/questions", "/api/jobs/%C0"]
+)
+def test_every_api_route_refuses_a_query_string_or_path_that_is_not_utf8(client: TestClient, url: str) -> None:
+    assert error_code(client.get(url), 400) == "invalid_encoding"
+
+
 def test_top_k_written_as_a_whole_float_is_accepted(client: TestClient) -> None:
     assert len(client.post("/api/search", json={"query": "党建", "top_k": 3.0}).json()["results"]) == 3
     assert client.post("/api/ask", json={"question": "党建", "top_k": 2.0}).status_code == 200

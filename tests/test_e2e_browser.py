@@ -8,27 +8,18 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from service.config import PROJECT_ROOT, Settings
+from service.config import Settings
 from service.embed import Encoders
 from service.engine import build_index, source_files
 from service.tokenize import WordTokenizer
 from service.update import add_files
+from tests.browser import CHROMIUM, ask, csp_violations, shot
 from tests.conftest import live_server, run_cli, write
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
 
-ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 QUESTION = "如何推动党建与医疗业务深度融合"
 HOSTILE_WORD = "防火墙演练"
 API_KEY = "browser-test-key"
@@ -55,43 +46,6 @@ def base_url(
     build_index([*source_files(seed_settings.seeds_dir), hostile], settings, encoders, tokenizer)
     with live_server(settings, folder / "server.log", DJQA_API_KEY=API_KEY) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.extend(csp_violations([message.text])))
-    page.goto(base_url)
-    yield page
-    context.close()
-    assert not errors, f"页面脚本出错或违反内容安全策略：{errors}"
-
-
-def csp_violations(messages: list[str]) -> list[str]:
-    """Console messages in which Chromium reports a Content-Security-Policy violation."""
-    return [text for text in messages if "Content Security Policy" in text]
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def ask(page: Page, question: str) -> None:
-    page.fill("#q", question)
-    page.press("#q", "Enter")
-    page.wait_for_selector("#status:not(:has(.spinner))", timeout=20_000)
 
 
 def test_question_shows_cited_answer_and_highlighted_results(page: Page) -> None:

@@ -21,10 +21,9 @@ import pytest
 from playwright.sync_api import Browser
 
 from service.config import Settings
-from tests import test_e2e_browser
+from tests.browser import CHROMIUM, csp_violations, shot
 from tests.conftest import free_port, live_server, stop_server
 from tests.llm_stub import StubModelServer, passages_in, reply
-from tests.test_e2e_browser import CHROMIUM, csp_violations, shot
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
 
@@ -37,7 +36,6 @@ LLAMA_MISSING = (
 )
 # The first request on a busy 2-core machine evaluates the whole prompt from scratch: allow minutes.
 LLAMA_TIMEOUT_S = 240
-browser = test_e2e_browser.browser  # the same headless Chromium fixture
 
 
 def first_statement(text: str) -> str:

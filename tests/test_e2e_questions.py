@@ -5,11 +5,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from service.config import Settings
+from tests.browser import CHROMIUM, ask, shot
 from tests.conftest import live_server
-from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, ask, csp_violations, shot
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium 未安装（`make browser` 安装）")
 
@@ -27,27 +27,6 @@ def base_url(tmp_path_factory: pytest.TempPathFactory, seed_settings: Settings) 
     settings = seed_settings.model_copy(update={"index_dir": folder / "index", "uploads_dir": folder / "uploads"})
     with live_server(settings, folder / "server.log", DJQA_API_KEY=API_KEY) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.extend(csp_violations([message.text])))
-    page.goto(base_url)
-    yield page
-    context.close()
-    assert not errors, f"页面脚本出错或违反内容安全策略：{errors}"
 
 
 def test_users_feedback_and_the_administrator_links_and_marks_questions(page: Page, base_url: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
@@ -26,7 +26,7 @@ from service.embed import Encoders
 from service.engine import open_encoders, open_tokenizer
 from service.generate import ModelClient
 from service.grounding import GroundingChecker
-from service.http.deps import Generators
+from service.http.deps import Generators, utf8_query_string
 from service.http.errors import add_error_handlers
 from service.http.headers import SWAGGER_UI_DIR, SecurityHeaders
 from service.http.observe import Observe
@@ -111,7 +111,7 @@ def create_app(settings: Settings, encoders: Encoders | None = None, tokenizer: 
     app.add_middleware(Observe)  # outermost: its duration and status include every other layer's
     routers = [*search_routers(settings), *question_routers(settings), read_routes, write_routes, system_routes]
     for router in [*routers, metrics_routes]:
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(utf8_query_string)])  # every route's query and path
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
 

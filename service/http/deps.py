@@ -4,7 +4,7 @@ import hmac
 import threading
 from collections.abc import AsyncIterator
 from typing import Annotated
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -125,12 +125,14 @@ async def require_metrics_key(request: Request, settings: SettingsDep) -> None:
 
 
 async def utf8_query_string(request: Request) -> None:
-    """400 invalid_encoding when the query string is not UTF-8 (「%ED%A0%80」, 「%FF」): Starlette
-    would read it as U+FFFD and search for that, where a JSON body with the same text is refused."""
+    """400 invalid_encoding when the query string or the path is not UTF-8 (「%ED%A0%80」, 「%FF」):
+    Starlette would read it as U+FFFD and search or look up that, where a JSON body with the same text
+    is refused. Every API route depends on it (service/http/app.py)."""
     try:
         parse_qsl(request.scope["query_string"].decode("utf-8"), errors="strict")  # raw bytes, then %XX escapes
+        unquote(request.scope.get("raw_path", b"").decode("utf-8"), errors="strict")
     except UnicodeDecodeError as error:
-        raise ApiError(400, "invalid_encoding", "查询参数不是合法的 UTF-8 文本") from error
+        raise ApiError(400, "invalid_encoding", "查询参数或路径不是合法的 UTF-8 文本") from error
 
 
 def checked_query(text: str, settings: Settings) -> str:

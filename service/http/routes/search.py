@@ -24,7 +24,6 @@ from service.http.deps import (
     SnapshotDep,
     checked_query,
     require_read_key,
-    utf8_query_string,
 )
 from service.http.errors import ERROR_RESPONSES, JsonBodyRoute
 from service.http.schemas import (
@@ -116,7 +115,7 @@ def search_routers(settings: Settings) -> list[APIRouter]:
     SearchRequest, AskRequest = models.search, models.ask
     read_key = [Depends(require_read_key)]
     json_routes = APIRouter(route_class=JsonBodyRoute, prefix="/api", responses=ERROR_RESPONSES, dependencies=read_key)
-    query_routes = APIRouter(prefix="/api", dependencies=[*read_key, Depends(utf8_query_string)])
+    query_routes = APIRouter(prefix="/api", dependencies=read_key)
 
     @json_routes.post("/search", summary="检索段落", response_model=SearchResponse)
     def search_post(
